@@ -1,0 +1,6 @@
+"""wsgi-wasm guest SDK: runs a WSGI app inside a wsgi-wasm component.
+
+- ``adapter``: the PEP 3333 server side (environ, start_response, body loop).
+- ``input`` / ``errors``: ``wsgi.input`` and ``wsgi.errors``.
+- ``build``: what runs once at build time, inside the guest, before the snapshot.
+"""

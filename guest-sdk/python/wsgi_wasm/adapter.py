@@ -1,0 +1,210 @@
+"""The server side of PEP 3333, inside the sandbox.
+
+The host calls the component's ``handle`` export once per fresh instance with
+the CGI variables it built. This module finishes the environ with the Python
+objects only the guest can make (``wsgi.input``, ``wsgi.errors``, ...), calls
+the app, and streams what the app produces back through the host imports.
+
+The contract is enforced here first (the app gets a Python exception at the
+call that broke it, as with waitress or wsgiref), and the host checks
+everything again, because this code runs inside the untrusted guest.
+"""
+
+import random
+import re
+import sys
+import traceback
+
+from componentize_py_types import Err
+from wit_world.imports import host
+
+from .errors import ErrorStream
+from .input import ClientDisconnected, Input
+
+# RFC 9110 token characters, for header names.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+# "200 OK": three digits, a space, and a reason phrase without control bytes.
+_STATUS = re.compile(r"[1-9][0-9]{2} [^\x00-\x08\x0a-\x1f\x7f]*\Z")
+_BAD_VALUE = re.compile(r"[\x00\r\n]")
+# RFC 9110 section 7.6.1: connection-specific headers are the server's business.
+HOP_BY_HOP = frozenset(
+    (
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    )
+)
+
+
+class FileWrapper:
+    """``wsgi.file_wrapper``: iterates a file-like object in blocks."""
+
+    def __init__(self, filelike, blksize=8192):
+        self.filelike = filelike
+        self.blksize = blksize
+        if hasattr(filelike, "close"):
+            self.close = filelike.close
+
+    def __iter__(self):
+        read = self.filelike.read
+        while True:
+            block = read(self.blksize)
+            if not block:
+                return
+            yield block
+
+
+class _Response:
+    """State of one response: what ``start_response`` said and what was sent."""
+
+    def __init__(self, method):
+        self.status = None  # latin-1 bytes, once start_response was called
+        self.headers = None  # list of host.Header
+        self.head_sent = False
+        self.content_length = None  # what the app promised, if it did
+        self.sent = 0  # body bytes handed to the host
+        self.discard_body = method == "HEAD"
+
+    def start_response(self, status, headers, exc_info=None):
+        if exc_info:
+            try:
+                if self.head_sent:
+                    # Too late to change the status: PEP 3333 says re-raise.
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None
+        elif self.status is not None:
+            raise AssertionError("start_response() called a second time without exc_info")
+
+        if type(status) is not str:
+            raise TypeError(f"status must be str, not {type(status).__name__}")
+        if not _STATUS.match(status):
+            raise ValueError(f"invalid status line {status!r}: want e.g. '200 OK'")
+        if type(headers) is not list:
+            raise TypeError(f"headers must be a list, not {type(headers).__name__}")
+        wire = []
+        content_length = None
+        for item in headers:
+            if type(item) is not tuple or len(item) != 2:
+                raise TypeError(f"each header must be a (name, value) tuple, not {item!r}")
+            name, value = item
+            if type(name) is not str or type(value) is not str:
+                raise TypeError(f"header name and value must be str: {item!r}")
+            if not _TOKEN.match(name):
+                raise ValueError(f"invalid header name {name!r}")
+            if _BAD_VALUE.search(value):
+                raise ValueError(f"header {name!r} has a CR, LF or NUL in its value")
+            lower = name.lower()
+            if lower in HOP_BY_HOP:
+                raise AssertionError(f"hop-by-hop header {name!r} is not allowed in WSGI")
+            if lower == "content-length":
+                if not value.strip().isdigit():
+                    raise ValueError(f"invalid Content-Length {value!r}")
+                content_length = int(value)
+            wire.append(host.Header(name.encode("latin-1"), value.encode("latin-1")))
+        self.status = status.encode("latin-1")
+        self.headers = wire
+        self.content_length = content_length
+        return self.write
+
+    def _clip(self, data):
+        """Keeps the body within a Content-Length the app declared."""
+        if self.content_length is not None:
+            room = self.content_length - self.sent
+            if len(data) > room:
+                sys.stderr.write(
+                    f"wsgi-wasm: app wrote more than its Content-Length "
+                    f"({self.content_length}); the rest was dropped\n"
+                )
+                data = data[:max(room, 0)]
+        self.sent += len(data)
+        return b"" if self.discard_body else data
+
+    def send(self, data, complete=False):
+        """Sends one piece of body, with the head if it has not gone yet."""
+        if self.status is None:
+            raise AssertionError("the app produced body before calling start_response()")
+        data = self._clip(data)
+        try:
+            if not self.head_sent:
+                self.head_sent = True
+                host.start_response(self.status, self.headers, data, complete)
+            elif data:
+                host.write_body(data)
+        except Err as e:
+            raise ClientDisconnected(f"response: {e.value}") from None
+
+    def write(self, data):
+        """The ``write()`` callable that ``start_response`` returns."""
+        if type(data) is not bytes:
+            raise TypeError(f"write() takes bytes, not {type(data).__name__}")
+        if data:
+            self.send(data)
+
+
+def _environ(url_scheme, pairs):
+    environ = {name: value.decode("latin-1") for name, value in pairs}
+    length = environ.get("CONTENT_LENGTH", "")
+    environ.update(
+        {
+            "wsgi.version": (1, 0),
+            "wsgi.url_scheme": url_scheme,
+            "wsgi.input": Input(int(length) if length.isdigit() else None),
+            # Our input ends exactly at the end of the body, chunked or not.
+            "wsgi.input_terminated": True,
+            "wsgi.errors": ErrorStream(),
+            "wsgi.multithread": False,
+            "wsgi.multiprocess": True,
+            "wsgi.run_once": True,
+            "wsgi.file_wrapper": FileWrapper,
+        }
+    )
+    return environ
+
+
+def _run(app, environ, response):
+    result = app(environ, response.start_response)
+    try:
+        if isinstance(result, (list, tuple)) and all(type(c) is bytes for c in result):
+            # The whole body is already here: let the host frame it with a length.
+            if not response.head_sent:
+                response.send(b"".join(result), complete=True)
+                return
+            for chunk in result:
+                response.write(chunk)
+            return
+        for chunk in result:
+            if type(chunk) is not bytes:
+                raise TypeError(f"the app yielded {type(chunk).__name__}, not bytes")
+            if chunk:
+                response.send(chunk)
+        if not response.head_sent:
+            response.send(b"", complete=True)
+    finally:
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+
+
+def handle(app, url_scheme, pairs):
+    """Runs one request through ``app``; raises ``Err(traceback)`` on failure."""
+    # The module-level generator was seeded before the build snapshot; give
+    # every instance its own sequence, as a fresh process would have.
+    random.seed()
+    environ = _environ(url_scheme, pairs)
+    response = _Response(environ.get("REQUEST_METHOD", "GET"))
+    try:
+        _run(app, environ, response)
+    except BaseException as e:  # noqa: BLE001 - the host decides what the client sees
+        environ["wsgi.errors"].flush()
+        if isinstance(e, ClientDisconnected):
+            raise Err(f"client went away: {e}") from None
+        raise Err("".join(traceback.format_exception(e))) from None
+    environ["wsgi.errors"].flush()

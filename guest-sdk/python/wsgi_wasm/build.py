@@ -1,0 +1,203 @@
+"""The build-time half of the SDK: runs once, inside the guest, at pre-init.
+
+``componentize-py`` imports the entry module once while it snapshots the
+interpreter, with the stdlib, the app and its dependencies mounted as
+directories (``/python``, ``/0``, ``/1``, ...). Whatever is imported then is in
+the snapshot; anything else must be importable later, at request time. So this
+module, in that single run:
+
+1. imports the app and checks that the named object is a WSGI callable;
+2. imports every dependency that ships native code, to prove it has a
+   pure-Python fallback (a clear build error names the package if not);
+3. copies every mounted directory into the export directory, with bytecode
+   compiled for this exact interpreter, so the host can ship the tree inside
+   ``app.wasm`` and mount it read-only at the same paths for every request;
+4. returns the ``WitWorld`` class that componentize-py exports.
+
+Errors are reported as one ``WSGI_WASM_BUILD_ERROR <json string>`` line on
+stderr, which ``wsgi-wasm build`` turns into its own error message.
+"""
+
+import importlib
+import inspect
+import json
+import os
+import py_compile
+import shutil
+import sys
+import traceback
+
+import wit_world
+
+from . import adapter
+
+PLAN_FILE = "wsgi_wasm_plan.json"
+MARKER = "WSGI_WASM_BUILD_ERROR"
+# Parts of the stdlib that cannot work in a WASI sandbox or serve no request.
+STDLIB_SKIP = frozenset(
+    ("idlelib", "tkinter", "turtledemo", "ensurepip", "test", "site-packages", "__phello__")
+)
+
+
+class BuildError(Exception):
+    pass
+
+
+def _fail(message):
+    sys.stderr.write(f"{MARKER} {json.dumps(message)}\n")
+    sys.stderr.flush()
+    raise BuildError(message)
+
+
+def _load_plan():
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(here, PLAN_FILE)) as f:
+        return json.load(f)
+
+
+def _native_culprit(plan, exc):
+    """The native-code distribution an import failure comes from, if any."""
+    missing = getattr(exc, "name", None) or ""
+    text = str(exc)
+    for dist in plan["native"]:
+        for module in dist["modules"]:
+            if missing == module or missing.startswith(module + ".") or module in text:
+                return dist
+    return None
+
+
+def _native_message(dist, exc):
+    files = ", ".join(dist["files"][:3])
+    return (
+        f"package {dist['name']} {dist['version']} ships native code ({files}) and has no "
+        f"pure-Python fallback that works in WebAssembly: {type(exc).__name__}: {exc}. "
+        "Only pure-Python packages (or ones that fall back to pure Python) can run in the sandbox."
+    )
+
+
+def _import_app(plan):
+    module_name, attr = plan["module"], plan["callable"]
+    target = f"{module_name}:{attr}"
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name == module_name or module_name.startswith(f"{e.name}."):
+            _fail(
+                f"cannot find module {module_name!r} for {target}: looked in "
+                + ", ".join(plan["app_paths"])
+                + " (set --path to the directory that holds it)"
+            )
+        dist = _native_culprit(plan, e)
+        if dist:
+            _fail(_native_message(dist, e))
+        _fail(f"importing {module_name!r} failed:\n{traceback.format_exc()}")
+    except BaseException as e:  # noqa: BLE001 - any failure of user code is a build error
+        dist = _native_culprit(plan, e)
+        if dist:
+            _fail(_native_message(dist, e))
+        _fail(f"importing {module_name!r} failed:\n{traceback.format_exc()}")
+
+    factory = attr.endswith("()")
+    obj = module
+    for part in attr.removesuffix("()").split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            _fail(f"module {module_name!r} has no attribute {part!r} (looking for {target})")
+    if factory:
+        try:
+            obj = obj()
+        except BaseException:  # noqa: BLE001
+            _fail(f"calling the app factory {target} failed:\n{traceback.format_exc()}")
+
+    if not callable(obj):
+        _fail(
+            f"{target} is not callable (it is a {type(obj).__name__} object), so it is not "
+            "a WSGI application: it must be callable as app(environ, start_response)"
+        )
+    try:
+        inspect.signature(obj).bind({}, lambda *a: None)
+    except TypeError as e:
+        _fail(
+            f"{target} is not a WSGI application: it cannot be called as "
+            f"app(environ, start_response) ({e})"
+        )
+    except ValueError:
+        pass  # no signature to inspect (a builtin); trust it
+    return obj
+
+
+def _probe_native(plan):
+    for dist in plan["native"]:
+        for module in dist["modules"]:
+            try:
+                importlib.import_module(module)
+            except BaseException as e:  # noqa: BLE001
+                _fail(_native_message(dist, e))
+
+
+def _mounted_roots(skip):
+    roots = []
+    for entry in sys.path:
+        if entry.count("/") == 1 and entry not in skip and os.path.isdir(entry):
+            roots.append(entry)
+    return roots
+
+
+def _skip_dir(parent, name):
+    """Directories that are never part of an app: caches, VCS, virtualenvs."""
+    return (
+        name == "__pycache__"
+        or name.startswith(".")
+        or name == "node_modules"
+        or os.path.exists(os.path.join(parent, name, "pyvenv.cfg"))
+    )
+
+
+def _export_tree(export_dir, roots):
+    tag = sys.implementation.cache_tag
+    for root in roots:
+        dest_root = os.path.join(export_dir, root.lstrip("/"))
+        for dirpath, dirnames, filenames in os.walk(root):
+            rel = os.path.relpath(dirpath, root)
+            dirnames[:] = sorted(
+                d
+                for d in dirnames
+                if not _skip_dir(dirpath, d) and not (root == "/python" and rel == "." and d in STDLIB_SKIP)
+            )
+            dest = os.path.normpath(os.path.join(dest_root, rel))
+            os.makedirs(dest, exist_ok=True)
+            for name in filenames:
+                # Host-built native modules cannot load here, and stale bytecode
+                # from the host's Python is for another interpreter.
+                if name.endswith((".so", ".pyd", ".pyc", ".dylib")) or name == PLAN_FILE:
+                    continue
+                src = os.path.join(dirpath, name)
+                shutil.copyfile(src, os.path.join(dest, name))
+                if name.endswith(".py"):
+                    stem = name[:-3]
+                    try:
+                        py_compile.compile(
+                            src,
+                            cfile=os.path.join(dest, "__pycache__", f"{stem}.{tag}.pyc"),
+                            dfile=src,
+                            doraise=True,
+                            invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,
+                        )
+                    except py_compile.PyCompileError:
+                        pass  # not importable as source either; ship it as it is
+
+
+def prepare():
+    """Everything the entry module does at pre-init; returns the WitWorld class."""
+    plan = _load_plan()
+    app = _import_app(plan)
+    _probe_native(plan)
+    export_dir = plan["export_dir"]
+    _export_tree(export_dir, _mounted_roots({export_dir}))
+
+    class WitWorld(wit_world.WitWorld):
+        def handle(self, url_scheme, environ):
+            adapter.handle(app, url_scheme, environ)
+
+    return WitWorld

@@ -1,0 +1,141 @@
+//! `wsgi-wasm build`: a WSGI app and its requirements → one `app.wasm`.
+//!
+//! 1. Provision the pinned componentize-py (`toolchain`).
+//! 2. Install the requirements for the guest and list those with native
+//!    code (`deps`).
+//! 3. Stage the SDK, the WIT world, an entry module and a build plan (`sdk`).
+//! 4. Run componentize-py, which imports the app inside CPython-for-WASI and
+//!    snapshots it; the guest side (`wsgi_wasm/build.py`) checks the app and
+//!    exports its whole file tree, bytecode included.
+//! 5. Embed that tree in the component (`bundle`) and write the output.
+//!
+//! The mount order decides the guest paths: the app's `--path` directories
+//! are `/0`..`/{n-1}`, the SDK `/n`, the export directory `/{n+1}`, and the
+//! requirements (through `VIRTUAL_ENV`) `/{n+2}`.
+
+mod deps;
+pub mod sdk;
+mod toolchain;
+
+use std::process::Stdio;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+
+use crate::bundle;
+use crate::config::BuildConfig;
+
+/// Marker of a build error reported by the guest (see `wsgi_wasm/build.py`).
+const GUEST_ERROR_MARKER: &str = "WSGI_WASM_BUILD_ERROR ";
+
+/// Builds the component described by `cfg`.
+///
+/// # Errors
+/// A message that says what to fix: the app, its requirements, or the machine.
+pub fn build(cfg: &BuildConfig) -> Result<()> {
+    let started = Instant::now();
+    let toolchain = toolchain::Toolchain::ensure(&cfg.python, &cfg.cache_dir)?;
+
+    let stage = tempfile::Builder::new().prefix("wsgi-wasm-build-").tempdir()?;
+    let (wit, sdk_dir, export) = (stage.path().join("wit"), stage.path().join("sdk"), stage.path().join("export"));
+    let site = stage.path().join("venv/lib/site-packages");
+    for dir in [&export, &site] {
+        std::fs::create_dir_all(dir)?;
+    }
+    sdk::write(&wit, &sdk_dir)?;
+
+    let native = match &cfg.requirements {
+        Some(req) => {
+            eprintln!("wsgi-wasm: installing {} for the guest", req.display());
+            deps::install(&cfg.python, req, &site)?;
+            deps::native_dists(&site)?
+        }
+        None => Vec::new(),
+    };
+    for dist in &native {
+        eprintln!(
+            "wsgi-wasm: {} {} ships native code; checking that it falls back to pure Python",
+            dist.name, dist.version
+        );
+    }
+
+    let n = cfg.paths.len();
+    let plan = serde_json::json!({
+        "module": cfg.target.module,
+        "callable": cfg.target.callable,
+        "export_dir": format!("/{}", n + 1),
+        "native": native,
+        "app_paths": cfg.paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+    });
+    std::fs::write(sdk_dir.join(sdk::PLAN_FILE), serde_json::to_vec_pretty(&plan)?)?;
+
+    eprintln!("wsgi-wasm: importing {} in CPython for WASI and snapshotting it", cfg.target);
+    let raw = stage.path().join("raw.wasm");
+    let mut cmd = toolchain.componentize_py();
+    cmd.arg("-d").arg(&wit).args(["-w", "wsgi", "--quiet", "componentize", sdk::ENTRY_MODULE]);
+    for path in &cfg.paths {
+        cmd.arg("-p").arg(path);
+    }
+    cmd.arg("-p").arg(&sdk_dir).arg("-p").arg(&export).arg("-o").arg(&raw);
+    let out = cmd
+        .current_dir(stage.path())
+        .env("VIRTUAL_ENV", stage.path().join("venv"))
+        .stdin(Stdio::null())
+        .output()
+        .context("running componentize-py")?;
+    if !out.status.success() {
+        bail!("{}", explain_failure(&out));
+    }
+
+    let mut component = std::fs::read(&raw).context("componentize-py wrote no component")?;
+    bundle::embed(&mut component, &export)?;
+    let tmp = cfg.output.with_extension("wasm.partial");
+    std::fs::write(&tmp, &component).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &cfg.output).with_context(|| format!("writing {}", cfg.output.display()))?;
+    eprintln!(
+        "wsgi-wasm: wrote {} ({:.1} MiB) in {:.1}s",
+        cfg.output.display(),
+        component.len() as f64 / (1 << 20) as f64,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Turns a failed componentize-py run into a message for the user: the
+/// guest's own error if it reported one, else the tail of the output.
+fn explain_failure(out: &std::process::Output) -> String {
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if let Some(msg) = text
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix(GUEST_ERROR_MARKER))
+        .and_then(|json| serde_json::from_str::<String>(json).ok())
+    {
+        return msg;
+    }
+    // Drop the Rust backtrace frames componentize-py appends; keep the Python.
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            let t = l.trim_start();
+            !(t.starts_with("at ") || t.split_once(": ").is_some_and(|(n, _)| n.parse::<u32>().is_ok()))
+        })
+        .collect();
+    let tail = &lines[lines.len().saturating_sub(40)..];
+    format!("componentize-py failed ({}):\n{}", out.status, tail.join("\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    #[test]
+    fn guest_errors_are_reported_alone() {
+        let out = std::process::Output {
+            status: std::process::ExitStatus::from_raw(256),
+            stdout: Vec::new(),
+            stderr: b"Traceback...\n  WSGI_WASM_BUILD_ERROR \"cannot find module 'x'\"\nCaused by: ...\n".to_vec(),
+        };
+        assert_eq!(explain_failure(&out), "cannot find module 'x'");
+    }
+}

@@ -1,0 +1,112 @@
+//! The pinned guest toolchain: componentize-py (and the CPython-for-WASI it
+//! bundles), provisioned on first use into the cache.
+//!
+//! The pin is `python-wasm/requirements.lock`, compiled into this binary. It
+//! is installed with `pip --require-hashes` into a directory named after the
+//! lock file's hash, and marked complete only after pip succeeded, so an
+//! interrupted install is redone and a changed pin gets a directory of its own.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+
+use crate::bundle::hex;
+
+/// The pinned requirements, as shipped in `python-wasm/`.
+pub const LOCK: &str = include_str!("../../../python-wasm/requirements.lock");
+
+/// A provisioned componentize-py.
+pub struct Toolchain {
+    python: PathBuf,
+    site: PathBuf,
+}
+
+impl Toolchain {
+    /// Finds the toolchain in the cache, installing it first if needed.
+    ///
+    /// # Errors
+    /// Fails with what to do if Python or pip is missing, or pip fails.
+    pub fn ensure(python: &Path, cache_dir: &Path) -> Result<Self> {
+        check_python(python)?;
+        let key = hex(&Sha256::digest(LOCK.as_bytes()));
+        let dir = cache_dir.join("toolchain").join(&key[..16]);
+        let site = dir.join("site");
+        let done = dir.join(".complete");
+        if !done.is_file() {
+            eprintln!(
+                "wsgi-wasm: provisioning the guest toolchain (componentize-py with CPython 3.14 \
+                 for WASI, about 17 MB) into {}; this happens once",
+                dir.display()
+            );
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let lock = dir.join("requirements.lock");
+            std::fs::write(&lock, LOCK)?;
+            let status = Command::new(python)
+                .args(["-m", "pip", "install", "--disable-pip-version-check", "--no-input"])
+                .args(["--require-hashes", "--only-binary=:all:", "--no-deps", "--target"])
+                .arg(&site)
+                .arg("-r")
+                .arg(&lock)
+                .status()
+                .context("running pip")?;
+            if !status.success() {
+                bail!(
+                    "installing componentize-py failed (pip exited with {status}); see pip's \
+                     output above. The pinned wheel is for x86-64 Linux."
+                );
+            }
+            std::fs::write(&done, b"")?;
+        }
+        Ok(Self { python: python.to_owned(), site })
+    }
+
+    /// A `componentize-py` command line, ready for arguments.
+    pub fn componentize_py(&self) -> Command {
+        let mut cmd = Command::new(&self.python);
+        cmd.env("PYTHONPATH", &self.site)
+            .env("PYTHONNOUSERSITE", "1")
+            .args(["-c", "import sys; sys.argv[0] = 'componentize-py'; from componentize_py import script; sys.exit(script())"]);
+        cmd
+    }
+}
+
+fn check_python(python: &Path) -> Result<()> {
+    let out = Command::new(python)
+        .args(["-c", "import sys, pip; print('%d.%d' % sys.version_info[:2])"])
+        .output();
+    match out {
+        Err(err) => bail!(
+            "`wsgi-wasm build` needs Python 3.9+ with pip on the build machine (to install \
+             componentize-py and the app's requirements), but `{}` could not run: {err}. \
+             Install it (e.g. `apt-get install python3 python3-pip`) or pass --python",
+            python.display()
+        ),
+        Ok(out) if !out.status.success() => bail!(
+            "`{}` has no pip ({}); install it (e.g. `apt-get install python3-pip`) or pass --python",
+            python.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        Ok(out) => {
+            let version = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            let (major, minor) = version.split_once('.').unwrap_or(("0", "0"));
+            if major != "3" || minor.parse::<u32>().unwrap_or(0) < 9 {
+                bail!("`{}` is Python {version}; wsgi-wasm build needs 3.9 or newer", python.display());
+            }
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_lock_pins_one_version_by_hash() {
+        let pins: Vec<_> = super::LOCK.lines().filter(|l| l.contains("==")).collect();
+        assert_eq!(pins.len(), 1, "{pins:?}");
+        assert!(pins[0].starts_with("componentize-py=="));
+        assert!(super::LOCK.contains("--hash=sha256:"));
+    }
+}

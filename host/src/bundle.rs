@@ -1,0 +1,168 @@
+//! The guest file tree that travels inside `app.wasm`.
+//!
+//! At build time the guest copies every directory it had mounted (the stdlib
+//! at `/python`, the app at `/0`, its dependencies, ...) into an export
+//! directory. [`embed`] packs that directory as a gzipped tar into a custom
+//! section of the component, so the one file is all a server needs. At run
+//! time [`unpack`] finds the section and extracts it once into the cache; the
+//! sandbox then mounts each top-level directory read-only at the same guest
+//! path, so that imports at request time find exactly what the build saw.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use wasm_encoder::Encode;
+use wasmparser::BinaryReader;
+
+/// Name of the custom section; bump the suffix if the payload format changes.
+pub const SECTION: &str = "wsgi-wasm:tree/v1";
+
+/// Appends `tree_dir`, packed, to `component` as the [`SECTION`] custom section.
+///
+/// # Errors
+/// Fails if the directory cannot be read.
+pub fn embed(component: &mut Vec<u8>, tree_dir: &Path) -> Result<()> {
+    let mut packed = Vec::new();
+    {
+        let gz = flate2::write::GzEncoder::new(&mut packed, flate2::Compression::default());
+        let mut tar = tar::Builder::new(gz);
+        tar.follow_symlinks(false);
+        tar.mode(tar::HeaderMode::Deterministic);
+        tar.append_dir_all(".", tree_dir)
+            .with_context(|| format!("packing {}", tree_dir.display()))?;
+        tar.into_inner()?.finish()?;
+    }
+    let section = wasm_encoder::CustomSection {
+        name: SECTION.into(),
+        data: packed.into(),
+    };
+    component.push(0); // the custom section id, for modules and components alike
+    section.encode(component);
+    Ok(())
+}
+
+/// Finds the [`SECTION`] payload among the component's top-level sections.
+///
+/// Only section headers are read: nested core modules are skipped by their
+/// size, never parsed.
+///
+/// # Errors
+/// Fails if `bytes` is not a WebAssembly component, or has no such section
+/// (a component not made by `wsgi-wasm build`).
+pub fn find(bytes: &[u8]) -> Result<&[u8]> {
+    let mut reader = BinaryReader::new(bytes, 0);
+    let preamble = reader.read_bytes(8).ok();
+    match preamble {
+        Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => {
+            bail!("it is a core WebAssembly module, not a component")
+        }
+        Some([0, b'a', b's', b'm', _, _, 1, 0]) => {}
+        _ => bail!("it is not a WebAssembly component"),
+    }
+    while !reader.eof() {
+        let id = reader.read_u8()?;
+        let size = reader.read_var_u32()? as usize;
+        let start = reader.original_position();
+        let body = reader.read_bytes(size).context("the file is truncated")?;
+        if id == 0 {
+            let mut custom = BinaryReader::new(body, start);
+            if custom.read_string()? == SECTION {
+                return Ok(&body[custom.current_position()..]);
+            }
+        }
+    }
+    bail!("it has no `{SECTION}` section: it was not made by `wsgi-wasm build`")
+}
+
+/// Extracts the tree payload into `dest`, unless a previous run already did.
+///
+/// Extraction goes to a temporary sibling first and is renamed into place, so
+/// a crash midway never leaves a half tree that a later start would trust.
+/// Returns the top-level directories as `(host path, guest path)` pairs.
+///
+/// # Errors
+/// Fails on a corrupt payload or an unwritable cache.
+pub fn unpack(payload: &[u8], dest: &Path) -> Result<Vec<(PathBuf, String)>> {
+    if !dest.is_dir() {
+        let parent = dest.parent().context("cache path has no parent")?;
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+        let tmp = tempdir_in(parent)?;
+        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(payload));
+        archive.set_preserve_permissions(false);
+        // `unpack` refuses entries that would land outside `tmp` (`..`, absolute paths).
+        archive
+            .unpack(&tmp)
+            .context("the embedded file tree is corrupt")?;
+        match std::fs::rename(&tmp, dest) {
+            Ok(()) => {}
+            // Another process won the race: its copy is as good as ours.
+            Err(_) if dest.is_dir() => std::fs::remove_dir_all(&tmp)?,
+            Err(e) => return Err(e).with_context(|| format!("moving tree to {}", dest.display())),
+        }
+    }
+    let mut roots = Vec::new();
+    for entry in std::fs::read_dir(dest)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            let name = entry.file_name().into_string().ok().context("non-UTF-8 tree root")?;
+            roots.push((entry.path(), format!("/{name}")));
+        }
+    }
+    roots.sort();
+    Ok(roots)
+}
+
+fn tempdir_in(parent: &Path) -> Result<PathBuf> {
+    let mut rnd = [0u8; 8];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut rnd))
+        .context("reading /dev/urandom")?;
+    let path = parent.join(format!(".tmp-{}", hex(&rnd)));
+    std::fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
+    Ok(path)
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embed_then_find_then_unpack_round_trips() {
+        let src = std::env::temp_dir().join(format!("wsgi-wasm-bundle-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&src);
+        std::fs::create_dir_all(src.join("python/json")).unwrap();
+        std::fs::write(src.join("python/json/__init__.py"), b"x = 1\n").unwrap();
+        std::fs::create_dir_all(src.join("0")).unwrap();
+
+        // The smallest component: the preamble alone.
+        let mut component = b"\0asm\x0d\0\x01\0".to_vec();
+        embed(&mut component, &src).unwrap();
+        let payload = find(&component).unwrap();
+        let dest = src.with_extension("out");
+        let _ = std::fs::remove_dir_all(&dest);
+        let roots = unpack(payload, &dest).unwrap();
+        assert_eq!(
+            roots.iter().map(|(_, g)| g.as_str()).collect::<Vec<_>>(),
+            ["/0", "/python"]
+        );
+        assert_eq!(std::fs::read(dest.join("python/json/__init__.py")).unwrap(), b"x = 1\n");
+        std::fs::remove_dir_all(&src).unwrap();
+        std::fs::remove_dir_all(&dest).unwrap();
+    }
+
+    #[test]
+    fn find_refuses_core_modules_and_foreign_components() {
+        assert!(find(b"\0asm\x01\0\0\0").unwrap_err().to_string().contains("core"));
+        assert!(find(b"\0asm\x0d\0\x01\0\x00\x7f").unwrap_err().to_string().contains("truncated"));
+        let err = find(b"\0asm\x0d\0\x01\0").unwrap_err().to_string();
+        assert!(err.contains("not made by"), "{err}");
+        assert!(find(b"garbage").is_err());
+    }
+}

@@ -1,0 +1,99 @@
+//! Command-line arguments, as clap parses them. No logic lives here: every
+//! default that depends on another flag, and every check, is in `config.rs`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Run WSGI apps in a fresh WebAssembly sandbox per request.
+#[derive(Debug, Parser)]
+#[command(name = "wsgi-wasm", version, about, max_term_width = 100)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Turn a WSGI app and its pure-Python dependencies into one app.wasm.
+    Build(BuildArgs),
+    /// Serve an app.wasm, with a fresh sandbox for every request.
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// The WSGI app, as MODULE:CALLABLE (e.g. `myapp:app`). A trailing `()`
+    /// calls an app factory once at build time (e.g. `myapp:create_app()`).
+    pub app: String,
+
+    /// Directory that holds the app's module; repeat for more. The first one
+    /// wins when two hold the same module, as on `sys.path`.
+    #[arg(long = "path", short = 'p', value_name = "DIR", default_value = ".")]
+    pub paths: Vec<PathBuf>,
+
+    /// A pip requirements file: these packages are installed for the guest
+    /// (not the host) and bundled. They must be pure Python, or fall back to
+    /// pure Python when their native code is missing.
+    #[arg(long, short = 'r', value_name = "FILE")]
+    pub requirements: Option<PathBuf>,
+
+    /// Where to write the component.
+    #[arg(long, short = 'o', value_name = "FILE", default_value = "app.wasm")]
+    pub output: PathBuf,
+
+    /// Cache for the guest toolchain (componentize-py) and compiled code.
+    /// Default: `$XDG_CACHE_HOME/wsgi-wasm`, else `~/.cache/wsgi-wasm`.
+    #[arg(long, value_name = "DIR", env = "WSGI_WASM_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// The Python used to provision the toolchain and run pip (3.9 or newer).
+    #[arg(long, value_name = "PROGRAM", env = "WSGI_WASM_PYTHON", default_value = "python3")]
+    pub python: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The component made by `wsgi-wasm build`.
+    pub app: PathBuf,
+
+    /// Serve HTTP/1.1 on this address; repeat for more. Default: 127.0.0.1:8000.
+    #[arg(long = "http", value_name = "ADDR")]
+    pub http: Vec<SocketAddr>,
+
+    /// Wall-clock limit for one request, in seconds, from the start of its
+    /// sandbox to the end of its response body. A request over it gets a 504
+    /// (or, once its headers went out, a cut connection).
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0, env = "WSGI_WASM_TIMEOUT")]
+    pub timeout: f64,
+
+    /// Limit on each sandbox's linear memory, in MiB. A request whose app
+    /// allocates past it fails alone with a 500.
+    #[arg(long, value_name = "MIB", default_value_t = 256, env = "WSGI_WASM_MEMORY")]
+    pub memory: u64,
+
+    /// Sandboxes alive at once. Past it, requests wait up to --queue-timeout
+    /// for one to free up, then get a 503. Default: 32 per core.
+    #[arg(long, value_name = "N", env = "WSGI_WASM_MAX_INSTANCES")]
+    pub max_instances: Option<usize>,
+
+    /// Seconds a request may wait for a free sandbox before its 503.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5.0)]
+    pub queue_timeout: f64,
+
+    /// Open client connections at once; further clients wait in the kernel's
+    /// accept queue.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    pub max_connections: usize,
+
+    /// On SIGINT/SIGTERM, seconds to let requests in flight finish before
+    /// exiting anyway. A second signal exits at once.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
+    pub shutdown_timeout: f64,
+
+    /// Cache for compiled code and the app's unpacked file tree.
+    /// Default: `$XDG_CACHE_HOME/wsgi-wasm`, else `~/.cache/wsgi-wasm`.
+    #[arg(long, value_name = "DIR", env = "WSGI_WASM_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+}

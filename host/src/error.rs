@@ -1,0 +1,73 @@
+//! Typed errors at the edges, and the one place where they become statuses.
+//!
+//! Whatever went wrong inside a sandbox, the client sees only a status and a
+//! short fixed body; the detail (a traceback, a trap) goes to the log with the
+//! request id.
+
+use http::StatusCode;
+
+/// How one request's sandbox failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// The instance could not be created (e.g. memory for it was refused).
+    #[error("instantiating the app failed: {0:#}")]
+    Instantiate(anyhow::Error),
+    /// The guest trapped: a WebAssembly fault, `os._exit()`, a fatal CPython error.
+    #[error("the app crashed: {0:#}")]
+    Trap(anyhow::Error),
+    /// The request ran past `--timeout`.
+    #[error("the request ran past its {0:?} deadline")]
+    DeadlineExceeded(std::time::Duration),
+    /// The guest asked for more linear memory than `--memory` allows.
+    #[error("the app hit the memory limit of {0} MiB")]
+    MemoryExceeded(usize),
+    /// The app raised; the string is its traceback.
+    #[error("the app raised an exception:\n{0}")]
+    App(String),
+    /// The guest broke the protocol with the host (e.g. an invalid status line).
+    #[error("the app sent an invalid response: {0}")]
+    GuestProtocol(String),
+    /// The client went away while the app was still reading or writing.
+    #[error("the client went away ({0})")]
+    ClientGone(String),
+    /// No sandbox slot freed up within `--queue-timeout`.
+    #[error("no sandbox free within {0:?}")]
+    Overloaded(std::time::Duration),
+}
+
+impl SandboxError {
+    /// The status a client gets for this failure.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::DeadlineExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            // Nobody is left to read it; the access log still wants a number.
+            Self::ClientGone(_) => StatusCode::from_u16(499).expect("499 is a valid code"),
+            Self::Instantiate(_)
+            | Self::Trap(_)
+            | Self::MemoryExceeded(_)
+            | Self::App(_)
+            | Self::GuestProtocol(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// The fixed body for an error status: its canonical reason and nothing else.
+pub fn error_body(status: StatusCode) -> String {
+    format!("{} {}\n", status.as_u16(), status.canonical_reason().unwrap_or("Error"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_follow_the_failure() {
+        let d = std::time::Duration::from_secs(1);
+        assert_eq!(SandboxError::DeadlineExceeded(d).status(), 504);
+        assert_eq!(SandboxError::Overloaded(d).status(), 503);
+        assert_eq!(SandboxError::App("Traceback".into()).status(), 500);
+        assert_eq!(SandboxError::MemoryExceeded(64).status(), 500);
+        assert_eq!(error_body(StatusCode::GATEWAY_TIMEOUT), "504 Gateway Timeout\n");
+    }
+}

@@ -1,0 +1,33 @@
+//! wsgi-wasm: run WSGI apps in a fresh WebAssembly sandbox per request.
+//!
+//! # Layout
+//!
+//! Dependencies point down this list; nothing imports a module above it.
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`cli`] | clap arguments, documented; no logic |
+//! | [`config`] | validated, defaulted configuration and limits |
+//! | [`build`] | `wsgi-wasm build`: toolchain, requirements, snapshot, output |
+//! | [`server`] | listeners, accept loop, connection cap, graceful drain |
+//! | [`shutdown`] | SIGINT/SIGTERM → cancellation; a second signal exits |
+//! | [`protocol`] | wire protocols (HTTP/1.1 via hyper) → [`wsgi::WsgiRequest`] |
+//! | [`wsgi`] | CGI environ, response validation and framing, dispatch |
+//! | [`sandbox`] | one fresh store and instance per request; limits; host imports |
+//! | [`engine`] | wasmtime engine, compiled-code cache, epoch ticker |
+//! | [`bundle`] | the guest file tree inside `app.wasm` |
+//! | [`bindings`] | code generated from `guest-sdk/wit/wsgi.wit` |
+//! | [`error`] | typed errors and the one error → status mapping |
+
+pub mod bindings;
+pub mod build;
+pub mod bundle;
+pub mod cli;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod protocol;
+pub mod sandbox;
+pub mod server;
+pub mod shutdown;
+pub mod wsgi;

@@ -1,0 +1,54 @@
+//! The `wsgi-wasm` binary: parse, set up logging, dispatch, map errors to an
+//! exit status. Everything else lives in the library.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+use wsgi_wasm::cli::{Cli, Command, RunArgs};
+use wsgi_wasm::config::{BuildConfig, RunConfig};
+use wsgi_wasm::engine::LoadedApp;
+use wsgi_wasm::sandbox::Sandbox;
+use wsgi_wasm::{build, server, shutdown};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("WSGI_WASM_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let result = match cli.command {
+        Command::Build(args) => BuildConfig::from_args(args).and_then(|cfg| build::build(&cfg)),
+        Command::Run(args) => run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("wsgi-wasm: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: RunArgs) -> Result<()> {
+    let config = RunConfig::from_args(args)?;
+    // Everything that can be wrong with the app is found before listening.
+    let app = LoadedApp::load(&config.app, &config.cache_dir)?;
+    let sandbox = Arc::new(Sandbox::new(app, config.limits.clone())?);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        sandbox.check().await?;
+        let listeners = server::bind(&config.http).await?;
+        let shutdown = shutdown::on_signals().context("installing signal handlers")?;
+        server::run(listeners, sandbox, config.shutdown_timeout, shutdown).await
+    })
+}

@@ -1,0 +1,398 @@
+//! One fresh, isolated instance per request.
+//!
+//! [`Sandbox`] holds what is shared and immutable: the linked `InstancePre`,
+//! the limits and the slot semaphore. [`Sandbox::run`] gives each request a
+//! new `Store` with a new WASI context (no environment, no arguments, no
+//! network, the app's own file tree mounted read-only), a memory limiter and
+//! an epoch deadline, instantiates the component, calls `handle` once and
+//! drops it all. Nothing survives from one request to the next.
+//!
+//! This module knows nothing of HTTP: the request body comes in as a
+//! [`RequestBody`], and the response leaves through [`GuestIo`] as raw bytes
+//! that the `wsgi` layer validates and frames.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use tokio::sync::{mpsc, Semaphore};
+use tracing::Instrument;
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::{ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use crate::bindings::{self, Header, WsgiPre};
+use crate::config::Limits;
+use crate::engine::LoadedApp;
+use crate::error::SandboxError;
+
+mod stdio;
+
+/// Errors a request body may fail with.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The request body, whatever protocol it came from.
+pub type RequestBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+/// The status line and headers the guest sent, not yet validated.
+#[derive(Debug)]
+pub struct RawHead {
+    pub status: Vec<u8>,
+    pub headers: Vec<(Vec<u8>, Vec<u8>)>,
+    /// `Some(len)` when the guest sent the whole body with the head.
+    pub complete_len: Option<u64>,
+}
+
+/// What the response side decided about a head the guest sent.
+#[derive(Debug, Clone, Copy)]
+pub struct HeadAccepted {
+    /// The response carries no body (HEAD, 204, 304): drop what the app writes.
+    pub discard_body: bool,
+}
+
+/// Validates a head and passes it on; an `Err` is the reason it was refused.
+pub type HeadHandler = Box<dyn FnOnce(RawHead) -> Result<HeadAccepted, String> + Send>;
+
+/// Body chunks on their way to the client.
+pub type ChunkSender = mpsc::Sender<Bytes>;
+
+/// The request's side of the boundary: where the guest reads and writes.
+pub struct GuestIo {
+    pub body: RequestBody,
+    pub on_head: HeadHandler,
+    pub chunks: ChunkSender,
+}
+
+/// The CGI variables and scheme for one call of `handle`.
+pub struct GuestRequest {
+    pub req_id: u64,
+    pub url_scheme: &'static str,
+    pub environ: Vec<(String, Vec<u8>)>,
+}
+
+/// What a finished run reports, for the access log.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RunStats {
+    /// Response body bytes the guest handed over (after the head).
+    pub body_bytes: u64,
+    /// Whether a head was accepted (and so went, or is going, to the client).
+    pub head_sent: bool,
+}
+
+/// The compiled, linked app and the limits every instance runs under.
+pub struct Sandbox {
+    app: LoadedApp,
+    pre: WsgiPre<HostState>,
+    limits: Limits,
+    /// One permit per live instance: `--max-instances`.
+    slots: Arc<Semaphore>,
+}
+
+impl Sandbox {
+    /// Links the app against WASI and our host imports.
+    ///
+    /// # Errors
+    /// Fails if the component does not export the `wsgi` world or imports
+    /// something the host does not provide.
+    pub fn new(app: LoadedApp, limits: Limits) -> anyhow::Result<Self> {
+        let mut linker = Linker::<HostState>::new(&app.engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        bindings::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+        let pre = linker
+            .instantiate_pre(&app.component)
+            .map_err(anyhow::Error::from)
+            .context("the component does not fit the host (was it built by this wsgi-wasm?)")?;
+        let pre = WsgiPre::new(pre)
+            .map_err(anyhow::Error::from)
+            .context("the component does not export the wsgi-wasm `wsgi` world")?;
+        let slots = Arc::new(Semaphore::new(limits.max_instances));
+        Ok(Self { app, pre, limits, slots })
+    }
+
+    /// The SHA-256 of the loaded `app.wasm`.
+    pub fn digest(&self) -> &str {
+        &self.app.digest
+    }
+
+    /// The per-request limits.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Instantiates the app once, without a request, so that what would fail
+    /// every request (a `--memory` below what the snapshot needs, a missing
+    /// import) stops the server at startup instead.
+    ///
+    /// # Errors
+    /// Says what to change.
+    pub async fn check(&self) -> anyhow::Result<()> {
+        let io = GuestIo {
+            body: http_body_util::Empty::new().map_err(|never| match never {}).boxed_unsync(),
+            on_head: Box::new(|_| Err("no request".into())),
+            chunks: mpsc::channel(1).0,
+        };
+        let mut store = self.new_store(0, io)?;
+        if let Err(err) = self.pre.instantiate_async(&mut store).await {
+            if store.data().limiter.memory_hit {
+                anyhow::bail!(
+                    "the app needs more than --memory {} MiB just to start; raise --memory",
+                    self.limits.memory_bytes >> 20
+                );
+            }
+            return Err(anyhow::Error::from(err).context("the app cannot be instantiated"));
+        }
+        Ok(())
+    }
+
+    /// Runs one request in a fresh instance, start to finish.
+    ///
+    /// Waiting for a free slot is bounded by `--queue-timeout`; the
+    /// `--timeout` deadline starts when the instance is being created.
+    ///
+    /// # Errors
+    /// A [`SandboxError`] saying how the request failed; the instance is gone
+    /// either way.
+    pub async fn run(&self, req: GuestRequest, io: GuestIo) -> Result<RunStats, SandboxError> {
+        let queue = self.limits.queue_timeout;
+        let _permit = tokio::time::timeout(queue, Arc::clone(&self.slots).acquire_owned())
+            .await
+            .map_err(|_| SandboxError::Overloaded(queue))?
+            .expect("the slot semaphore is never closed");
+
+        let timeout = self.limits.timeout;
+        let span = tracing::info_span!("sandbox", req_id = req.req_id);
+        let outcome = tokio::time::timeout(timeout, self.call(req, io).instrument(span)).await;
+        match outcome {
+            Ok(result) => result,
+            // Dropping the call future dropped the store: the instance is gone.
+            Err(_) => Err(SandboxError::DeadlineExceeded(timeout)),
+        }
+    }
+
+    async fn call(&self, req: GuestRequest, io: GuestIo) -> Result<RunStats, SandboxError> {
+        let mut store = self.new_store(req.req_id, io).map_err(SandboxError::Instantiate)?;
+        let wsgi = match self.pre.instantiate_async(&mut store).await {
+            Ok(wsgi) => wsgi,
+            Err(err) => return Err(self.classify(store.data(), err.into(), SandboxError::Instantiate)),
+        };
+        let result = wsgi.call_handle(&mut store, req.url_scheme, &req.environ).await;
+        let state = store.data();
+        match result {
+            Ok(Ok(())) => Ok(state.stats),
+            Ok(Err(traceback)) => Err(if let Some(msg) = &state.protocol_error {
+                SandboxError::GuestProtocol(msg.clone())
+            } else if let Some(why) = &state.client_gone {
+                SandboxError::ClientGone(why.clone())
+            } else if state.limiter.memory_hit {
+                SandboxError::MemoryExceeded(self.limits.memory_bytes >> 20)
+            } else {
+                SandboxError::App(traceback)
+            }),
+            Err(err) => Err(self.classify(state, err.into(), SandboxError::Trap)),
+        }
+    }
+
+    fn classify(
+        &self,
+        state: &HostState,
+        err: anyhow::Error,
+        otherwise: fn(anyhow::Error) -> SandboxError,
+    ) -> SandboxError {
+        if state.limiter.memory_hit {
+            SandboxError::MemoryExceeded(self.limits.memory_bytes >> 20)
+        } else {
+            otherwise(err)
+        }
+    }
+
+    fn new_store(&self, req_id: u64, io: GuestIo) -> anyhow::Result<Store<HostState>> {
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.stdout(stdio::GuestLog::new(req_id, "stdout"))
+            .stderr(stdio::GuestLog::new(req_id, "stderr"));
+        for (host_dir, guest_dir) in &self.app.tree {
+            wasi.preopened_dir(host_dir, guest_dir, FsPerms::ReadOnly)?;
+        }
+        let state = HostState {
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            limiter: Limiter {
+                inner: StoreLimitsBuilder::new()
+                    .memory_size(self.limits.memory_bytes)
+                    .build(),
+                memory_hit: false,
+            },
+            io,
+            pending: Bytes::new(),
+            discard_body: false,
+            head: HeadState::Waiting,
+            stats: RunStats::default(),
+            protocol_error: None,
+            client_gone: None,
+            req_id,
+        };
+        let mut store = Store::new(&self.app.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        // Yield to the executor at every epoch tick: a guest spinning in
+        // `while True: pass` shares its core instead of holding it, and the
+        // deadline in `run` gets a chance to fire.
+        store.epoch_deadline_async_yield_and_update(1);
+        Ok(store)
+    }
+}
+
+/// StoreLimits, plus a record of whether the memory limit was what failed.
+struct Limiter {
+    inner: StoreLimits,
+    memory_hit: bool,
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let ok = self.inner.memory_growing(current, desired, maximum)?;
+        self.memory_hit |= !ok;
+        Ok(ok)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.inner.table_growing(current, desired, maximum)
+    }
+
+    fn instances(&self) -> usize {
+        self.inner.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.inner.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.inner.memories()
+    }
+}
+
+enum HeadState {
+    Waiting,
+    Sent,
+}
+
+/// Everything one instance's host calls can touch.
+pub struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: Limiter,
+    io: GuestIo,
+    /// Request body bytes received but not yet handed to the guest.
+    pending: Bytes,
+    /// Set when the head was for a response without a body.
+    discard_body: bool,
+    head: HeadState,
+    stats: RunStats,
+    /// Why the response side refused what the guest sent, if it did.
+    protocol_error: Option<String>,
+    /// Why the client is no longer there, if it is not.
+    client_gone: Option<String>,
+    req_id: u64,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl HostState {
+    fn gone(&mut self, why: &str) -> String {
+        self.client_gone.get_or_insert_with(|| why.to_owned()).clone()
+    }
+
+    async fn send(&mut self, chunk: Vec<u8>) -> Result<(), String> {
+        if self.discard_body || chunk.is_empty() {
+            return Ok(());
+        }
+        let len = chunk.len() as u64;
+        if self.io.chunks.send(Bytes::from(chunk)).await.is_err() {
+            return Err(self.gone("the client closed the connection"));
+        }
+        self.stats.body_bytes += len;
+        Ok(())
+    }
+}
+
+impl bindings::Host for HostState {
+    async fn read_body(&mut self, max_bytes: u32) -> wasmtime::Result<Result<Vec<u8>, String>> {
+        let max = max_bytes.max(1) as usize;
+        while self.pending.is_empty() {
+            match self.io.body.frame().await {
+                None => return Ok(Ok(Vec::new())),
+                Some(Err(err)) => {
+                    let why = format!("reading the request body failed: {err}");
+                    return Ok(Err(self.gone(&why)));
+                }
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.pending = data;
+                    }
+                }
+            }
+        }
+        let n = max.min(self.pending.len());
+        Ok(Ok(self.pending.split_to(n).to_vec()))
+    }
+
+    async fn start_response(
+        &mut self,
+        status: Vec<u8>,
+        headers: Vec<Header>,
+        body: Vec<u8>,
+        complete: bool,
+    ) -> wasmtime::Result<Result<(), String>> {
+        if matches!(self.head, HeadState::Sent) {
+            let msg = "start-response called twice".to_owned();
+            self.protocol_error = Some(msg.clone());
+            return Ok(Err(msg));
+        }
+        self.head = HeadState::Sent;
+        let raw = RawHead {
+            status,
+            headers: headers.into_iter().map(|h| (h.name, h.value)).collect(),
+            complete_len: complete.then_some(body.len() as u64),
+        };
+        let on_head = std::mem::replace(&mut self.io.on_head, Box::new(|_| Err("unreachable".into())));
+        match on_head(raw) {
+            Ok(accepted) => {
+                self.discard_body = accepted.discard_body;
+                self.stats.head_sent = true;
+                Ok(self.send(body).await)
+            }
+            Err(msg) => {
+                tracing::error!(req_id = self.req_id, "refused the app's response head: {msg}");
+                self.protocol_error = Some(msg.clone());
+                Ok(Err(msg))
+            }
+        }
+    }
+
+    async fn write_body(&mut self, chunk: Vec<u8>) -> wasmtime::Result<Result<(), String>> {
+        if !matches!(self.head, HeadState::Sent) {
+            let msg = "write-body before start-response".to_owned();
+            self.protocol_error = Some(msg.clone());
+            return Ok(Err(msg));
+        }
+        Ok(self.send(chunk).await)
+    }
+
+    async fn log_error(&mut self, message: String) -> wasmtime::Result<()> {
+        tracing::warn!(target: "wsgi_wasm::guest", req_id = self.req_id, stream = "wsgi.errors", "{message}");
+        Ok(())
+    }
+}

@@ -1,0 +1,215 @@
+//! The protocol-neutral middle: one request in, one response out.
+//!
+//! Every listener turns its wire format into a [`WsgiRequest`] and hands it
+//! to [`Dispatcher::dispatch`], which runs the app in a fresh sandbox on a
+//! task of its own and returns as soon as the app has produced its head. The
+//! body then streams from the still-running guest through a bounded channel,
+//! so a chunk the app yields reaches the client while the app goes on, and a
+//! slow client slows the app down instead of filling memory.
+
+pub mod environ;
+pub mod response;
+
+use std::future::Future as _;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderMap, Method, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::task::TaskTracker;
+
+pub use self::environ::{CgiVars, ConnInfo};
+pub use self::response::ResponseHead;
+use crate::error::{error_body, SandboxError};
+use crate::sandbox::{GuestIo, GuestRequest, HeadAccepted, HeadHandler, RequestBody, Sandbox};
+
+/// Body chunks buffered between a running guest and its client.
+const CHUNKS_IN_FLIGHT: usize = 4;
+
+/// A request as every protocol hands it over.
+pub struct WsgiRequest {
+    pub method: Method,
+    /// The request target as received, for the access log.
+    pub target: String,
+    pub url_scheme: &'static str,
+    pub vars: CgiVars,
+    pub body: RequestBody,
+}
+
+/// A response head plus its body.
+pub struct WsgiResponse {
+    pub head: ResponseHead,
+    pub body: ResponseBody,
+}
+
+impl WsgiResponse {
+    /// A short fixed response for an error status; no guest output in it.
+    pub fn error(status: StatusCode) -> Self {
+        let body = Bytes::from(error_body(status));
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+        Self {
+            head: ResponseHead { status, reason: None, headers, bodyless: false },
+            body: ResponseBody(Kind::Full(Some(body))),
+        }
+    }
+}
+
+/// The guest failed after its head went out: the connection must be cut so
+/// the client cannot take a truncated body for a whole one.
+#[derive(Debug, thiserror::Error)]
+#[error("the response was aborted after its headers were sent")]
+pub struct BodyAborted;
+
+/// A response body: fixed, empty, or streamed from a running guest.
+pub struct ResponseBody(Kind);
+
+enum Kind {
+    Empty,
+    Full(Option<Bytes>),
+    Stream {
+        chunks: mpsc::Receiver<Bytes>,
+        /// Resolves to whether the guest finished cleanly, once it has.
+        outcome: oneshot::Receiver<bool>,
+    },
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BodyAborted;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyAborted>>> {
+        match &mut self.0 {
+            Kind::Empty => Poll::Ready(None),
+            Kind::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            Kind::Stream { chunks, outcome } => {
+                if let Some(chunk) = std::task::ready!(chunks.poll_recv(cx)) {
+                    return Poll::Ready(Some(Ok(Frame::data(chunk))));
+                }
+                // The guest is gone; did it finish, or was it cut short?
+                match std::task::ready!(Pin::new(outcome).poll(cx)) {
+                    Ok(true) => {
+                        self.0 = Kind::Empty;
+                        Poll::Ready(None)
+                    }
+                    Ok(false) | Err(_) => {
+                        self.0 = Kind::Empty;
+                        Poll::Ready(Some(Err(BodyAborted)))
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.0, Kind::Empty | Kind::Full(None))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.0 {
+            Kind::Empty | Kind::Full(None) => SizeHint::with_exact(0),
+            Kind::Full(Some(d)) => SizeHint::with_exact(d.len() as u64),
+            Kind::Stream { .. } => SizeHint::default(),
+        }
+    }
+}
+
+/// Runs requests in sandboxes; shared by every listener.
+pub struct Dispatcher {
+    sandbox: Arc<Sandbox>,
+    /// Every sandbox task, so that shutdown can wait for them.
+    tasks: TaskTracker,
+    next_id: AtomicU64,
+}
+
+impl Dispatcher {
+    pub fn new(sandbox: Arc<Sandbox>, tasks: TaskTracker) -> Self {
+        Self { sandbox, tasks, next_id: AtomicU64::new(1) }
+    }
+
+    /// Runs `req` in a fresh sandbox; returns once the head is known.
+    pub async fn dispatch(&self, req: WsgiRequest) -> WsgiResponse {
+        let req_id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let (head_tx, head_rx) = oneshot::channel();
+        let (chunk_tx, chunk_rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
+        let (outcome_tx, outcome_rx) = oneshot::channel();
+        let status = Arc::new(AtomicU16::new(0));
+
+        let on_head: HeadHandler = {
+            let method = req.method.clone();
+            let status = Arc::clone(&status);
+            Box::new(move |raw| {
+                let head = response::validate(&raw, &method)?;
+                let accepted = HeadAccepted { discard_body: head.bodyless };
+                status.store(head.status.as_u16(), Ordering::Relaxed);
+                head_tx.send(head).map_err(|_| "the client went away".to_owned())?;
+                Ok(accepted)
+            })
+        };
+        let guest_req = GuestRequest { req_id, url_scheme: req.url_scheme, environ: req.vars.0 };
+        let io = GuestIo { body: req.body, on_head, chunks: chunk_tx };
+        let sandbox = Arc::clone(&self.sandbox);
+        let (method, target) = (req.method, req.target);
+        let task = self.tasks.spawn(async move {
+            let result = match sandbox.run(guest_req, io).await {
+                Ok(stats) if !stats.head_sent => Err(SandboxError::GuestProtocol(
+                    "the app finished without sending a response".into(),
+                )),
+                other => other,
+            };
+            let _ = outcome_tx.send(result.is_ok());
+            let (code, bytes) = match &result {
+                Ok(stats) => (status.load(Ordering::Relaxed), stats.body_bytes),
+                Err(err) => {
+                    log_failure(req_id, err);
+                    match status.load(Ordering::Relaxed) {
+                        0 => (err.status().as_u16(), error_body(err.status()).len() as u64),
+                        sent => (sent, 0),
+                    }
+                }
+            };
+            tracing::info!(
+                target: "wsgi_wasm::access",
+                req_id,
+                "\"{method} {target}\" {code} {bytes} {:.1}ms",
+                started.elapsed().as_secs_f64() * 1e3,
+            );
+            result
+        });
+
+        match head_rx.await {
+            Ok(head) => {
+                let body = if head.bodyless {
+                    Kind::Empty
+                } else {
+                    Kind::Stream { chunks: chunk_rx, outcome: outcome_rx }
+                };
+                WsgiResponse { head, body: ResponseBody(body) }
+            }
+            // The run ended without a head: it failed, and the task knows how.
+            Err(_) => match task.await {
+                Ok(Err(err)) => WsgiResponse::error(err.status()),
+                Ok(Ok(_)) | Err(_) => WsgiResponse::error(StatusCode::INTERNAL_SERVER_ERROR),
+            },
+        }
+    }
+}
+
+fn log_failure(req_id: u64, err: &SandboxError) {
+    match err {
+        SandboxError::ClientGone(_) => tracing::info!(req_id, "{err}"),
+        SandboxError::Overloaded(_) => tracing::warn!(req_id, "{err}"),
+        _ => tracing::error!(req_id, "{err}"),
+    }
+}

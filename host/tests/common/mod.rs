@@ -1,0 +1,222 @@
+//! Shared test harness: builds components with the real `wsgi-wasm build`,
+//! starts the real `wsgi-wasm run` on loopback, and speaks HTTP to it.
+//!
+//! Components are built once per test binary and reused across runs while
+//! their inputs (the app, the SDK, the binary) are older than the output.
+//! A server's log is captured; it is printed if the test fails, and tests
+//! can search it.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_wsgi-wasm");
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// One cache for every test: the toolchain is provisioned once, compiled
+/// code is shared between servers of the same component.
+pub fn cache_dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("cache")
+}
+
+fn newest_mtime(path: &Path) -> SystemTime {
+    let meta = std::fs::metadata(path).unwrap();
+    let mut newest = meta.modified().unwrap();
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path).unwrap() {
+            let p = entry.unwrap().path();
+            if p.file_name().is_some_and(|n| n == "__pycache__" || n == "app.wasm") {
+                continue;
+            }
+            newest = newest.max(newest_mtime(&p));
+        }
+    }
+    newest
+}
+
+/// Runs `wsgi-wasm build` with `args`; the output is captured.
+pub fn build_cmd(args: &[&str], cwd: &Path) -> Output {
+    Command::new(BIN)
+        .args(["build"])
+        .args(args)
+        .arg("--cache-dir")
+        .arg(cache_dir())
+        .current_dir(cwd)
+        .output()
+        .expect("running wsgi-wasm build")
+}
+
+/// Builds `target` from `app_dir` (plus `requirements`) into `out`, unless
+/// `out` is newer than everything it is made from.
+pub fn build_component(app_dir: &Path, target: &str, requirements: Option<&Path>, out: &Path) -> PathBuf {
+    let inputs = [app_dir.to_path_buf(), repo().join("guest-sdk"), PathBuf::from(BIN)];
+    let fresh = out.exists()
+        && inputs.iter().all(|i| newest_mtime(i) < std::fs::metadata(out).unwrap().modified().unwrap());
+    if !fresh {
+        std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+        let mut args = vec![target.to_owned(), "--path".into(), app_dir.display().to_string()];
+        if let Some(r) = requirements {
+            args.extend(["--requirements".into(), r.display().to_string()]);
+        }
+        args.extend(["-o".into(), out.display().to_string()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let output = build_cmd(&args, &repo());
+        assert!(
+            output.status.success(),
+            "building {target} failed:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    out.to_path_buf()
+}
+
+/// The fixture app of `tests/apps/fixture.py`, built once.
+pub fn fixture() -> &'static Path {
+    static WASM: OnceLock<PathBuf> = OnceLock::new();
+    WASM.get_or_init(|| {
+        build_component(
+            &repo().join("tests/apps"),
+            "fixture:app",
+            None,
+            &Path::new(env!("CARGO_TARGET_TMPDIR")).join("apps/fixture.wasm"),
+        )
+    })
+}
+
+/// A running `wsgi-wasm run`, killed on drop.
+pub struct Server {
+    child: Child,
+    pub addr: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    /// Starts serving `wasm` on an ephemeral loopback port.
+    pub fn start(wasm: &Path, extra: &[&str]) -> Self {
+        let mut child = Command::new(BIN)
+            .arg("run")
+            .arg(wasm)
+            .args(["--http", "127.0.0.1:0", "--cache-dir"])
+            .arg(cache_dir())
+            .args(extra)
+            .env("WSGI_WASM_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting wsgi-wasm run");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap_or_default();
+                    let _ = tx.send(addr.parse::<SocketAddr>().unwrap());
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("server did not start:\n{}", log.lock().unwrap().join("\n"));
+            }
+        };
+        Self { child, addr, log }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Everything the server logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// Waits up to `timeout` for a log line containing `needle`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.log().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- server log ----\n{}\n--------------------", self.log());
+        }
+    }
+}
+
+pub fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// A raw HTTP/1.1 exchange: writes `request` as is, reads until the server
+/// closes or `timeout` passes, and returns all bytes read.
+pub fn raw_exchange(addr: SocketAddr, request: &[u8], timeout: Duration) -> Vec<u8> {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(timeout)).unwrap();
+    stream.write_all(request).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+pub fn json(resp: reqwest::blocking::Response) -> serde_json::Value {
+    let status = resp.status();
+    let text = resp.text().unwrap();
+    assert!(status.is_success(), "status {status}: {text}");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}

@@ -1,0 +1,462 @@
+//! End-to-end tests: the real `wsgi-wasm` binary, real sockets on loopback,
+//! real components built from `tests/apps/` and `examples/`.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::{client, fixture, json, raw_exchange, Server};
+
+fn fixture_server() -> Server {
+    Server::start(fixture(), &[])
+}
+
+#[test]
+fn environ_follows_pep_3333() {
+    let server = fixture_server();
+    let env = json(
+        client()
+            .post(server.url("/environ?q=%C3%A9&x=1"))
+            .header("Content-Type", "text/plain")
+            .header("X-Forwarded-For", "10.0.0.1")
+            .header("X_Forwarded_For", "6.6.6.6")
+            .header("Cookie", "a=1")
+            .header("Accept", "text/html")
+            .body("hello")
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(env["REQUEST_METHOD"], "POST");
+    assert_eq!(env["PATH_INFO"], "/environ");
+    assert_eq!(env["SCRIPT_NAME"], "");
+    assert_eq!(env["QUERY_STRING"], "q=%C3%A9&x=1");
+    assert_eq!(env["CONTENT_TYPE"], "text/plain");
+    assert_eq!(env["CONTENT_LENGTH"], "5");
+    assert_eq!(env["HTTP_X_FORWARDED_FOR"], "10.0.0.1");
+    assert_eq!(env["HTTP_COOKIE"], "a=1");
+    assert_eq!(env["SERVER_PROTOCOL"], "HTTP/1.1");
+    assert_eq!(env["SERVER_NAME"], "127.0.0.1");
+    assert_eq!(env["SERVER_PORT"], server.addr.port().to_string());
+    assert_eq!(env["REMOTE_ADDR"], "127.0.0.1");
+    assert!(env["REMOTE_PORT"].as_str().unwrap().parse::<u16>().is_ok());
+    assert!(env.get("HTTP_CONTENT_TYPE").is_none() && env.get("HTTP_CONTENT_LENGTH").is_none());
+    assert_eq!(env["wsgi.version"], serde_json::json!([1, 0]));
+    assert_eq!(env["wsgi.url_scheme"], "http");
+    assert_eq!(env["wsgi.multithread"], false);
+    assert_eq!(env["wsgi.multiprocess"], true);
+    assert_eq!(env["wsgi.run_once"], true);
+    assert_eq!(env["wsgi.input.type"], "Input");
+}
+
+#[test]
+fn path_info_is_decoded_with_the_latin1_rule_and_headers_are_joined() {
+    let server = fixture_server();
+    let reply = raw_exchange(
+        server.addr,
+        b"GET /caf%C3%A9?x HTTP/1.1\r\nHost: t\r\nAccept: a\r\nAccept: b\r\nCookie: a=1\r\nCookie: b=2\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(30),
+    );
+    let text = String::from_utf8_lossy(&reply);
+    assert!(text.starts_with("HTTP/1.1 404"), "{text}");
+    // /environ with a non-ASCII path: PATH_INFO holds the UTF-8 bytes as latin-1 chars.
+    let env = json(client().get(server.url("/environ")).header("Accept", "x").send().unwrap());
+    assert_eq!(env["PATH_INFO"], "/environ");
+    let reply = raw_exchange(
+        server.addr,
+        b"GET /environ HTTP/1.1\r\nHost: t\r\nAccept: a\r\nAccept: b\r\nCookie: a=1\r\nCookie: b=2\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(30),
+    );
+    let text = String::from_utf8_lossy(&reply);
+    assert!(text.contains(r#""HTTP_ACCEPT": "a, b""#), "{text}");
+    assert!(text.contains(r#""HTTP_COOKIE": "a=1; b=2""#), "{text}");
+}
+
+#[test]
+fn streamed_chunks_reach_the_client_as_they_are_yielded() {
+    let server = fixture_server();
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    stream
+        .write_all(b"GET /stream?n=4&delay=0.3 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let started = Instant::now();
+    let mut arrivals = Vec::new();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        seen.extend_from_slice(&buf[..n]);
+        let chunks = String::from_utf8_lossy(&seen).matches("chunk ").count();
+        while arrivals.len() < chunks {
+            arrivals.push(started.elapsed());
+        }
+    }
+    let text = String::from_utf8_lossy(&seen);
+    assert!(text.contains("Transfer-Encoding: chunked") || text.contains("transfer-encoding: chunked"), "{text}");
+    assert_eq!(arrivals.len(), 4, "{text}");
+    // The app sleeps 300 ms between chunks; had the server buffered the body,
+    // all four would arrive together at the end.
+    for pair in arrivals.windows(2) {
+        assert!(pair[1] - pair[0] >= Duration::from_millis(200), "arrivals {arrivals:?}");
+    }
+}
+
+#[test]
+fn a_10_mib_response_arrives_whole() {
+    let server = fixture_server();
+    let body = client().get(server.url("/big?size=10485760")).send().unwrap().bytes().unwrap();
+    assert_eq!(body.len(), 10 * 1024 * 1024);
+    let block: Vec<u8> = (0..=255u8).collect();
+    assert!(body.chunks(256).all(|c| c == block.as_slice()));
+}
+
+fn payload(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 % 251) as u8).collect()
+}
+
+#[test]
+fn a_1_mib_upload_echoes_with_content_length_and_chunked() {
+    let server = fixture_server();
+    let data = payload(1 << 20);
+    for mode in ["read", "chunks", "readline", "readlines", "iterate"] {
+        let got = client()
+            .post(server.url(&format!("/echo?mode={mode}&size=777")))
+            .body(data.clone())
+            .send()
+            .unwrap()
+            .bytes()
+            .unwrap();
+        assert!(got == data, "mode {mode}: {} bytes back", got.len());
+    }
+    // Chunked, from a stream of unknown length.
+    let mut request = b"POST /echo?mode=chunks HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
+    for piece in data.chunks(100_000) {
+        request.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        request.extend_from_slice(piece);
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"0\r\n\r\n");
+    let reply = raw_exchange(server.addr, &request, Duration::from_secs(60));
+    let head_end = reply.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let head = String::from_utf8_lossy(&reply[..head_end]).to_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains(&format!("content-length: {}", data.len())), "{head}");
+    assert!(reply[head_end..] == data[..]);
+}
+
+#[test]
+fn a_large_upload_streams_through_a_small_sandbox() {
+    // 256 MiB through a guest capped at 64 MiB of memory: only possible if
+    // neither the host nor the guest buffers the body whole.
+    let server = Server::start(fixture(), &["--memory", "64"]);
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    stream
+        .write_all(b"POST /echo-digest HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let block = payload(1 << 20);
+    let mut hasher_input_len = 0usize;
+    for _ in 0..256 {
+        stream.write_all(format!("{:x}\r\n", block.len()).as_bytes()).unwrap();
+        stream.write_all(&block).unwrap();
+        stream.write_all(b"\r\n").unwrap();
+        hasher_input_len += block.len();
+    }
+    stream.write_all(b"0\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.contains(&format!("\"bytes\": {hasher_input_len}")), "{reply}");
+}
+
+#[test]
+fn no_state_survives_between_requests_even_under_concurrency() {
+    let server = fixture_server();
+    for _ in 0..3 {
+        let v = json(client().get(server.url("/counter")).send().unwrap());
+        assert_eq!(v["counter"], 1);
+        assert_eq!(v["cache"], 1);
+    }
+    let url = server.url("/counter");
+    let threads: Vec<_> = (0..64)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || json(client().get(&url).send().unwrap()))
+        })
+        .collect();
+    for t in threads {
+        let v = t.join().unwrap();
+        assert_eq!(v["counter"], 1, "{v}");
+    }
+}
+
+#[test]
+fn modules_not_imported_at_build_time_import_at_request_time() {
+    let server = fixture_server();
+    let v = json(client().get(server.url("/lazy")).send().unwrap());
+    assert_eq!(v["decimal"], "3.3");
+    assert_eq!(v["idna"], "xn--bcher-kva.example");
+    assert_eq!(v["fraction"], "1/2");
+    assert_eq!(v["sha256"], "ba7816bf8f01cfea");
+    assert_eq!(v["mean"], 2.5);
+    assert_eq!(v["uuid_version"], 4);
+    assert_eq!(v["xml"], "a");
+    assert_eq!(v["mime"], "text/plain; charset=\"us-ascii\"");
+}
+
+#[test]
+fn randomness_differs_per_request() {
+    let server = fixture_server();
+    let a = json(client().get(server.url("/random")).send().unwrap());
+    let b = json(client().get(server.url("/random")).send().unwrap());
+    for key in ["random", "urandom", "secrets"] {
+        assert_ne!(a[key], b[key], "{key} repeated across requests");
+    }
+}
+
+#[test]
+fn an_exception_before_start_response_is_a_500_without_the_traceback() {
+    let server = fixture_server();
+    let resp = client().get(server.url("/raise-before")).send().unwrap();
+    assert_eq!(resp.status(), 500);
+    let body = resp.text().unwrap();
+    assert_eq!(body, "500 Internal Server Error\n");
+    assert!(server.wait_for_log("secret-traceback-marker", Duration::from_secs(5)), "{}", server.log());
+    assert!(server.log().contains("req_id="), "{}", server.log());
+    // The failure was this request's alone.
+    assert_eq!(client().get(server.url("/counter")).send().unwrap().status(), 200);
+}
+
+#[test]
+fn an_exception_after_the_headers_cuts_the_connection() {
+    let server = fixture_server();
+    let reply = raw_exchange(
+        server.addr,
+        b"GET /raise-after HTTP/1.1\r\nHost: t\r\n\r\n",
+        Duration::from_secs(30),
+    );
+    let text = String::from_utf8_lossy(&reply);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("first part"), "{text}");
+    // No terminating zero-length chunk: the client can tell the body is cut.
+    assert!(!text.ends_with("0\r\n\r\n"), "{text:?}");
+    assert!(server.wait_for_log("boom after the headers", Duration::from_secs(5)));
+    assert_eq!(client().get(server.url("/counter")).send().unwrap().status(), 200);
+}
+
+#[test]
+fn write_callable_file_wrapper_exc_info_and_validator() {
+    let server = fixture_server();
+    let c = client();
+    assert_eq!(c.get(server.url("/write")).send().unwrap().text().unwrap(), "written directly, then returned\n");
+    assert_eq!(c.get(server.url("/file-wrapper")).send().unwrap().text().unwrap(), "line\n".repeat(1000));
+    assert_eq!(c.get(server.url("/list")).send().unwrap().text().unwrap(), "abc\n");
+    let resp = c.get(server.url("/exc-info")).send().unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.text().unwrap(), "replaced by exc_info\n");
+    let resp = c.post(server.url("/validate")).body("data").send().unwrap();
+    assert_eq!(resp.status(), 200, "{}", server.log());
+    assert_eq!(resp.text().unwrap(), "validated:data");
+}
+
+#[test]
+fn a_small_complete_body_gets_a_content_length_and_a_custom_reason_is_kept() {
+    let server = fixture_server();
+    let reply = raw_exchange(server.addr, b"GET /list HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", Duration::from_secs(30));
+    let text = String::from_utf8_lossy(&reply).to_lowercase();
+    assert!(text.contains("content-length: 4\r\n") && !text.contains("transfer-encoding"), "{text}");
+    let reply = raw_exchange(server.addr, b"GET /status?code=418 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", Duration::from_secs(30));
+    assert!(String::from_utf8_lossy(&reply).starts_with("HTTP/1.1 418 I'm a teapot\r\n"));
+}
+
+#[test]
+fn an_injected_header_never_reaches_the_wire() {
+    let server = fixture_server();
+    let reply = raw_exchange(server.addr, b"GET /bad-header HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", Duration::from_secs(30));
+    let text = String::from_utf8_lossy(&reply);
+    assert!(text.starts_with("HTTP/1.1 500"), "{text}");
+    assert!(!text.contains("pwned") && !text.contains("should never be seen"), "{text}");
+}
+
+#[test]
+fn head_204_and_304_have_no_body() {
+    let server = fixture_server();
+    let reply = raw_exchange(server.addr, b"HEAD /big?size=1000 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", Duration::from_secs(30));
+    let text = String::from_utf8_lossy(&reply);
+    assert!(text.starts_with("HTTP/1.1 200") && text.ends_with("\r\n\r\n"), "{text:?}");
+    for code in ["204", "304"] {
+        let req = format!("GET /status?code={code} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+        let reply = raw_exchange(server.addr, req.as_bytes(), Duration::from_secs(30));
+        let text = String::from_utf8_lossy(&reply);
+        assert!(text.starts_with(&format!("HTTP/1.1 {code}")) && text.ends_with("\r\n\r\n"), "{text:?}");
+        assert!(!text.to_lowercase().contains("transfer-encoding"), "{text:?}");
+    }
+}
+
+#[test]
+fn keep_alive_and_pipelining_serve_requests_in_order() {
+    let server = fixture_server();
+    let reply = raw_exchange(
+        server.addr,
+        b"GET /counter?1 HTTP/1.1\r\nHost: t\r\n\r\nGET /list HTTP/1.1\r\nHost: t\r\n\r\nGET /counter?3 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(30),
+    );
+    let text = String::from_utf8_lossy(&reply);
+    assert_eq!(text.matches("HTTP/1.1 200").count(), 3, "{text}");
+    let first = text.find("\"counter\"").unwrap();
+    let second = text.find("abc\n").unwrap();
+    assert!(first < second && text[second..].contains("\"counter\""), "{text}");
+}
+
+#[test]
+fn app_output_and_access_log_go_to_the_server_log() {
+    let server = fixture_server();
+    assert_eq!(client().get(server.url("/log?x=1")).send().unwrap().status(), 200);
+    assert!(server.wait_for_log("\"GET /log?x=1\" 200 7", Duration::from_secs(5)), "{}", server.log());
+    let log = server.log();
+    assert!(log.contains("hello from print() in request x=1"), "{log}");
+    assert!(log.contains("a line for wsgi.errors"), "{log}");
+}
+
+#[test]
+fn sigterm_lets_the_request_in_flight_finish() {
+    let mut server = fixture_server();
+    let url = server.url("/sleep?s=1.5");
+    let inflight = std::thread::spawn(move || client().get(url).send().unwrap());
+    std::thread::sleep(Duration::from_millis(500));
+    server.terminate();
+    let resp = inflight.join().unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().unwrap(), "slept\n");
+    let status = server.wait(Duration::from_secs(20)).expect("server did not exit");
+    assert!(status.success(), "{status}");
+    assert!(server.log().contains("all requests finished"), "{}", server.log());
+}
+
+#[test]
+fn a_second_start_loads_compiled_code_from_the_cache() {
+    let first = fixture_server();
+    assert_eq!(client().get(first.url("/list")).send().unwrap().status(), 200);
+    drop(first);
+    let second = fixture_server();
+    assert!(second.log().contains("loaded compiled code from the cache"), "{}", second.log());
+    assert_eq!(client().get(second.url("/list")).send().unwrap().status(), 200);
+}
+
+#[test]
+fn the_flask_example_works_end_to_end() {
+    let dir = common::repo().join("examples/flask");
+    let wasm = common::build_component(
+        &dir,
+        "app:app",
+        Some(&dir.join("requirements.txt")),
+        &std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("apps/flask.wasm"),
+    );
+    let server = Server::start(&wasm, &[]);
+    let c = client();
+
+    let books = json(c.get(server.url("/api/books")).send().unwrap());
+    assert_eq!(books["books"].as_array().unwrap().len(), 3);
+    assert_eq!(books["platform"], "wasi");
+    let one = c.get(server.url("/api/books/2")).send().unwrap();
+    assert_eq!(one.status(), 200);
+    assert_eq!(c.get(server.url("/api/books/9")).send().unwrap().status(), 404);
+    let echoed = json(c.post(server.url("/api/echo")).body(r#"{"a": [1, 2]}"#).send().unwrap());
+    assert_eq!(echoed["received"], serde_json::json!({"a": [1, 2]}));
+
+    // The Jinja template renders, the form POST sets a signed session cookie,
+    // and the next request (a fresh sandbox) reads it back.
+    let page = c.get(server.url("/")).send().unwrap().text().unwrap();
+    assert!(page.contains("Hello, stranger!"), "{page}");
+    let posted = c.post(server.url("/hello")).form(&[("name", "Ada")]).send().unwrap();
+    assert_eq!(posted.status(), 302);
+    let cookie = posted.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
+    assert!(cookie.starts_with("session="), "{cookie}");
+    let page = c.get(server.url("/")).header("Cookie", cookie).send().unwrap().text().unwrap();
+    assert!(page.contains("Welcome back, Ada!"), "{page}");
+}
+
+/// Runs a build expected to fail and returns its stderr.
+fn failing_build(args: &[&str]) -> String {
+    let out = common::build_cmd(args, &common::repo());
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "build unexpectedly succeeded: {stderr}");
+    stderr
+}
+
+#[test]
+fn build_refuses_what_cannot_be_a_wsgi_app_with_a_clear_message() {
+    let apps = common::repo().join("tests/apps");
+    let apps = apps.to_str().unwrap();
+    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("apps/never.wasm");
+    let out = out.to_str().unwrap();
+
+    // Caught before any long work.
+    let err = failing_build(&["nosuchmodule:app", "--path", apps, "-o", out]);
+    assert!(err.contains("cannot find module `nosuchmodule`"), "{err}");
+    let err = failing_build(&["fixture", "--path", apps, "-o", out]);
+    assert!(err.contains("expected MODULE:CALLABLE"), "{err}");
+    let err = failing_build(&["fixture:app", "--path", apps, "--python", "/nonexistent/python3", "-o", out]);
+    assert!(err.contains("needs Python"), "{err}");
+
+    // Found by importing the app inside the guest.
+    let err = failing_build(&["fixture:nope", "--path", apps, "-o", out]);
+    assert!(err.contains("has no attribute 'nope'"), "{err}");
+    let err = failing_build(&["fixture:NOT_CALLABLE", "--path", apps, "-o", out]);
+    assert!(err.contains("is not callable (it is a int object)"), "{err}");
+    let err = failing_build(&["fixture:not_an_app", "--path", apps, "-o", out]);
+    assert!(err.contains("cannot be called as app(environ, start_response)"), "{err}");
+    assert!(!std::path::Path::new(out).exists());
+}
+
+#[test]
+fn build_names_a_native_dependency_without_a_pure_python_fallback() {
+    let apps = common::repo().join("tests/apps");
+    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("apps/native.wasm");
+    let err = failing_build(&[
+        "native_dep:app",
+        "--path",
+        apps.to_str().unwrap(),
+        "--requirements",
+        apps.join("native-requirements.txt").to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(err.contains("package ujson"), "{err}");
+    assert!(err.contains("native code"), "{err}");
+}
+
+#[test]
+fn run_refuses_a_file_that_is_not_a_wsgi_wasm_app() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("bad-apps");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, bytes, expect) in [
+        ("garbage.wasm", &b"not wasm at all"[..], "not a wsgi-wasm app"),
+        ("core.wasm", &b"\0asm\x01\0\0\0"[..], "core WebAssembly module"),
+        ("foreign.wasm", &b"\0asm\x0d\0\x01\0"[..], "not made by `wsgi-wasm build`"),
+    ] {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        let out = std::process::Command::new(common::BIN)
+            .arg("run")
+            .arg(&path)
+            .args(["--http", "127.0.0.1:0", "--cache-dir"])
+            .arg(common::cache_dir())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name}: {stderr}");
+        assert!(stderr.contains(expect), "{name}: {stderr}");
+        assert!(!stderr.contains("listening"), "{name}: {stderr}");
+    }
+    let out = std::process::Command::new(common::BIN)
+        .args(["run", "/nonexistent/app.wasm"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no such file"));
+}

@@ -1,0 +1,282 @@
+"""The WSGI app the integration tests talk to: one route per behaviour.
+
+Deliberately imports almost nothing at module level, so that the lazy-import
+route proves modules load at request time, not from the build snapshot.
+"""
+
+import os
+import sys
+import time
+
+# Module state: if anything survived from one request to the next, /counter
+# would count past 1.
+COUNTER = 0
+CACHE = {}
+
+
+def _json(start_response, obj, status="200 OK"):
+    import json
+
+    body = json.dumps(obj, sort_keys=True).encode()
+    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+def _query(environ):
+    from urllib.parse import parse_qs
+
+    return {k: v[-1] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
+
+
+def environ_route(environ, start_response):
+    safe = {k: v for k, v in environ.items() if isinstance(v, (str, bool, int, tuple))}
+    safe["wsgi.version"] = list(environ["wsgi.version"])
+    safe["wsgi.input.type"] = type(environ["wsgi.input"]).__name__
+    return _json(start_response, safe)
+
+
+def echo(environ, start_response):
+    q = _query(environ)
+    inp = environ["wsgi.input"]
+    mode = q.get("mode", "read")
+    if mode == "read":
+        body = inp.read()
+    elif mode == "chunks":
+        parts = []
+        while True:
+            piece = inp.read(int(q.get("size", "1000")))
+            if not piece:
+                break
+            parts.append(piece)
+        body = b"".join(parts)
+    elif mode == "readline":
+        parts = []
+        while True:
+            line = inp.readline(int(q.get("size", "-1")))
+            if not line:
+                break
+            parts.append(line)
+        body = b"".join(parts)
+    elif mode == "readlines":
+        body = b"".join(inp.readlines())
+    else:  # iterate
+        body = b"".join(inp)
+    start_response("200 OK", [("Content-Type", "application/octet-stream")])
+    return [body]
+
+
+def echo_digest(environ, start_response):
+    """Reads the body in pieces and answers its size and SHA-256: no buffering."""
+    import hashlib
+
+    h, n = hashlib.sha256(), 0
+    inp = environ["wsgi.input"]
+    while True:
+        piece = inp.read(65536)
+        if not piece:
+            break
+        h.update(piece)
+        n += len(piece)
+    return _json(start_response, {"bytes": n, "sha256": h.hexdigest()})
+
+
+def stream(environ, start_response):
+    q = _query(environ)
+    n, delay = int(q.get("n", "5")), float(q.get("delay", "0.3"))
+    start_response("200 OK", [("Content-Type", "text/plain")])
+
+    def gen():
+        for i in range(n):
+            yield f"chunk {i} {time.monotonic():.3f}\n".encode()
+            if i + 1 < n:
+                time.sleep(delay)
+
+    return gen()
+
+
+def big(environ, start_response):
+    size = int(_query(environ).get("size", str(10 * 1024 * 1024)))
+    start_response("200 OK", [("Content-Type", "application/octet-stream")])
+
+    def gen():
+        block = bytes(range(256)) * 256  # 64 KiB
+        left = size
+        while left > 0:
+            piece = block[: min(left, len(block))]
+            left -= len(piece)
+            yield piece
+
+    return gen()
+
+
+def raise_before(environ, start_response):
+    raise RuntimeError("boom before start_response: secret-traceback-marker")
+
+
+def raise_after(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+
+    def gen():
+        yield b"first part\n"
+        raise RuntimeError("boom after the headers")
+
+    return gen()
+
+
+def counter(environ, start_response):
+    global COUNTER
+    COUNTER += 1
+    CACHE.setdefault("seen", []).append(environ.get("QUERY_STRING"))
+    return _json(start_response, {"counter": COUNTER, "cache": len(CACHE["seen"])})
+
+
+def lazy(environ, start_response):
+    # None of these is imported at build time; each must load now.
+    import decimal
+    import encodings.idna
+    import fractions
+    import hashlib
+    import statistics
+    import uuid
+    import xml.dom.minidom
+    from email.mime.text import MIMEText
+
+    return _json(
+        start_response,
+        {
+            "decimal": str(decimal.Decimal("1.1") + decimal.Decimal("2.2")),
+            "idna": "bücher.example".encode("idna").decode(),
+            "fraction": str(fractions.Fraction(3, 6)),
+            "sha256": hashlib.sha256(b"abc").hexdigest()[:16],
+            "mean": statistics.mean([1, 2, 3, 4]),
+            "uuid_version": uuid.uuid4().version,
+            "xml": xml.dom.minidom.parseString("<a><b/></a>").documentElement.tagName,
+            "mime": MIMEText("hi")["Content-Type"],
+        },
+    )
+
+
+def random_route(environ, start_response):
+    import random
+    import secrets
+
+    return _json(
+        start_response,
+        {"random": random.random(), "urandom": os.urandom(16).hex(), "secrets": secrets.token_hex(16)},
+    )
+
+
+def write_callable(environ, start_response):
+    write = start_response("200 OK", [("Content-Type", "text/plain")])
+    write(b"written ")
+    write(b"directly, ")
+    return [b"then returned\n"]
+
+
+def file_wrapper(environ, start_response):
+    import io
+
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return environ["wsgi.file_wrapper"](io.BytesIO(b"line\n" * 1000), 100)
+
+
+def exc_info_route(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    try:
+        raise ValueError("handled")
+    except ValueError:
+        start_response("503 Busy Right Now", [("Content-Type", "text/plain")], sys.exc_info())
+    return [b"replaced by exc_info\n"]
+
+
+def validated(environ, start_response):
+    from wsgiref.validate import validator
+
+    def inner(environ, start_response):
+        # The validator insists on read(size), as PEP 3333 allows servers to.
+        body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"validated:", body]
+
+    return validator(inner)(environ, start_response)
+
+
+def bad_header(environ, start_response):
+    start_response("200 OK", [("X-Evil", "a\r\nSet-Cookie: pwned=1")])
+    return [b"should never be seen"]
+
+
+def status_route(environ, start_response):
+    code = _query(environ).get("code", "204")
+    reasons = {"204": "No Content", "304": "Not Modified", "418": "I'm a teapot"}
+    start_response(f"{code} {reasons.get(code, 'Custom')}", [("Content-Type", "text/plain")])
+    return [b"" if code in ("204", "304") else b"status body\n"]
+
+
+def log_route(environ, start_response):
+    print("hello from print() in request", environ.get("QUERY_STRING"))
+    environ["wsgi.errors"].write("a line for wsgi.errors\n")
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"logged\n"]
+
+
+def sleep_route(environ, start_response):
+    time.sleep(float(_query(environ).get("s", "1")))
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"slept\n"]
+
+
+def loop_forever(environ, start_response):
+    while True:
+        pass
+
+
+def alloc_forever(environ, start_response):
+    hoard = []
+    while True:
+        hoard.append(bytearray(1024 * 1024))
+
+
+def list_of_chunks(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"a", b"b", b"", b"c\n"]
+
+
+ROUTES = {
+    "/environ": environ_route,
+    "/echo": echo,
+    "/echo-digest": echo_digest,
+    "/stream": stream,
+    "/big": big,
+    "/raise-before": raise_before,
+    "/raise-after": raise_after,
+    "/counter": counter,
+    "/lazy": lazy,
+    "/random": random_route,
+    "/write": write_callable,
+    "/file-wrapper": file_wrapper,
+    "/exc-info": exc_info_route,
+    "/validate": validated,
+    "/bad-header": bad_header,
+    "/status": status_route,
+    "/log": log_route,
+    "/sleep": sleep_route,
+    "/loop-forever": loop_forever,
+    "/alloc-forever": alloc_forever,
+    "/list": list_of_chunks,
+}
+
+
+def app(environ, start_response):
+    route = ROUTES.get(environ.get("PATH_INFO", "/"))
+    if route is None:
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"no such route\n"]
+    return route(environ, start_response)
+
+
+def not_an_app(environ):
+    return []
+
+
+NOT_CALLABLE = 42
