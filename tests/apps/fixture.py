@@ -130,8 +130,12 @@ def counter(environ, start_response):
     return _json(start_response, {"counter": COUNTER, "cache": len(CACHE["seen"])})
 
 
+LAZY = ("decimal", "encodings.idna", "fractions", "hashlib", "statistics", "uuid", "xml.dom.minidom", "email.mime.text")
+
+
 def lazy(environ, start_response):
     # None of these is imported at build time; each must load now.
+    preloaded = [name for name in LAZY if name in sys.modules]
     import decimal
     import encodings.idna
     import fractions
@@ -152,6 +156,7 @@ def lazy(environ, start_response):
             "uuid_version": uuid.uuid4().version,
             "xml": xml.dom.minidom.parseString("<a><b/></a>").documentElement.tagName,
             "mime": MIMEText("hi")["Content-Type"],
+            "preloaded": preloaded,
         },
     )
 

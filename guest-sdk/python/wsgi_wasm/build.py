@@ -18,6 +18,7 @@ Errors are reported as one ``WSGI_WASM_BUILD_ERROR <json string>`` line on
 stderr, which ``wsgi-wasm build`` turns into its own error message.
 """
 
+import gc
 import importlib
 import inspect
 import json
@@ -200,4 +201,10 @@ def prepare():
         def handle(self, url_scheme, environ):
             adapter.handle(app, url_scheme, environ)
 
+    # Everything alive now is in the snapshot and shared, copy-on-write, by
+    # every instance. Move it out of the cyclic GC's sight: otherwise a
+    # collection in a fresh instance walks the whole snapshot heap, touching
+    # (and so copying) every page of it, on every request.
+    gc.collect()
+    gc.freeze()
     return WitWorld
