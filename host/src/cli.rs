@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::protocol::uwsgi::UwsgiAddr;
+
 /// Run WSGI apps in a fresh WebAssembly sandbox per request.
 #[derive(Debug, Parser)]
 #[command(name = "wsgi-wasm", version, about, max_term_width = 100)]
@@ -58,9 +60,27 @@ pub struct RunArgs {
     /// The component made by `wsgi-wasm build`.
     pub app: PathBuf,
 
-    /// Serve HTTP/1.1 on this address; repeat for more. Default: 127.0.0.1:8000.
+    /// Serve HTTP/1.1 on this address; repeat for more. Default, when no
+    /// --uwsgi is given either: 127.0.0.1:8000.
     #[arg(long = "http", value_name = "ADDR")]
     pub http: Vec<SocketAddr>,
+
+    /// Serve the uwsgi protocol (for nginx's `uwsgi_pass`) on HOST:PORT or
+    /// on a Unix socket, `unix:/path/to.sock`; repeat for more. Without
+    /// --http, no HTTP listener is started.
+    #[arg(long = "uwsgi", value_name = "ADDR")]
+    pub uwsgi: Vec<UwsgiAddr>,
+
+    /// Permissions of uwsgi Unix socket files, in octal. The web server's
+    /// user must be able to write to the socket.
+    #[arg(long, value_name = "OCTAL", default_value = "660")]
+    pub uwsgi_mode: String,
+
+    /// Largest uwsgi vars block accepted, in bytes (request line, CGI vars and
+    /// all headers together; 65535 is the protocol's maximum). A larger
+    /// packet is refused and its connection closed.
+    #[arg(long, value_name = "BYTES", default_value_t = 65535)]
+    pub uwsgi_buffer_size: usize,
 
     /// Wall-clock limit for one request, in seconds, from the start of its
     /// sandbox to the end of its response body. A request over it gets a 504

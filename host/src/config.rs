@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use crate::cli::{BuildArgs, RunArgs};
+use crate::protocol::uwsgi::UwsgiAddr;
 
 /// The app a build wraps: `module:callable`, with an optional factory call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,11 +133,22 @@ pub struct Limits {
     pub max_connections: usize,
 }
 
+/// The uwsgi listeners and their settings.
+#[derive(Debug, Clone)]
+pub struct UwsgiConfig {
+    pub addrs: Vec<UwsgiAddr>,
+    /// Mode of Unix socket files.
+    pub socket_mode: u32,
+    /// Largest vars block accepted.
+    pub buffer_size: usize,
+}
+
 /// Everything `wsgi-wasm run` needs.
 #[derive(Debug)]
 pub struct RunConfig {
     pub app: PathBuf,
     pub http: Vec<SocketAddr>,
+    pub uwsgi: UwsgiConfig,
     pub cache_dir: PathBuf,
     pub limits: Limits,
     pub shutdown_timeout: Duration,
@@ -166,7 +178,20 @@ impl RunConfig {
         if args.max_connections == 0 {
             bail!("--max-connections 0: at least one connection must be allowed");
         }
-        let http = if args.http.is_empty() {
+        let socket_mode = u32::from_str_radix(&args.uwsgi_mode, 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .with_context(|| format!("--uwsgi-mode {}: expected octal permissions such as 660", args.uwsgi_mode))?;
+        if !(1024..=65535).contains(&args.uwsgi_buffer_size) {
+            bail!("--uwsgi-buffer-size {}: must be between 1024 and 65535", args.uwsgi_buffer_size);
+        }
+        let mut seen = std::collections::HashSet::new();
+        for addr in &args.uwsgi {
+            if !seen.insert(addr.to_string()) {
+                bail!("--uwsgi {addr} is given twice");
+            }
+        }
+        let http = if args.http.is_empty() && args.uwsgi.is_empty() {
             vec![SocketAddr::from(([127, 0, 0, 1], 8000))]
         } else {
             args.http
@@ -174,6 +199,7 @@ impl RunConfig {
         Ok(Self {
             app: args.app,
             http,
+            uwsgi: UwsgiConfig { addrs: args.uwsgi, socket_mode, buffer_size: args.uwsgi_buffer_size },
             cache_dir: cache_dir(args.cache_dir)?,
             limits: Limits {
                 timeout: seconds("--timeout", args.timeout)?,

@@ -47,8 +47,9 @@ fn run(args: RunArgs) -> Result<()> {
         .context("starting the async runtime")?;
     runtime.block_on(async {
         sandbox.check().await?;
-        let listeners = server::bind(&config.http).await?;
+        let listeners = server::bind(&config.http, &config.uwsgi).await?;
         let shutdown = shutdown::on_signals().context("installing signal handlers")?;
-        server::run(listeners, sandbox, config.shutdown_timeout, shutdown).await
+        let vars_limit = config.uwsgi.buffer_size;
+        server::run(listeners, sandbox, vars_limit, config.shutdown_timeout, shutdown).await
     })
 }

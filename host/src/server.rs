@@ -1,4 +1,5 @@
-//! Listeners, the accept loop, and graceful shutdown.
+//! Listeners (HTTP, uwsgi over TCP or a Unix socket), the accept loop, and
+//! graceful shutdown.
 //!
 //! [`run`] owns every task it starts through one `TaskTracker`: accept loops,
 //! connections and (through the dispatcher) sandboxes. When `shutdown` fires
@@ -6,61 +7,123 @@
 //! and waits up to the shutdown timeout for all of them.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
-use tokio::net::TcpListener;
+use anyhow::{bail, Context, Result};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::config::UwsgiConfig;
 use crate::protocol;
+use crate::protocol::uwsgi::UwsgiAddr;
 use crate::sandbox::Sandbox;
 use crate::wsgi::{ConnInfo, Dispatcher};
 
 /// Longest pause after repeated `accept()` failures (e.g. out of descriptors).
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
-/// Binds every HTTP address, before anything is served.
+/// One bound listening socket and the protocol it speaks.
+pub enum Listener {
+    Http(TcpListener),
+    UwsgiTcp(TcpListener),
+    /// The guard removes the socket file when the listener is dropped.
+    UwsgiUnix(UnixListener, SocketFile),
+}
+
+impl Listener {
+    fn describe(&self) -> String {
+        let tcp = |l: &TcpListener| l.local_addr().map_or_else(|e| format!("?({e})"), |a| a.to_string());
+        match self {
+            Self::Http(l) => format!("http://{}", tcp(l)),
+            Self::UwsgiTcp(l) => format!("uwsgi://{}", tcp(l)),
+            Self::UwsgiUnix(_, f) => format!("uwsgi://unix:{}", f.0.display()),
+        }
+    }
+}
+
+/// A Unix socket file this process created; removed on drop.
+pub struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Binds every listener of `config`, before anything is served.
+///
+/// A Unix socket path that holds a stale socket (nothing accepts on it) is
+/// replaced; a live socket or any other kind of file is left alone and
+/// reported.
 ///
 /// # Errors
-/// Names the address that could not be bound.
-pub async fn bind(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>> {
-    let mut listeners = Vec::with_capacity(addrs.len());
-    for addr in addrs {
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr}"))?;
-        listeners.push(listener);
+/// Names the address that could not be bound and why.
+pub async fn bind(http: &[SocketAddr], uwsgi: &UwsgiConfig) -> Result<Vec<Listener>> {
+    let mut listeners = Vec::new();
+    for addr in http {
+        let l = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+        listeners.push(Listener::Http(l));
+    }
+    for addr in &uwsgi.addrs {
+        listeners.push(match addr {
+            UwsgiAddr::Tcp(a) => Listener::UwsgiTcp(
+                TcpListener::bind(a).await.with_context(|| format!("cannot listen on --uwsgi {a}"))?,
+            ),
+            UwsgiAddr::Unix(path) => {
+                let (l, f) = bind_unix(path, uwsgi.socket_mode).with_context(|| format!("cannot listen on --uwsgi unix:{}", path.display()))?;
+                Listener::UwsgiUnix(l, f)
+            }
+        });
     }
     Ok(listeners)
 }
 
-/// Serves HTTP on `listeners` until `shutdown` is cancelled, then drains.
+fn bind_unix(path: &Path, mode: u32) -> Result<(UnixListener, SocketFile)> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            bail!("{} exists and is not a socket; remove it or choose another path", path.display());
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!("another server is listening on {}", path.display());
+        }
+        std::fs::remove_file(path).context("removing the stale socket")?;
+        tracing::info!(path = %path.display(), "removed a stale socket file");
+    }
+    let listener = UnixListener::bind(path)?;
+    let file = SocketFile(path.to_owned());
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    Ok((listener, file))
+}
+
+/// Serves every listener until `shutdown` is cancelled, then drains.
 ///
 /// # Errors
-/// Only if a listener's address cannot be read; per-connection failures are
-/// logged and contained.
+/// None yet: per-connection failures are logged and contained. The type
+/// leaves room for startup checks.
 pub async fn run(
-    listeners: Vec<TcpListener>,
+    listeners: Vec<Listener>,
     sandbox: Arc<Sandbox>,
+    uwsgi_vars_limit: usize,
     shutdown_timeout: Duration,
     shutdown: CancellationToken,
 ) -> Result<()> {
     let tasks = TaskTracker::new();
     let dispatcher = Arc::new(Dispatcher::new(Arc::clone(&sandbox), tasks.clone()));
-    let connections = Arc::new(Semaphore::new(sandbox.limits().max_connections));
+    let shared = Arc::new(Shared {
+        dispatcher,
+        connections: Arc::new(Semaphore::new(sandbox.limits().max_connections)),
+        tasks: tasks.clone(),
+        shutdown: shutdown.clone(),
+        uwsgi_vars_limit,
+    });
     for listener in listeners {
-        let local = listener.local_addr()?;
-        tracing::info!(app = %sandbox.digest(), "listening on http://{local}");
-        tasks.spawn(accept_loop(
-            listener,
-            Arc::clone(&dispatcher),
-            Arc::clone(&connections),
-            tasks.clone(),
-            shutdown.clone(),
-        ));
+        tracing::info!(app = %sandbox.digest(), "listening on {}", listener.describe());
+        tasks.spawn(accept_loop(listener, Arc::clone(&shared)));
     }
 
     shutdown.cancelled().await;
@@ -76,25 +139,45 @@ pub async fn run(
     Ok(())
 }
 
-async fn accept_loop(
-    listener: TcpListener,
+/// What every accept loop shares.
+struct Shared {
     dispatcher: Arc<Dispatcher>,
+    /// One permit per open connection, over all listeners.
     connections: Arc<Semaphore>,
+    /// Owner of every connection task.
     tasks: TaskTracker,
     shutdown: CancellationToken,
-) {
-    let local = listener.local_addr().ok();
+    uwsgi_vars_limit: usize,
+}
+
+/// An accepted connection, not yet handed to its protocol.
+enum Accepted {
+    Tcp(TcpStream, ConnInfo),
+    Unix(UnixStream),
+}
+
+async fn accept(listener: &Listener) -> std::io::Result<Accepted> {
+    match listener {
+        Listener::Http(l) | Listener::UwsgiTcp(l) => {
+            let (stream, peer) = l.accept().await?;
+            Ok(Accepted::Tcp(stream, ConnInfo { local: l.local_addr()?, peer }))
+        }
+        Listener::UwsgiUnix(l, _) => Ok(Accepted::Unix(l.accept().await?.0)),
+    }
+}
+
+async fn accept_loop(listener: Listener, shared: Arc<Shared>) {
     let mut backoff = Duration::from_millis(10);
     loop {
         // Take the permit before accepting: at the cap, clients wait in the
         // kernel's backlog rather than in our memory.
         let permit = tokio::select! {
-            permit = Arc::clone(&connections).acquire_owned() => permit.expect("never closed"),
-            () = shutdown.cancelled() => return,
+            permit = Arc::clone(&shared.connections).acquire_owned() => permit.expect("never closed"),
+            () = shared.shutdown.cancelled() => return,
         };
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
+        let accepted = tokio::select! {
+            accepted = accept(&listener) => match accepted {
+                Ok(accepted) => accepted,
                 Err(err) => {
                     tracing::error!(cause = %err, "accept failed; backing off for {backoff:?}");
                     tokio::time::sleep(backoff).await;
@@ -102,13 +185,27 @@ async fn accept_loop(
                     continue;
                 }
             },
-            () = shutdown.cancelled() => return,
+            () = shared.shutdown.cancelled() => return,
         };
         backoff = Duration::from_millis(10);
-        let conn = ConnInfo { local: local.unwrap_or_else(|| stream.local_addr().expect("bound")), peer };
-        let (dispatcher, shutdown) = (Arc::clone(&dispatcher), shutdown.clone());
-        tasks.spawn(async move {
-            protocol::http::serve_connection(stream, conn, dispatcher, shutdown).await;
+        let (dispatcher, shutdown, limit) =
+            (Arc::clone(&shared.dispatcher), shared.shutdown.clone(), shared.uwsgi_vars_limit);
+        let is_http = matches!(listener, Listener::Http(_));
+        shared.tasks.spawn(async move {
+            match accepted {
+                Accepted::Tcp(stream, conn) if is_http => {
+                    protocol::http::serve_connection(stream, conn, dispatcher, shutdown).await;
+                }
+                Accepted::Tcp(stream, conn) => {
+                    let _ = stream.set_nodelay(true);
+                    let (r, w) = stream.into_split();
+                    protocol::uwsgi::serve_connection(r, w, Some(conn), dispatcher, limit).await;
+                }
+                Accepted::Unix(stream) => {
+                    let (r, w) = stream.into_split();
+                    protocol::uwsgi::serve_connection(r, w, None, dispatcher, limit).await;
+                }
+            }
             drop(permit);
         });
     }

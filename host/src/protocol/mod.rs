@@ -3,3 +3,4 @@
 //! is built is shared.
 
 pub mod http;
+pub mod uwsgi;

@@ -20,6 +20,31 @@ impl CgiVars {
     pub fn get(&self, name: &str) -> Option<&[u8]> {
         self.0.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_slice())
     }
+
+    /// Removes `name` and returns its value.
+    pub fn take(&mut self, name: &str) -> Option<Vec<u8>> {
+        let at = self.0.iter().position(|(n, _)| n == name)?;
+        Some(self.0.remove(at).1)
+    }
+
+    pub fn remove(&mut self, name: &str) {
+        self.take(name);
+    }
+
+    /// Replaces the value of `name`, or adds it.
+    pub fn set(&mut self, name: &str, value: impl Into<Vec<u8>>) {
+        match self.0.iter_mut().find(|(n, _)| n == name) {
+            Some((_, v)) => *v = value.into(),
+            None => self.push(name, value),
+        }
+    }
+
+    /// Adds `name` only if it is not there yet.
+    pub fn set_default(&mut self, name: &str, value: &[u8]) {
+        if self.get(name).is_none() {
+            self.push(name, value);
+        }
+    }
 }
 
 /// Where a connection is: the server's own address and the client's.
@@ -74,6 +99,114 @@ pub fn from_http(parts: &Parts, conn: ConnInfo) -> CgiVars {
         vars.push(cgi_name(name.as_str()), joined);
     }
     vars
+}
+
+/// Builds the CGI variables and URL scheme from a uwsgi packet's vars, as
+/// nginx sends them.
+///
+/// nginx passes only what its configuration names (`include uwsgi_params`
+/// plus `uwsgi_param`) and the client's headers as `HTTP_*`. What is missing
+/// is filled in the way uWSGI does: the method defaults to GET, `PATH_INFO`
+/// and `QUERY_STRING` come from `REQUEST_URI`, the server name from the Host
+/// header. Repeated `HTTP_*` vars (nginx before 1.23 sends one per header
+/// line) are joined with `, `, cookies with `; `. A `PATH_INFO` under
+/// `SCRIPT_NAME` loses that prefix, so an app mounted at `/app` sees `/x`.
+/// The scheme is `UWSGI_SCHEME`, else https if `HTTPS` is on, else
+/// `REQUEST_SCHEME`, else http.
+///
+/// # Errors
+/// A message if `CONTENT_LENGTH` is not a number: the body length would be
+/// unknowable.
+pub fn from_uwsgi(vars: Vec<(Vec<u8>, Vec<u8>)>, conn: Option<ConnInfo>) -> Result<(CgiVars, &'static str), String> {
+    let mut out = CgiVars::default();
+    for (key, value) in vars {
+        let Ok(key) = String::from_utf8(key) else { continue };
+        match out.0.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, existing)) if key.starts_with("HTTP_") => {
+                existing.extend_from_slice(if key == "HTTP_COOKIE" { b"; " } else { b", " });
+                existing.extend_from_slice(&value);
+            }
+            Some((_, existing)) => *existing = value,
+            None => out.0.push((key, value)),
+        }
+    }
+    // CGI has these two unprefixed; PEP 3333 forbids the HTTP_ forms.
+    for (cgi, http) in [("CONTENT_TYPE", "HTTP_CONTENT_TYPE"), ("CONTENT_LENGTH", "HTTP_CONTENT_LENGTH")] {
+        let header = out.take(http);
+        if out.get(cgi).is_none_or(<[u8]>::is_empty) {
+            out.remove(cgi);
+            if let Some(v) = header.filter(|v| !v.is_empty()) {
+                out.push(cgi, v);
+            }
+        }
+    }
+    if let Some(len) = out.get("CONTENT_LENGTH") {
+        if len.is_empty() {
+            out.remove("CONTENT_LENGTH");
+        } else if !len.iter().all(u8::is_ascii_digit) || len.len() > 19 {
+            return Err(format!("invalid CONTENT_LENGTH {:?}", String::from_utf8_lossy(len)));
+        }
+    }
+
+    out.set_default("REQUEST_METHOD", b"GET");
+    out.set_default("SERVER_PROTOCOL", b"HTTP/1.1");
+    let uri = out.get("REQUEST_URI").map(<[u8]>::to_vec);
+    let (uri_path, uri_query) = match &uri {
+        Some(uri) => match uri.iter().position(|&b| b == b'?') {
+            Some(q) => (&uri[..q], Some(&uri[q + 1..])),
+            None => (&uri[..], None),
+        },
+        None => (&b"/"[..], None),
+    };
+    if out.get("PATH_INFO").is_none() {
+        let decoded: Vec<u8> = percent_encoding::percent_decode(uri_path).collect();
+        out.push("PATH_INFO", decoded);
+    }
+    out.set_default("QUERY_STRING", uri_query.unwrap_or(b""));
+    if uri.is_none() {
+        let mut rebuilt = out.get("PATH_INFO").unwrap_or(b"/").to_vec();
+        if let Some(q) = out.get("QUERY_STRING").filter(|q| !q.is_empty()) {
+            rebuilt.push(b'?');
+            rebuilt.extend_from_slice(q);
+        }
+        out.push("REQUEST_URI", rebuilt);
+    }
+
+    let mut script = out.take("SCRIPT_NAME").unwrap_or_default();
+    while script.last() == Some(&b'/') {
+        script.pop();
+    }
+    if !script.is_empty() {
+        let path = out.get("PATH_INFO").unwrap_or(b"");
+        if path.starts_with(&script) && matches!(path.get(script.len()), None | Some(b'/')) {
+            let rest = path[script.len()..].to_vec();
+            out.set("PATH_INFO", rest);
+        }
+    }
+    out.push("SCRIPT_NAME", script);
+
+    if out.get("SERVER_NAME").is_none() || out.get("SERVER_PORT").is_none() {
+        let host = out.get("HTTP_HOST").and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| h.parse::<http::uri::Authority>().ok());
+        let (name, port) = match (host, conn) {
+            (Some(a), _) => (a.host().trim_start_matches('[').trim_end_matches(']').to_owned(), a.port_u16().map_or_else(|| "80".into(), |p| p.to_string())),
+            (None, Some(c)) => (c.local.ip().to_string(), c.local.port().to_string()),
+            (None, None) => ("localhost".into(), "80".into()),
+        };
+        out.set_default("SERVER_NAME", name.as_bytes());
+        out.set_default("SERVER_PORT", port.as_bytes());
+    }
+    if let Some(c) = conn {
+        out.set_default("REMOTE_ADDR", c.peer.ip().to_string().as_bytes());
+        out.set_default("REMOTE_PORT", c.peer.port().to_string().as_bytes());
+    }
+
+    let on = |name: &str, yes: &[&[u8]]| out.get(name).is_some_and(|v| yes.iter().any(|y| v.eq_ignore_ascii_case(y)));
+    let scheme = if on("UWSGI_SCHEME", &[b"https"]) || (out.get("UWSGI_SCHEME").is_none() && (on("HTTPS", &[b"on", b"1", b"yes"]) || on("REQUEST_SCHEME", &[b"https"]))) {
+        "https"
+    } else {
+        "http"
+    };
+    Ok((out, scheme))
 }
 
 /// `x-forwarded-for` → `HTTP_X_FORWARDED_FOR`.
@@ -152,6 +285,58 @@ mod tests {
         assert_eq!(v.get("CONTENT_TYPE").unwrap(), b"text/plain");
         assert_eq!(v.get("CONTENT_LENGTH").unwrap(), b"5");
         assert!(v.get("HTTP_CONTENT_TYPE").is_none() && v.get("HTTP_CONTENT_LENGTH").is_none());
+    }
+
+    fn uwsgi(vars: &[(&str, &str)]) -> (CgiVars, &'static str) {
+        let vars = vars.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec())).collect();
+        from_uwsgi(vars, Some(conn())).unwrap()
+    }
+
+    #[test]
+    fn uwsgi_without_uwsgi_params_is_filled_in_from_the_uri_and_host() {
+        let (v, scheme) = uwsgi(&[("REQUEST_URI", "/caf%C3%A9/x?a=1"), ("HTTP_HOST", "example.org:8080")]);
+        assert_eq!(scheme, "http");
+        assert_eq!(v.get("REQUEST_METHOD").unwrap(), b"GET");
+        assert_eq!(v.get("PATH_INFO").unwrap(), b"/caf\xc3\xa9/x");
+        assert_eq!(v.get("QUERY_STRING").unwrap(), b"a=1");
+        assert_eq!(v.get("SCRIPT_NAME").unwrap(), b"");
+        assert_eq!((v.get("SERVER_NAME").unwrap(), v.get("SERVER_PORT").unwrap()), (&b"example.org"[..], &b"8080"[..]));
+        assert_eq!(v.get("SERVER_PROTOCOL").unwrap(), b"HTTP/1.1");
+        let (v, _) = uwsgi(&[]);
+        assert_eq!((v.get("PATH_INFO").unwrap(), v.get("REQUEST_URI").unwrap()), (&b"/"[..], &b"/"[..]));
+    }
+
+    #[test]
+    fn uwsgi_repeated_headers_join_and_content_headers_are_unprefixed() {
+        let (v, _) = uwsgi(&[
+            ("HTTP_ACCEPT", "a"),
+            ("HTTP_COOKIE", "x=1"),
+            ("HTTP_ACCEPT", "b"),
+            ("HTTP_COOKIE", "y=2"),
+            ("CONTENT_TYPE", ""),
+            ("HTTP_CONTENT_TYPE", "text/plain"),
+            ("CONTENT_LENGTH", "12"),
+            ("HTTP_CONTENT_LENGTH", "12"),
+        ]);
+        assert_eq!(v.get("HTTP_ACCEPT").unwrap(), b"a, b");
+        assert_eq!(v.get("HTTP_COOKIE").unwrap(), b"x=1; y=2");
+        assert_eq!(v.get("CONTENT_TYPE").unwrap(), b"text/plain");
+        assert_eq!(v.get("CONTENT_LENGTH").unwrap(), b"12");
+        assert!(v.get("HTTP_CONTENT_TYPE").is_none() && v.get("HTTP_CONTENT_LENGTH").is_none());
+        let bad = vec![(b"CONTENT_LENGTH".to_vec(), b"12x".to_vec())];
+        assert!(from_uwsgi(bad, None).is_err());
+    }
+
+    #[test]
+    fn uwsgi_script_name_mounts_and_scheme_follows_https_vars() {
+        let (v, _) = uwsgi(&[("SCRIPT_NAME", "/app/"), ("PATH_INFO", "/app/users/1"), ("REQUEST_URI", "/app/users/1")]);
+        assert_eq!((v.get("SCRIPT_NAME").unwrap(), v.get("PATH_INFO").unwrap()), (&b"/app"[..], &b"/users/1"[..]));
+        let (v, _) = uwsgi(&[("SCRIPT_NAME", "/app"), ("PATH_INFO", "/application")]);
+        assert_eq!(v.get("PATH_INFO").unwrap(), b"/application");
+        assert_eq!(uwsgi(&[("HTTPS", "on")]).1, "https");
+        assert_eq!(uwsgi(&[("REQUEST_SCHEME", "https")]).1, "https");
+        assert_eq!(uwsgi(&[("UWSGI_SCHEME", "https"), ("HTTPS", "off")]).1, "https");
+        assert_eq!(uwsgi(&[("UWSGI_SCHEME", "http"), ("HTTPS", "on")]).1, "http");
     }
 
     #[test]

@@ -1,0 +1,226 @@
+//! The uwsgi protocol, as nginx's `uwsgi_pass` speaks it: one request per
+//! connection, a binary vars block, the body, then a plain HTTP response that
+//! ends when the connection does.
+//!
+//! A packet that cannot be served (truncated, oversized, a foreign
+//! `modifier1`, a bad length) is logged and the connection closed: the app is
+//! never called. The body is read from the socket only as the app reads
+//! `wsgi.input`, and never past `CONTENT_LENGTH`.
+
+pub mod codec;
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::Method;
+use http_body::{Body, Frame};
+use http_body_util::BodyExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::sandbox::BoxError;
+use crate::wsgi::{environ, ConnInfo, Dispatcher, WsgiRequest, WsgiResponse};
+
+/// How long a peer may take to send the vars block.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The write side of a connection, and how to cut it so the peer notices.
+pub trait Abort {
+    /// Closes the connection so that the peer sees an error, not an end.
+    fn abort(self);
+}
+
+impl Abort for tokio::net::tcp::OwnedWriteHalf {
+    fn abort(self) {
+        // A zero linger turns the close into a reset: nginx then fails the
+        // response instead of taking the cut body for a whole one.
+        let _ = self.as_ref().set_zero_linger();
+    }
+}
+
+impl Abort for tokio::net::unix::OwnedWriteHalf {
+    fn abort(self) {}
+}
+
+/// Serves the one request of a uwsgi connection.
+///
+/// `conn` is `None` for a Unix socket, which has no addresses to report.
+pub async fn serve_connection<R, W>(
+    mut reader: R,
+    mut writer: W,
+    conn: Option<ConnInfo>,
+    dispatcher: Arc<Dispatcher>,
+    vars_limit: usize,
+) where
+    R: AsyncRead + Send + Unpin + 'static,
+    W: AsyncWrite + Send + Unpin + Abort,
+{
+    let peer = conn.map_or_else(|| "unix".to_owned(), |c| c.peer.to_string());
+    let request = match read_request(&mut reader, vars_limit).await {
+        Ok(Some((packet, leftover))) => match into_request(packet, leftover, reader, conn) {
+            Ok(request) => request,
+            Err(err) => return tracing::error!(%peer, "refused uwsgi request: {err}"),
+        },
+        Ok(None) => return, // connected and closed without a request
+        Err(err) => return tracing::error!(%peer, "refused uwsgi request: {err}"),
+    };
+    let response = dispatcher.dispatch(request).await;
+    if let Err(err) = write_response(&mut writer, response).await {
+        match err {
+            WriteError::Aborted => writer.abort(),
+            WriteError::Io(err) => tracing::debug!(%peer, cause = %err, "uwsgi peer went away"),
+        }
+        return;
+    }
+    let _ = writer.shutdown().await;
+}
+
+/// Reads until a whole packet is buffered; `Ok(None)` if the peer closed first.
+async fn read_request<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    limit: usize,
+) -> Result<Option<(codec::Packet, Bytes)>, String> {
+    let mut buf = BytesMut::with_capacity(4096);
+    let total = tokio::time::timeout(HEADER_READ_TIMEOUT, async {
+        loop {
+            if let Some(total) = codec::check(&buf, limit).map_err(|e| e.to_string())? {
+                return Ok(Some(total));
+            }
+            match reader.read_buf(&mut buf).await {
+                Ok(0) if buf.is_empty() => return Ok(None),
+                Ok(0) => return Err(format!("connection closed after {} bytes of the packet", buf.len())),
+                Ok(_) => {}
+                Err(err) => return Err(format!("reading the packet: {err}")),
+            }
+        }
+    })
+    .await
+    .map_err(|_| format!("no complete packet within {HEADER_READ_TIMEOUT:?}"))??;
+    let Some(total) = total else { return Ok(None) };
+    let packet = codec::parse(&buf[..total], limit).map_err(|e| e.to_string())?;
+    Ok(Some((packet, buf.split_off(total).freeze())))
+}
+
+fn into_request<R>(packet: codec::Packet, leftover: Bytes, reader: R, conn: Option<ConnInfo>) -> Result<WsgiRequest, String>
+where
+    R: AsyncRead + Send + Unpin + 'static,
+{
+    let (vars, url_scheme) = environ::from_uwsgi(packet.vars, conn)?;
+    let method = vars.get("REQUEST_METHOD").and_then(|m| Method::from_bytes(m).ok()).ok_or("invalid REQUEST_METHOD")?;
+    let length = vars
+        .get("CONTENT_LENGTH")
+        .map_or(Some(0), |v| std::str::from_utf8(v).ok().and_then(|s| s.parse::<u64>().ok()))
+        .ok_or("invalid CONTENT_LENGTH")?;
+    let target = String::from_utf8_lossy(vars.get("REQUEST_URI").unwrap_or(b"/")).into_owned();
+    let body = UwsgiBody { reader, leftover, remaining: length };
+    Ok(WsgiRequest { method, target, url_scheme, vars, body: body.boxed_unsync() })
+}
+
+/// The request body: what followed the vars block in the first read, then
+/// the socket, for exactly `CONTENT_LENGTH` bytes.
+struct UwsgiBody<R> {
+    reader: R,
+    leftover: Bytes,
+    remaining: u64,
+}
+
+impl<R: AsyncRead + Unpin> Body for UwsgiBody<R> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if this.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        let room = usize::try_from(this.remaining).unwrap_or(usize::MAX);
+        if !this.leftover.is_empty() {
+            let chunk = this.leftover.split_to(this.leftover.len().min(room));
+            this.remaining -= chunk.len() as u64;
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        let mut buf = BytesMut::with_capacity(room.min(64 * 1024));
+        match std::task::ready!(tokio_util::io::poll_read_buf(Pin::new(&mut this.reader), cx, &mut buf)) {
+            Ok(0) => Poll::Ready(Some(Err("the peer closed the connection before the body ended".into()))),
+            Ok(n) => {
+                this.remaining -= n as u64;
+                Poll::Ready(Some(Ok(Frame::data(buf.freeze()))))
+            }
+            Err(err) => Poll::Ready(Some(Err(Box::new(err)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+}
+
+enum WriteError {
+    /// The guest failed after the head went out.
+    Aborted,
+    Io(std::io::Error),
+}
+
+/// Writes the status line, headers and body; the end of the body is the end
+/// of the connection.
+async fn write_response<W: AsyncWrite + Unpin>(writer: &mut W, response: WsgiResponse) -> Result<(), WriteError> {
+    let head = &response.head;
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(format!("HTTP/1.1 {} ", head.status.as_u16()).as_bytes());
+    match &head.reason {
+        Some(reason) => out.extend_from_slice(reason),
+        None => out.extend_from_slice(head.status.canonical_reason().unwrap_or("").as_bytes()),
+    }
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in &head.headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    writer.write_all(&out).await.map_err(WriteError::Io)?;
+    let mut body = response.body;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| WriteError::Aborted)?;
+        if let Ok(data) = frame.into_data() {
+            writer.write_all(&data).await.map_err(WriteError::Io)?;
+        }
+    }
+    writer.flush().await.map_err(WriteError::Io)
+}
+
+/// What a uwsgi listener listens on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UwsgiAddr {
+    Tcp(SocketAddr),
+    Unix(std::path::PathBuf),
+}
+
+impl std::str::FromStr for UwsgiAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err("`unix:` needs a socket path, e.g. unix:/run/app.sock".into());
+            }
+            return Ok(Self::Unix(path.into()));
+        }
+        s.parse()
+            .map(Self::Tcp)
+            .map_err(|_| format!("`{s}`: expected HOST:PORT (e.g. 127.0.0.1:3031) or unix:/path/to.sock"))
+    }
+}
+
+impl std::fmt::Display for UwsgiAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tcp(addr) => write!(f, "{addr}"),
+            Self::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
