@@ -11,7 +11,7 @@
 //! | [`build`] | `wsgi-wasm build`: toolchain, requirements, snapshot, output |
 //! | [`server`] | listeners, accept loop, connection cap, graceful drain |
 //! | [`shutdown`] | SIGINT/SIGTERM → cancellation; a second signal exits |
-//! | [`protocol`] | wire protocols (HTTP/1.1 via hyper) → [`wsgi::WsgiRequest`] |
+//! | [`protocol`] | wire protocols (HTTP/1.1 via hyper; uwsgi) → [`wsgi::WsgiRequest`] |
 //! | [`wsgi`] | CGI environ, response validation and framing, dispatch |
 //! | [`sandbox`] | one fresh store and instance per request; limits; host imports |
 //! | [`engine`] | wasmtime engine, compiled-code cache, epoch ticker |

@@ -248,6 +248,7 @@ def list_of_chunks(environ, start_response):
 
 
 ROUTES = {
+    "/": environ_route,
     "/environ": environ_route,
     "/echo": echo,
     "/echo-digest": echo_digest,
@@ -273,7 +274,8 @@ ROUTES = {
 
 
 def app(environ, start_response):
-    route = ROUTES.get(environ.get("PATH_INFO", "/"))
+    path = environ.get("PATH_INFO", "/")
+    route = environ_route if path.startswith("/environ/") else ROUTES.get(path)
     if route is None:
         start_response("404 Not Found", [("Content-Type", "text/plain")])
         return [b"no such route\n"]

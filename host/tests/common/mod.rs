@@ -95,19 +95,30 @@ pub fn fixture() -> &'static Path {
 /// A running `wsgi-wasm run`, killed on drop.
 pub struct Server {
     child: Child,
+    /// The first HTTP listener, if any (else a dummy address).
     pub addr: SocketAddr,
+    /// Every listener, as logged: `http://...`, `uwsgi://...`, `uwsgi://unix:...`.
+    pub listening: Vec<String>,
     log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Server {
-    /// Starts serving `wasm` on an ephemeral loopback port.
+    /// Starts serving `wasm` over HTTP on an ephemeral loopback port.
     pub fn start(wasm: &Path, extra: &[&str]) -> Self {
+        let mut args = vec!["--http", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        Self::start_with(wasm, &args)
+    }
+
+    /// Starts serving `wasm` with exactly these arguments after `run APP`.
+    pub fn start_with(wasm: &Path, args: &[&str]) -> Self {
+        let expected = args.iter().filter(|a| **a == "--http" || **a == "--uwsgi").count().max(1);
         let mut child = Command::new(BIN)
             .arg("run")
             .arg(wasm)
-            .args(["--http", "127.0.0.1:0", "--cache-dir"])
+            .arg("--cache-dir")
             .arg(cache_dir())
-            .args(extra)
+            .args(args)
             .env("WSGI_WASM_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -121,21 +132,37 @@ impl Server {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if let Some(rest) = line.split("listening on http://").nth(1) {
-                    let addr = rest.split_whitespace().next().unwrap_or_default();
-                    let _ = tx.send(addr.parse::<SocketAddr>().unwrap());
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    let _ = tx.send(rest.split_whitespace().next().unwrap_or_default().to_owned());
                 }
                 sink.lock().unwrap().push(line);
             }
         });
-        let addr = match rx.recv_timeout(Duration::from_secs(120)) {
-            Ok(addr) => addr,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("server did not start:\n{}", log.lock().unwrap().join("\n"));
+        let mut listening = Vec::new();
+        while listening.len() < expected {
+            match rx.recv_timeout(Duration::from_secs(120)) {
+                Ok(l) => listening.push(l),
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("server did not start:\n{}", log.lock().unwrap().join("\n"));
+                }
             }
-        };
-        Self { child, addr, log }
+        }
+        let addr = listening
+            .iter()
+            .find_map(|l| l.strip_prefix("http://"))
+            .map_or_else(|| "0.0.0.0:9".parse().unwrap(), |a| a.parse().unwrap());
+        Self { child, addr, listening, log }
+    }
+
+    /// The address of the first uwsgi TCP listener.
+    pub fn uwsgi_addr(&self) -> SocketAddr {
+        self.listening
+            .iter()
+            .find_map(|l| l.strip_prefix("uwsgi://").filter(|a| !a.starts_with("unix:")))
+            .expect("no uwsgi TCP listener")
+            .parse()
+            .unwrap()
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -1,0 +1,315 @@
+//! uwsgi end to end: raw packets against the server, and Debian's real nginx
+//! in front of it with `uwsgi_pass`, started on loopback with a config and
+//! prefix of its own (never the system service).
+//!
+//! nginx is installed with apt-get when missing (`RUNLEVEL=1` keeps the
+//! package from starting the system service).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use crate::common::{client, fixture, json, raw_exchange, Server};
+
+const NGINX: &str = "/usr/sbin/nginx";
+
+fn ensure_nginx() {
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        if Path::new(NGINX).exists() {
+            return;
+        }
+        eprintln!("installing Debian's nginx for the uwsgi tests");
+        let ok = Command::new("sh")
+            .args(["-c", "apt-get update -qq && RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx"])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok && Path::new(NGINX).exists(), "could not install nginx with apt-get (are we root?)");
+    });
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A private nginx, stopped on drop.
+struct Nginx {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Nginx {
+    /// Starts nginx with `locations` inside its one `server` block.
+    fn start(name: &str, locations: &str) -> Self {
+        ensure_nginx();
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("nginx-{name}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = free_port();
+        let d = dir.display();
+        // Workers must reach a root-owned 0660 socket when we run as root.
+        let user = if running_as_root() { "user root root;" } else { "" };
+        let conf = format!(
+            "daemon off;\nmaster_process off;\nworker_processes 1;\n{user}\npid {d}/nginx.pid;\n\
+             error_log {d}/error.log info;\nevents {{ worker_connections 512; }}\n\
+             http {{\n  access_log {d}/access.log;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+             fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+             server {{\n    listen 127.0.0.1:{port};\n{locations}\n  }}\n}}\n"
+        );
+        std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+        let child = Command::new(NGINX)
+            .arg("-p")
+            .arg(&dir)
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .arg("-e")
+            .arg(dir.join("error.log"))
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("starting nginx");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "nginx did not start: {}", std::fs::read_to_string(dir.join("error.log")).unwrap_or_default());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { child, port, dir }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- nginx error.log ----\n{}", std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default());
+        }
+    }
+}
+
+fn running_as_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}
+
+/// The fixture behind nginx: `/` with uwsgi_params, `/mounted/` under a
+/// SCRIPT_NAME, `/bare/` without uwsgi_params at all.
+fn fixture_behind_nginx(name: &str) -> (Server, Nginx) {
+    let server = Server::start_with(fixture(), &["--uwsgi", "127.0.0.1:0"]);
+    let up = server.uwsgi_addr();
+    let nginx = Nginx::start(
+        name,
+        &format!(
+            "    location / {{ include /etc/nginx/uwsgi_params; uwsgi_pass {up}; }}\n\
+             location /mounted/ {{ include /etc/nginx/uwsgi_params; uwsgi_param SCRIPT_NAME /mounted; uwsgi_pass {up}; }}\n\
+             location /bare/ {{ uwsgi_pass {up}; }}"
+        ),
+    );
+    (server, nginx)
+}
+
+#[test]
+fn nginx_get_head_and_post_reach_the_app() {
+    let (_server, nginx) = fixture_behind_nginx("basic");
+    let c = client();
+    let env = json(c.get(nginx.url("/environ/caf%C3%A9?q=%C3%A9&n=1")).header("X-Test", "yes").send().unwrap());
+    assert_eq!(env["REQUEST_METHOD"], "GET");
+    assert_eq!(env["PATH_INFO"], "/environ/caf\u{c3}\u{a9}");
+    assert_eq!(env["QUERY_STRING"], "q=%C3%A9&n=1");
+    assert_eq!(env["SCRIPT_NAME"], "");
+    assert_eq!(env["HTTP_X_TEST"], "yes");
+    assert_eq!(env["SERVER_PORT"], nginx.port.to_string());
+    assert_eq!(env["REMOTE_ADDR"], "127.0.0.1");
+    assert_eq!(env["wsgi.url_scheme"], "http");
+    assert!(env.get("HTTP_CONTENT_TYPE").is_none());
+
+    // Raw UTF-8 in the query, as some clients send it: passed through as
+    // bytes, seen by the app as latin-1 characters.
+    let reply = raw_exchange(nginx.addr(), "GET /environ?name=café HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".as_bytes(), Duration::from_secs(30));
+    let text = String::from_utf8_lossy(&reply);
+    let env: serde_json::Value = serde_json::from_str(&text[text.find("\r\n\r\n").unwrap() + 4..]).unwrap();
+    assert_eq!(env["QUERY_STRING"], "name=caf\u{c3}\u{a9}");
+
+    let resp = c.head(nginx.url("/big?size=5000")).send().unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.bytes().unwrap().len(), 0);
+
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let echoed = c.post(nginx.url("/echo?mode=chunks&size=4096")).body(data.clone()).send().unwrap();
+    assert_eq!(echoed.status(), 200);
+    assert!(echoed.bytes().unwrap() == data);
+}
+
+#[test]
+fn nginx_converts_a_chunked_upload_and_streams_10_mib_back() {
+    let (_server, nginx) = fixture_behind_nginx("chunked");
+    let mut request = b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
+    for piece in [&b"hello, "[..], b"chunked ", b"world"] {
+        request.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        request.extend_from_slice(piece);
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"0\r\n\r\n");
+    let reply = raw_exchange(nginx.addr(), &request, Duration::from_secs(30));
+    let text = String::from_utf8_lossy(&reply);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("hello, chunked world"), "{text}");
+
+    let body = client().get(nginx.url("/big?size=10485760")).send().unwrap().bytes().unwrap();
+    assert_eq!(body.len(), 10 * 1024 * 1024);
+    let block: Vec<u8> = (0..=255u8).collect();
+    assert!(body.chunks(256).all(|c| c == block.as_slice()));
+}
+
+#[test]
+fn nginx_repeated_headers_are_joined_and_script_name_mounts() {
+    let (_server, nginx) = fixture_behind_nginx("headers");
+    let reply = raw_exchange(
+        nginx.addr(),
+        b"GET /environ HTTP/1.1\r\nHost: t\r\nAccept: a\r\nAccept: b\r\nCookie: x=1\r\nCookie: y=2\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(30),
+    );
+    let text = String::from_utf8_lossy(&reply);
+    assert!(text.contains(r#""HTTP_ACCEPT": "a, b""#), "{text}");
+    assert!(text.contains(r#""HTTP_COOKIE": "x=1; y=2""#), "{text}");
+
+    let env = json(client().get(nginx.url("/mounted/environ")).send().unwrap());
+    assert_eq!(env["SCRIPT_NAME"], "/mounted");
+    assert_eq!(env["PATH_INFO"], "/environ");
+}
+
+#[test]
+fn nginx_without_uwsgi_params_still_reaches_the_app() {
+    let (_server, nginx) = fixture_behind_nginx("bare");
+    // Only the client's headers arrive: the server fills in a GET of "/".
+    let env = json(client().get(nginx.url("/bare/anything")).send().unwrap());
+    assert_eq!(env["REQUEST_METHOD"], "GET");
+    assert_eq!(env["PATH_INFO"], "/");
+    assert_eq!(env["SERVER_NAME"], "127.0.0.1");
+    assert_eq!(env["SERVER_PORT"], nginx.port.to_string());
+}
+
+#[test]
+fn nginx_serves_50_concurrent_requests_each_in_its_own_sandbox() {
+    let (_server, nginx) = fixture_behind_nginx("concurrent");
+    let url = nginx.url("/counter");
+    let threads: Vec<_> = (0..50)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || json(client().get(&url).send().unwrap()))
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().unwrap()["counter"], 1);
+    }
+}
+
+#[test]
+fn nginx_passes_to_a_unix_socket_that_is_removed_on_shutdown() {
+    let sock = Path::new(env!("CARGO_TARGET_TMPDIR")).join("uwsgi-test.sock");
+    // A stale socket file from a crashed run is replaced.
+    let _ = std::fs::remove_file(&sock);
+    drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+    assert!(sock.exists());
+    let spec = format!("unix:{}", sock.display());
+    let mut server = Server::start_with(fixture(), &["--uwsgi", &spec]);
+    let nginx = Nginx::start("unix", &format!("    location / {{ include /etc/nginx/uwsgi_params; uwsgi_pass {spec}; }}"));
+    let env = json(client().get(nginx.url("/environ?via=unix")).send().unwrap());
+    assert_eq!(env["QUERY_STRING"], "via=unix");
+    assert_eq!(env["REMOTE_ADDR"], "127.0.0.1");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777, 0o660);
+
+    // A second server on the same live socket is refused.
+    let out = Command::new(crate::common::BIN)
+        .args(["run"])
+        .arg(fixture())
+        .args(["--uwsgi", &spec, "--cache-dir"])
+        .arg(crate::common::cache_dir())
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("another server is listening"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    server.terminate();
+    assert!(server.wait(Duration::from_secs(20)).is_some_and(|s| s.success()));
+    assert!(!sock.exists(), "socket file left behind");
+}
+
+/// Sends raw bytes to a uwsgi listener; returns what came back before close.
+fn uwsgi_raw(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    stream.write_all(bytes).unwrap();
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let mut out = Vec::new();
+    let _ = stream.read_to_end(&mut out);
+    out
+}
+
+fn packet(vars: &[(&str, &str)]) -> Vec<u8> {
+    let mut block = Vec::new();
+    for (k, v) in vars {
+        for part in [k.as_bytes(), v.as_bytes()] {
+            block.extend_from_slice(&(part.len() as u16).to_le_bytes());
+            block.extend_from_slice(part);
+        }
+    }
+    let mut p = vec![0];
+    p.extend_from_slice(&(block.len() as u16).to_le_bytes());
+    p.push(0);
+    p.extend_from_slice(&block);
+    p
+}
+
+#[test]
+fn malformed_uwsgi_packets_are_refused_and_never_reach_the_app() {
+    let server = Server::start_with(fixture(), &["--uwsgi", "127.0.0.1:0", "--uwsgi-buffer-size", "4096"]);
+    let addr = server.uwsgi_addr();
+    let good = packet(&[("REQUEST_METHOD", "GET"), ("REQUEST_URI", "/counter"), ("PATH_INFO", "/counter")]);
+    let mut foreign = good.clone();
+    foreign[0] = 5;
+    let mut oversized = packet(&[("HTTP_X_BIG", &"x".repeat(5000))]);
+    oversized[0] = 0;
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("truncated header", vec![0, 10]),
+        ("datasize past the data", vec![0, 0xff, 0x00, 0, 1, 0, b'A']),
+        ("key past the block", vec![0, 4, 0, 0, 9, 0, b'A', b'B']),
+        ("value past the block", vec![0, 6, 0, 0, 1, 0, b'A', 0xff, 0xff, b'v']),
+        ("modifier1 5", foreign),
+        ("oversized vars", oversized),
+        ("bad CONTENT_LENGTH", packet(&[("CONTENT_LENGTH", "-3")])),
+    ];
+    for (name, bytes) in &cases {
+        let reply = uwsgi_raw(addr, bytes);
+        assert!(reply.is_empty(), "{name}: got {:?}", String::from_utf8_lossy(&reply));
+    }
+    assert!(server.wait_for_log("refused uwsgi request", Duration::from_secs(5)));
+    // Not one of them made it to a sandbox, and the server still serves.
+    assert!(!server.log().contains("wsgi_wasm::access"), "{}", server.log());
+    let reply = String::from_utf8(uwsgi_raw(addr, &good)).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200 OK\r\n") && reply.contains("\"counter\": 1"), "{reply}");
+}
+
+#[test]
+fn a_uwsgi_body_is_read_exactly_up_to_content_length() {
+    let server = Server::start_with(fixture(), &["--uwsgi", "127.0.0.1:0"]);
+    let mut bytes = packet(&[("REQUEST_METHOD", "POST"), ("PATH_INFO", "/echo"), ("QUERY_STRING", "mode=read"), ("CONTENT_LENGTH", "5")]);
+    bytes.extend_from_slice(b"helloEXTRA-BYTES-NOT-PART-OF-THE-BODY");
+    let reply = String::from_utf8(uwsgi_raw(server.uwsgi_addr(), &bytes)).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
+    assert!(reply.ends_with("\r\n\r\nhello"), "{reply}");
+    // HEAD: headers only.
+    let head = packet(&[("REQUEST_METHOD", "HEAD"), ("PATH_INFO", "/big"), ("QUERY_STRING", "size=100")]);
+    let reply = String::from_utf8(uwsgi_raw(server.uwsgi_addr(), &head)).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200 OK\r\n") && reply.ends_with("\r\n\r\n"), "{reply:?}");
+}
