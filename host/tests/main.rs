@@ -95,11 +95,11 @@ fn streamed_chunks_reach_the_client_as_they_are_yielded() {
     let text = String::from_utf8_lossy(&seen);
     assert!(text.contains("Transfer-Encoding: chunked") || text.contains("transfer-encoding: chunked"), "{text}");
     assert_eq!(arrivals.len(), 4, "{text}");
-    // The app sleeps 300 ms between chunks; had the server buffered the body,
-    // all four would arrive together at the end.
-    for pair in arrivals.windows(2) {
-        assert!(pair[1] - pair[0] >= Duration::from_millis(200), "arrivals {arrivals:?}");
-    }
+    // The app sleeps 300 ms between chunks (900 ms in all); had the server
+    // buffered the body, all four would arrive together at the end. Bounds
+    // are loose so a loaded machine's jitter cannot fail the test.
+    assert!(arrivals[3] - arrivals[0] >= Duration::from_millis(600), "arrivals {arrivals:?}");
+    assert!(arrivals[1] - arrivals[0] >= Duration::from_millis(150), "arrivals {arrivals:?}");
 }
 
 #[test]
