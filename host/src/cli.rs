@@ -93,6 +93,47 @@ pub struct RunArgs {
     #[arg(long, value_name = "MIB", default_value_t = 256, env = "WSGI_WASM_MEMORY")]
     pub memory: u64,
 
+    /// Largest request body, in bytes. A larger Content-Length is refused
+    /// with a 413 before the body is read; a chunked body that grows past it
+    /// fails its request with a 413.
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 30)]
+    pub max_body_bytes: u64,
+
+    /// Largest response body, in bytes. A response that grows past it is cut
+    /// off (the connection is reset) and the cut is logged.
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 30)]
+    pub max_response_bytes: u64,
+
+    /// Seconds a client may take to send a request's headers, and to send
+    /// the next request on a kept-alive connection (slowloris).
+    #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
+    pub header_timeout: f64,
+
+    /// Seconds the app may wait for the next piece of a request body before
+    /// the request fails with a 408 (slow POST).
+    #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
+    pub body_timeout: f64,
+
+    /// Most header bytes in one HTTP request (request line included); past
+    /// it: 431.
+    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024)]
+    pub max_header_bytes: usize,
+
+    /// Most header fields in one HTTP request; past it: 431.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub max_headers: usize,
+
+    /// Give every sandbox a host directory: HOST_DIR:GUEST_DIR, read-only, or
+    /// HOST_DIR:GUEST_DIR:rw to allow writes. Repeat for more. By default a
+    /// sandbox sees no host file at all.
+    #[arg(long = "mount", value_name = "HOST:GUEST[:rw]")]
+    pub mounts: Vec<String>,
+
+    /// Set an environment variable in every sandbox (`os.environ`). Repeat
+    /// for more. By default a sandbox sees no environment variable.
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+
     /// Sandboxes alive at once. Past it, requests wait up to --queue-timeout
     /// for one to free up, then get a 503. Default: 32 per core.
     #[arg(long, value_name = "N", env = "WSGI_WASM_MAX_INSTANCES")]

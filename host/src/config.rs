@@ -131,6 +131,52 @@ pub struct Limits {
     pub queue_timeout: Duration,
     /// Open client connections at once.
     pub max_connections: usize,
+    /// Largest request body accepted.
+    pub max_body_bytes: u64,
+    /// Largest response body sent; past it the response is cut.
+    pub max_response_bytes: u64,
+    /// Time for a request's headers (and for the next request on a kept-alive connection).
+    pub header_timeout: Duration,
+    /// Time the app may wait for the next piece of body.
+    pub body_timeout: Duration,
+    /// Most header bytes in one HTTP request.
+    pub max_header_bytes: usize,
+    /// Most header fields in one HTTP request.
+    pub max_headers: usize,
+}
+
+/// A host directory granted to every sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    pub host: PathBuf,
+    /// Absolute guest path, without a trailing slash.
+    pub guest: String,
+    pub writable: bool,
+}
+
+impl Mount {
+    /// Parses `HOST_DIR:GUEST_DIR[:rw|:ro]`.
+    ///
+    /// # Errors
+    /// Says what is wrong with the spec or the directory.
+    pub fn parse(spec: &str) -> Result<Self> {
+        let parts: Vec<&str> = spec.split(':').collect();
+        let (host, guest, writable) = match parts.as_slice() {
+            [h, g] => (*h, *g, false),
+            [h, g, "ro"] => (*h, *g, false),
+            [h, g, "rw"] => (*h, *g, true),
+            _ => bail!("--mount {spec}: expected HOST_DIR:GUEST_DIR, optionally with :rw or :ro"),
+        };
+        let host = std::fs::canonicalize(host).with_context(|| format!("--mount {spec}: no such directory {host}"))?;
+        if !host.is_dir() {
+            bail!("--mount {spec}: {} is not a directory", host.display());
+        }
+        let guest = guest.trim_end_matches('/');
+        if !guest.starts_with('/') || guest.split('/').any(|c| c == ".." || c == ".") {
+            bail!("--mount {spec}: the guest path must be absolute, without . or .. (e.g. /data)");
+        }
+        Ok(Self { host, guest: guest.to_owned(), writable })
+    }
 }
 
 /// The uwsgi listeners and their settings.
@@ -151,6 +197,10 @@ pub struct RunConfig {
     pub uwsgi: UwsgiConfig,
     pub cache_dir: PathBuf,
     pub limits: Limits,
+    /// Host directories every sandbox sees.
+    pub mounts: Vec<Mount>,
+    /// Environment variables every sandbox sees.
+    pub env: Vec<(String, String)>,
     pub shutdown_timeout: Duration,
 }
 
@@ -191,6 +241,20 @@ impl RunConfig {
                 bail!("--uwsgi {addr} is given twice");
             }
         }
+        let mounts = args.mounts.iter().map(|m| Mount::parse(m)).collect::<Result<Vec<_>>>()?;
+        let mut env = Vec::new();
+        for pair in &args.env {
+            match pair.split_once('=') {
+                Some((k, v)) if !k.is_empty() && !k.contains('\0') && !v.contains('\0') => env.push((k.to_owned(), v.to_owned())),
+                _ => bail!("--env {pair}: expected KEY=VALUE"),
+            }
+        }
+        if args.max_header_bytes < 8192 {
+            bail!("--max-header-bytes {}: must be at least 8192", args.max_header_bytes);
+        }
+        if args.max_headers == 0 {
+            bail!("--max-headers 0: a request needs at least a Host header");
+        }
         let http = if args.http.is_empty() && args.uwsgi.is_empty() {
             vec![SocketAddr::from(([127, 0, 0, 1], 8000))]
         } else {
@@ -207,7 +271,15 @@ impl RunConfig {
                 max_instances,
                 queue_timeout: seconds("--queue-timeout", args.queue_timeout)?,
                 max_connections: args.max_connections,
+                max_body_bytes: args.max_body_bytes,
+                max_response_bytes: args.max_response_bytes,
+                header_timeout: seconds("--header-timeout", args.header_timeout)?,
+                body_timeout: seconds("--body-timeout", args.body_timeout)?,
+                max_header_bytes: args.max_header_bytes,
+                max_headers: args.max_headers,
             },
+            mounts,
+            env,
             shutdown_timeout: seconds("--shutdown-timeout", args.shutdown_timeout)?,
         })
     }
@@ -230,6 +302,17 @@ fn cache_dir(flag: Option<PathBuf>) -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mounts_are_read_only_unless_asked() {
+        let tmp = std::env::temp_dir();
+        let m = Mount::parse(&format!("{}:/data/", tmp.display())).unwrap();
+        assert_eq!((m.guest.as_str(), m.writable), ("/data", false));
+        assert!(Mount::parse(&format!("{}:/data:rw", tmp.display())).unwrap().writable);
+        for bad in ["/nonexistent-dir:/x", "relative", &format!("{}:data", tmp.display()), &format!("{}:/a/../b", tmp.display()), &format!("{}:/x:wx", tmp.display())] {
+            assert!(Mount::parse(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn targets_parse_like_gunicorn() {

@@ -33,6 +33,15 @@ pub enum SandboxError {
     /// No sandbox slot freed up within `--queue-timeout`.
     #[error("no sandbox free within {0:?}")]
     Overloaded(std::time::Duration),
+    /// The request body grew past `--max-body-bytes`.
+    #[error("the request body exceeded {0} bytes")]
+    BodyTooLarge(u64),
+    /// The client sent no body bytes for `--body-timeout`.
+    #[error("the client sent no body for {0:?}")]
+    BodyTimeout(std::time::Duration),
+    /// The response body grew past `--max-response-bytes`; it was cut.
+    #[error("the response exceeded {0} bytes and was cut off")]
+    ResponseTooLarge(u64),
 }
 
 impl SandboxError {
@@ -41,12 +50,15 @@ impl SandboxError {
         match self {
             Self::DeadlineExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             // Nobody is left to read it; the access log still wants a number.
             Self::ClientGone(_) => StatusCode::from_u16(499).expect("499 is a valid code"),
             Self::Instantiate(_)
             | Self::Trap(_)
             | Self::MemoryExceeded(_)
             | Self::App(_)
+            | Self::ResponseTooLarge(_)
             | Self::GuestProtocol(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -68,6 +80,8 @@ mod tests {
         assert_eq!(SandboxError::Overloaded(d).status(), 503);
         assert_eq!(SandboxError::App("Traceback".into()).status(), 500);
         assert_eq!(SandboxError::MemoryExceeded(64).status(), 500);
+        assert_eq!(SandboxError::BodyTooLarge(1).status(), 413);
+        assert_eq!(SandboxError::BodyTimeout(d).status(), 408);
         assert_eq!(error_body(StatusCode::GATEWAY_TIMEOUT), "504 Gateway Timeout\n");
     }
 }

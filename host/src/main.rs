@@ -11,7 +11,7 @@ use tracing_subscriber::EnvFilter;
 use wsgi_wasm::cli::{Cli, Command, RunArgs};
 use wsgi_wasm::config::{BuildConfig, RunConfig};
 use wsgi_wasm::engine::LoadedApp;
-use wsgi_wasm::sandbox::Sandbox;
+use wsgi_wasm::sandbox::{Grants, Sandbox};
 use wsgi_wasm::{build, server, shutdown};
 
 fn main() -> ExitCode {
@@ -40,7 +40,8 @@ fn run(args: RunArgs) -> Result<()> {
     let config = RunConfig::from_args(args)?;
     // Everything that can be wrong with the app is found before listening.
     let app = LoadedApp::load(&config.app, &config.cache_dir)?;
-    let sandbox = Arc::new(Sandbox::new(app, config.limits.clone())?);
+    let grants = Grants { mounts: config.mounts.clone(), env: config.env.clone() };
+    let sandbox = Arc::new(Sandbox::new(app, config.limits.clone(), grants)?);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

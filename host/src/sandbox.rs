@@ -23,7 +23,7 @@ use wasmtime::{ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::bindings::{self, Header, WsgiPre};
-use crate::config::Limits;
+use crate::config::{Limits, Mount};
 use crate::engine::LoadedApp;
 use crate::error::SandboxError;
 
@@ -79,11 +79,21 @@ pub struct RunStats {
     pub head_sent: bool,
 }
 
+/// What the operator grants every sandbox beyond its own file tree.
+#[derive(Debug, Clone, Default)]
+pub struct Grants {
+    /// Host directories, mounted at their guest paths.
+    pub mounts: Vec<Mount>,
+    /// The environment `os.environ` holds.
+    pub env: Vec<(String, String)>,
+}
+
 /// The compiled, linked app and the limits every instance runs under.
 pub struct Sandbox {
     app: LoadedApp,
     pre: WsgiPre<HostState>,
     limits: Limits,
+    grants: Grants,
     /// One permit per live instance: `--max-instances`.
     slots: Arc<Semaphore>,
 }
@@ -92,9 +102,17 @@ impl Sandbox {
     /// Links the app against WASI and our host imports.
     ///
     /// # Errors
-    /// Fails if the component does not export the `wsgi` world or imports
-    /// something the host does not provide.
-    pub fn new(app: LoadedApp, limits: Limits) -> anyhow::Result<Self> {
+    /// Fails if the component does not export the `wsgi` world, imports
+    /// something the host does not provide, or a mount would shadow the
+    /// app's own files.
+    pub fn new(app: LoadedApp, limits: Limits, grants: Grants) -> anyhow::Result<Self> {
+        for mount in &grants.mounts {
+            if let Some((_, root)) = app.tree.iter().find(|(_, root)| {
+                mount.guest == *root || mount.guest.starts_with(&format!("{root}/")) || root.starts_with(&format!("{}/", mount.guest)) || mount.guest == "/"
+            }) {
+                anyhow::bail!("--mount at {} would shadow the app's own files at {root}; choose another guest path", mount.guest);
+            }
+        }
         let mut linker = Linker::<HostState>::new(&app.engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         bindings::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
@@ -106,7 +124,7 @@ impl Sandbox {
             .map_err(anyhow::Error::from)
             .context("the component does not export the wsgi-wasm `wsgi` world")?;
         let slots = Arc::new(Semaphore::new(limits.max_instances));
-        Ok(Self { app, pre, limits, slots })
+        Ok(Self { app, pre, limits, grants, slots })
     }
 
     /// The SHA-256 of the loaded `app.wasm`.
@@ -173,35 +191,28 @@ impl Sandbox {
         let mut store = self.new_store(req.req_id, io).map_err(SandboxError::Instantiate)?;
         let wsgi = match self.pre.instantiate_async(&mut store).await {
             Ok(wsgi) => wsgi,
-            Err(err) => return Err(self.classify(store.data(), err.into(), SandboxError::Instantiate)),
+            Err(err) => return Err(self.classify(store.data(), anyhow::Error::from(err), SandboxError::Instantiate)),
         };
-        let result = wsgi.call_handle(&mut store, req.url_scheme, &req.environ).await;
+        let result = wsgi.call_handle(&mut store, req.url_scheme, &req.environ, &self.grants.env).await;
         let state = store.data();
         match result {
             Ok(Ok(())) => Ok(state.stats),
-            Ok(Err(traceback)) => Err(if let Some(msg) = &state.protocol_error {
-                SandboxError::GuestProtocol(msg.clone())
-            } else if let Some(why) = &state.client_gone {
-                SandboxError::ClientGone(why.clone())
-            } else if state.limiter.memory_hit {
-                SandboxError::MemoryExceeded(self.limits.memory_bytes >> 20)
-            } else {
-                SandboxError::App(traceback)
-            }),
-            Err(err) => Err(self.classify(state, err.into(), SandboxError::Trap)),
+            Ok(Err(traceback)) => Err(self.classify(state, traceback, SandboxError::App)),
+            Err(err) => Err(self.classify(state, anyhow::Error::from(err), SandboxError::Trap)),
         }
     }
 
-    fn classify(
-        &self,
-        state: &HostState,
-        err: anyhow::Error,
-        otherwise: fn(anyhow::Error) -> SandboxError,
-    ) -> SandboxError {
-        if state.limiter.memory_hit {
-            SandboxError::MemoryExceeded(self.limits.memory_bytes >> 20)
-        } else {
-            otherwise(err)
+    /// Names a failure by its first cause: what the host saw go wrong beats
+    /// the exception or trap the guest ended with.
+    fn classify<E>(&self, state: &HostState, err: E, otherwise: fn(E) -> SandboxError) -> SandboxError {
+        match &state.fault {
+            Some(Fault::Protocol(msg)) => SandboxError::GuestProtocol(msg.clone()),
+            Some(Fault::ClientGone(why)) => SandboxError::ClientGone(why.clone()),
+            Some(Fault::BodyTooLarge) => SandboxError::BodyTooLarge(self.limits.max_body_bytes),
+            Some(Fault::BodyTimeout) => SandboxError::BodyTimeout(self.limits.body_timeout),
+            Some(Fault::ResponseTooLarge) => SandboxError::ResponseTooLarge(self.limits.max_response_bytes),
+            None if state.limiter.memory_hit => SandboxError::MemoryExceeded(self.limits.memory_bytes >> 20),
+            None => otherwise(err),
         }
     }
 
@@ -217,6 +228,10 @@ impl Sandbox {
         for (host_dir, guest_dir) in &self.app.tree {
             wasi.preopened_dir(host_dir, guest_dir, FsPerms::ReadOnly)?;
         }
+        for mount in &self.grants.mounts {
+            let perms = if mount.writable { FsPerms::ReadWrite } else { FsPerms::ReadOnly };
+            wasi.preopened_dir(&mount.host, &mount.guest, perms)?;
+        }
         let state = HostState {
             wasi: wasi.build(),
             table: ResourceTable::new(),
@@ -231,8 +246,9 @@ impl Sandbox {
             discard_body: false,
             head: HeadState::Waiting,
             stats: RunStats::default(),
-            protocol_error: None,
-            client_gone: None,
+            fault: None,
+            body_timeout: self.limits.body_timeout,
+            max_response_bytes: self.limits.max_response_bytes,
             req_id,
         };
         let mut store = Store::new(&self.app.engine, state);
@@ -302,11 +318,25 @@ pub struct HostState {
     discard_body: bool,
     head: HeadState,
     stats: RunStats,
-    /// Why the response side refused what the guest sent, if it did.
-    protocol_error: Option<String>,
-    /// Why the client is no longer there, if it is not.
-    client_gone: Option<String>,
+    /// The first thing the host saw go wrong, if anything did.
+    fault: Option<Fault>,
+    /// `--body-timeout`.
+    body_timeout: std::time::Duration,
+    /// `--max-response-bytes`.
+    max_response_bytes: u64,
     req_id: u64,
+}
+
+/// What the host saw go wrong during a request, as opposed to what the
+/// guest raised about it afterwards.
+enum Fault {
+    /// The response side refused what the guest sent.
+    Protocol(String),
+    /// The client is gone.
+    ClientGone(String),
+    BodyTooLarge,
+    BodyTimeout,
+    ResponseTooLarge,
 }
 
 impl WasiView for HostState {
@@ -316,8 +346,11 @@ impl WasiView for HostState {
 }
 
 impl HostState {
-    fn gone(&mut self, why: &str) -> String {
-        self.client_gone.get_or_insert_with(|| why.to_owned()).clone()
+    /// Records `fault` (unless an earlier one is known) and returns `msg`
+    /// for the guest.
+    fn fail(&mut self, fault: Fault, msg: &str) -> String {
+        self.fault.get_or_insert(fault);
+        msg.to_owned()
     }
 
     async fn send(&mut self, chunk: Vec<u8>) -> Result<(), String> {
@@ -325,8 +358,12 @@ impl HostState {
             return Ok(());
         }
         let len = chunk.len() as u64;
+        if self.stats.body_bytes + len > self.max_response_bytes {
+            tracing::error!(req_id = self.req_id, limit = self.max_response_bytes, "response too large; cutting it off");
+            return Err(self.fail(Fault::ResponseTooLarge, "the response exceeds the server's limit"));
+        }
         if self.io.chunks.send(Bytes::from(chunk)).await.is_err() {
-            return Err(self.gone("the client closed the connection"));
+            return Err(self.fail(Fault::ClientGone("the client closed the connection".into()), "the client went away"));
         }
         self.stats.body_bytes += len;
         Ok(())
@@ -337,11 +374,17 @@ impl bindings::Host for HostState {
     async fn read_body(&mut self, max_bytes: u32) -> wasmtime::Result<Result<Vec<u8>, String>> {
         let max = max_bytes.max(1) as usize;
         while self.pending.is_empty() {
-            match self.io.body.frame().await {
+            let Ok(frame) = tokio::time::timeout(self.body_timeout, self.io.body.frame()).await else {
+                return Ok(Err(self.fail(Fault::BodyTimeout, "timed out waiting for the request body")));
+            };
+            match frame {
                 None => return Ok(Ok(Vec::new())),
+                Some(Err(err)) if err.is::<http_body_util::LengthLimitError>() => {
+                    return Ok(Err(self.fail(Fault::BodyTooLarge, "the request body is too large")));
+                }
                 Some(Err(err)) => {
                     let why = format!("reading the request body failed: {err}");
-                    return Ok(Err(self.gone(&why)));
+                    return Ok(Err(self.fail(Fault::ClientGone(why.clone()), &why)));
                 }
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
@@ -362,9 +405,8 @@ impl bindings::Host for HostState {
         complete: bool,
     ) -> wasmtime::Result<Result<(), String>> {
         if matches!(self.head, HeadState::Sent) {
-            let msg = "start-response called twice".to_owned();
-            self.protocol_error = Some(msg.clone());
-            return Ok(Err(msg));
+            let msg = "start-response called twice";
+            return Ok(Err(self.fail(Fault::Protocol(msg.into()), msg)));
         }
         self.head = HeadState::Sent;
         let raw = RawHead {
@@ -381,17 +423,15 @@ impl bindings::Host for HostState {
             }
             Err(msg) => {
                 tracing::error!(req_id = self.req_id, "refused the app's response head: {msg}");
-                self.protocol_error = Some(msg.clone());
-                Ok(Err(msg))
+                Ok(Err(self.fail(Fault::Protocol(msg.clone()), &msg)))
             }
         }
     }
 
     async fn write_body(&mut self, chunk: Vec<u8>) -> wasmtime::Result<Result<(), String>> {
         if !matches!(self.head, HeadState::Sent) {
-            let msg = "write-body before start-response".to_owned();
-            self.protocol_error = Some(msg.clone());
-            return Ok(Err(msg));
+            let msg = "write-body before start-response";
+            return Ok(Err(self.fail(Fault::Protocol(msg.into()), msg)));
         }
         Ok(self.send(chunk).await)
     }

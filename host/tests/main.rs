@@ -2,6 +2,7 @@
 //! real components built from `tests/apps/` and `examples/`.
 
 mod common;
+mod limits;
 mod nginx;
 
 use std::io::{Read, Write};

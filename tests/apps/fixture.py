@@ -242,6 +242,77 @@ def alloc_forever(environ, start_response):
         hoard.append(bytearray(1024 * 1024))
 
 
+def recurse(environ, start_response):
+    def down(n):
+        return down(n + 1) + 1
+
+    return down(0)
+
+
+def deep_c_recursion(environ, start_response):
+    # Lift CPython's own guard so the recursion runs into WebAssembly's stack.
+    sys.setrecursionlimit(10**7)
+    return recurse(environ, start_response)
+
+
+def hard_exit(environ, start_response):
+    os._exit(3)
+
+
+def _attempt(fn):
+    try:
+        return {"ok": True, "value": fn()}
+    except Exception as e:  # noqa: BLE001 - the outcome is the answer
+        return {"ok": False, "error": f"{type(e).__name__}: {e}"}
+
+
+def capabilities(environ, start_response):
+    """What a hostile app could reach: files, the network, the environment."""
+    import socket
+
+    q = _query(environ)
+
+    def read(path):
+        with open(path, "rb") as f:
+            return f.read(200).decode("latin-1")
+
+    def write(path):
+        with open(path, "w") as f:
+            f.write("written by the guest\n")
+        return path
+
+    def connect():
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.settimeout(2)
+        s.connect(("127.0.0.1", int(q.get("port", "22"))))
+        return "connected"
+
+    return _json(
+        start_response,
+        {
+            "etc_passwd": _attempt(lambda: read("/etc/passwd")),
+            "proc_self": _attempt(lambda: read("/proc/self/environ")),
+            "parent_escape": _attempt(lambda: read("/0/../../etc/passwd")),
+            "list_root": _attempt(lambda: sorted(os.listdir("/"))),
+            "read": _attempt(lambda: read(q["read"])) if "read" in q else None,
+            "write": _attempt(lambda: write(q["write"])) if "write" in q else None,
+            "socket": _attempt(connect),
+            "environ": dict(os.environ),
+        },
+    )
+
+
+def endless(environ, start_response):
+    start_response("200 OK", [("Content-Type", "application/octet-stream")])
+
+    def gen():
+        block = b"x" * 65536
+        while True:
+            yield block
+
+    return gen()
+
+
 def list_of_chunks(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [b"a", b"b", b"", b"c\n"]
@@ -270,6 +341,11 @@ ROUTES = {
     "/loop-forever": loop_forever,
     "/alloc-forever": alloc_forever,
     "/list": list_of_chunks,
+    "/recurse": recurse,
+    "/deep-c-recursion": deep_c_recursion,
+    "/exit": hard_exit,
+    "/capabilities": capabilities,
+    "/endless": endless,
 }
 
 

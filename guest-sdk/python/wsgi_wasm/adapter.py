@@ -10,6 +10,7 @@ call that broke it, as with waitress or wsgiref), and the host checks
 everything again, because this code runs inside the untrusted guest.
 """
 
+import os
 import random
 import re
 import sys
@@ -193,11 +194,15 @@ def _run(app, environ, response):
             close()
 
 
-def handle(app, url_scheme, pairs):
+def handle(app, url_scheme, pairs, env):
     """Runs one request through ``app``; raises ``Err(traceback)`` on failure."""
     # The module-level generator was seeded before the build snapshot; give
     # every instance its own sequence, as a fresh process would have.
     random.seed()
+    # os.environ was emptied before the snapshot; the operator's grant is all
+    # the app sees.
+    if env:
+        os.environ.update(env)
     environ = _environ(url_scheme, pairs)
     response = _Response(environ.get("REQUEST_METHOD", "GET"))
     try:

@@ -198,8 +198,12 @@ def prepare():
     _export_tree(export_dir, _mounted_roots({export_dir}))
 
     class WitWorld(wit_world.WitWorld):
-        def handle(self, url_scheme, environ):
-            adapter.handle(app, url_scheme, environ)
+        def handle(self, url_scheme, environ, env):
+            adapter.handle(app, url_scheme, environ, env)
+
+    # The build's environment (PYTHONPATH, the app name, ...) must not reach
+    # requests: they see only what the operator grants with --env.
+    os.environ.clear()
 
     # Everything alive now is in the snapshot and shared, copy-on-write, by
     # every instance. Move it out of the cyclic GC's sight: otherwise a

@@ -6,9 +6,10 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
-use http_body_util::BodyExt;
+use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH};
+use http::StatusCode;
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -17,11 +18,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::sandbox::BoxError;
 use crate::wsgi::{environ, ConnInfo, Dispatcher, ResponseBody, WsgiRequest, WsgiResponse};
-
-/// How long a client may take to send a request's headers.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves one HTTP/1.1 connection until the client closes it or `shutdown`
 /// fires; on shutdown the request in flight finishes first.
@@ -32,14 +29,21 @@ pub async fn serve_connection(
     shutdown: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
+    let limits = dispatcher.limits().clone();
     let service = service_fn(move |req| {
         let dispatcher = Arc::clone(&dispatcher);
         async move { Ok::<_, Infallible>(handle(&dispatcher, conn, req).await) }
     });
+    // hyper enforces the framing rules: it answers 400 to conflicting
+    // Content-Length, a Transfer-Encoding other than chunked-last, bad chunk
+    // sizes or whitespace before a colon, 431 past these header limits, and
+    // closes the connection after.
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
         .keep_alive(true)
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(limits.max_header_bytes)
+        .max_headers(limits.max_headers)
         .serve_connection(TokioIo::new(stream), service);
     tokio::pin!(connection);
     let result = tokio::select! {
@@ -56,13 +60,25 @@ pub async fn serve_connection(
 
 async fn handle(dispatcher: &Dispatcher, conn: ConnInfo, req: Request<Incoming>) -> Response<ResponseBody> {
     let (parts, body) = req.into_parts();
+    let max_body = dispatcher.limits().max_body_bytes;
+    // hyper has already refused a malformed or conflicting Content-Length.
+    let declared = parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max_body) {
+        tracing::warn!(peer = %conn.peer, declared, max_body, "refused a request body over the limit");
+        let mut resp = into_hyper(WsgiResponse::error(StatusCode::PAYLOAD_TOO_LARGE));
+        // The body is still on its way: this connection cannot be reused.
+        resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+        return resp;
+    }
     let vars = environ::from_http(&parts, conn);
+    let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
     let request = WsgiRequest {
         target: parts.uri.path_and_query().map_or_else(|| parts.uri.to_string(), |pq| pq.to_string()),
         method: parts.method,
         url_scheme: "http",
         vars,
-        body: body.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
+        // A chunked body has no declared length: it is cut at the limit.
+        body: Limited::new(body, limit).boxed_unsync(),
     };
     into_hyper(dispatcher.dispatch(request).await)
 }

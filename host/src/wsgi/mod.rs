@@ -137,6 +137,11 @@ impl Dispatcher {
         Self { sandbox, tasks, next_id: AtomicU64::new(1) }
     }
 
+    /// The limits every listener enforces too.
+    pub fn limits(&self) -> &crate::config::Limits {
+        self.sandbox.limits()
+    }
+
     /// Runs `req` in a fresh sandbox; returns once the head is known.
     pub async fn dispatch(&self, req: WsgiRequest) -> WsgiResponse {
         let req_id = self.next_id.fetch_add(1, Ordering::Relaxed);

@@ -24,9 +24,6 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::sandbox::BoxError;
 use crate::wsgi::{environ, ConnInfo, Dispatcher, WsgiRequest, WsgiResponse};
 
-/// How long a peer may take to send the vars block.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// The write side of a connection, and how to cut it so the peer notices.
 pub trait Abort {
     /// Closes the connection so that the peer sees an error, not an end.
@@ -59,7 +56,8 @@ pub async fn serve_connection<R, W>(
     W: AsyncWrite + Send + Unpin + Abort,
 {
     let peer = conn.map_or_else(|| "unix".to_owned(), |c| c.peer.to_string());
-    let request = match read_request(&mut reader, vars_limit).await {
+    let limits = dispatcher.limits();
+    let request = match read_request(&mut reader, vars_limit, limits.header_timeout).await {
         Ok(Some((packet, leftover))) => match into_request(packet, leftover, reader, conn) {
             Ok(request) => request,
             Err(err) => return tracing::error!(%peer, "refused uwsgi request: {err}"),
@@ -67,7 +65,13 @@ pub async fn serve_connection<R, W>(
         Ok(None) => return, // connected and closed without a request
         Err(err) => return tracing::error!(%peer, "refused uwsgi request: {err}"),
     };
-    let response = dispatcher.dispatch(request).await;
+    let declared = request.vars.get("CONTENT_LENGTH").and_then(|v| std::str::from_utf8(v).ok()?.parse::<u64>().ok());
+    let response = if declared.is_some_and(|len| len > limits.max_body_bytes) {
+        tracing::warn!(%peer, declared, max_body = limits.max_body_bytes, "refused a request body over the limit");
+        WsgiResponse::error(http::StatusCode::PAYLOAD_TOO_LARGE)
+    } else {
+        dispatcher.dispatch(request).await
+    };
     if let Err(err) = write_response(&mut writer, response).await {
         match err {
             WriteError::Aborted => writer.abort(),
@@ -82,9 +86,10 @@ pub async fn serve_connection<R, W>(
 async fn read_request<R: AsyncRead + Unpin>(
     reader: &mut R,
     limit: usize,
+    timeout: Duration,
 ) -> Result<Option<(codec::Packet, Bytes)>, String> {
     let mut buf = BytesMut::with_capacity(4096);
-    let total = tokio::time::timeout(HEADER_READ_TIMEOUT, async {
+    let total = tokio::time::timeout(timeout, async {
         loop {
             if let Some(total) = codec::check(&buf, limit).map_err(|e| e.to_string())? {
                 return Ok(Some(total));
@@ -98,7 +103,7 @@ async fn read_request<R: AsyncRead + Unpin>(
         }
     })
     .await
-    .map_err(|_| format!("no complete packet within {HEADER_READ_TIMEOUT:?}"))??;
+    .map_err(|_| format!("no complete packet within {timeout:?}"))??;
     let Some(total) = total else { return Ok(None) };
     let packet = codec::parse(&buf[..total], limit).map_err(|e| e.to_string())?;
     Ok(Some((packet, buf.split_off(total).freeze())))
