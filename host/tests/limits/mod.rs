@@ -249,6 +249,14 @@ fn request_smuggling_shapes_never_reach_the_app() {
             "{name}: {status}"
         );
     }
+    // A malformed request ends its connection: what follows is never read.
+    let reply = raw_exchange(
+        server.addr,
+        b"GET /list HTTP/1.1\r\nHost: t\r\nBad Header\r\n\r\nGET /counter HTTP/1.1\r\nHost: t\r\n\r\n",
+        Duration::from_secs(10),
+    );
+    let text = String::from_utf8_lossy(&reply);
+    assert!(text.starts_with("HTTP/1.1 400") && text.matches("HTTP/1.1").count() == 1, "{text}");
     // A chunk extension is legal and must not confuse the framing.
     let reply = raw_exchange(
         server.addr,

@@ -308,6 +308,10 @@ fn a_uwsgi_body_is_read_exactly_up_to_content_length() {
     let reply = String::from_utf8(uwsgi_raw(server.uwsgi_addr(), &bytes)).unwrap();
     assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
     assert!(reply.ends_with("\r\n\r\nhello"), "{reply}");
+    // Over --max-body-bytes (1 GiB by default): refused before any body is read.
+    let huge = packet(&[("REQUEST_METHOD", "POST"), ("PATH_INFO", "/echo"), ("CONTENT_LENGTH", "10000000000")]);
+    let reply = String::from_utf8(uwsgi_raw(server.uwsgi_addr(), &huge)).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 413 Payload Too Large\r\n"), "{reply}");
     // HEAD: headers only.
     let head = packet(&[("REQUEST_METHOD", "HEAD"), ("PATH_INFO", "/big"), ("QUERY_STRING", "size=100")]);
     let reply = String::from_utf8(uwsgi_raw(server.uwsgi_addr(), &head)).unwrap();
