@@ -107,10 +107,11 @@ impl Sandbox {
     /// app's own files.
     pub fn new(app: LoadedApp, limits: Limits, grants: Grants) -> anyhow::Result<Self> {
         for mount in &grants.mounts {
-            if let Some((_, root)) = app.tree.iter().find(|(_, root)| {
-                mount.guest == *root || mount.guest.starts_with(&format!("{root}/")) || root.starts_with(&format!("{}/", mount.guest)) || mount.guest == "/"
-            }) {
-                anyhow::bail!("--mount at {} would shadow the app's own files at {root}; choose another guest path", mount.guest);
+            if let Some((_, root)) = app.tree.iter().find(|(_, root)| overlaps(&mount.guest, root)) {
+                anyhow::bail!(
+                    "--mount at {} would shadow the app's own files at {root}; choose another guest path",
+                    mount.guest
+                );
             }
         }
         let mut linker = Linker::<HostState>::new(&app.engine);
@@ -259,6 +260,12 @@ impl Sandbox {
         store.epoch_deadline_async_yield_and_update(1);
         Ok(store)
     }
+}
+
+/// Whether one absolute guest path is the other or lies under it.
+fn overlaps(a: &str, b: &str) -> bool {
+    let under = |x: &str, y: &str| x.strip_prefix(y).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+    under(a, b) || under(b, a)
 }
 
 /// StoreLimits, plus a record of whether the memory limit was what failed.
@@ -439,5 +446,15 @@ impl bindings::Host for HostState {
     async fn log_error(&mut self, message: String) -> wasmtime::Result<()> {
         tracing::warn!(target: "wsgi_wasm::guest", req_id = self.req_id, stream = "wsgi.errors", "{message}");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn guest_paths_overlap_only_at_segment_boundaries() {
+        use super::overlaps;
+        assert!(overlaps("/python", "/python") && overlaps("/python/x", "/python") && overlaps("/0", "/0/sub"));
+        assert!(!overlaps("/python2", "/python") && !overlaps("/data", "/0"));
     }
 }

@@ -59,10 +59,9 @@ def _load_plan():
 def _native_culprit(plan, exc):
     """The native-code distribution an import failure comes from, if any."""
     missing = getattr(exc, "name", None) or ""
-    text = str(exc)
     for dist in plan["native"]:
         for module in dist["modules"]:
-            if missing == module or missing.startswith(module + ".") or module in text:
+            if missing == module or missing.startswith(module + "."):
                 return dist
     return None
 
