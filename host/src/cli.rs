@@ -153,6 +153,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
     pub shutdown_timeout: f64,
 
+    /// Report where each request's time went: a `Server-Timing` response
+    /// header (queue wait, instantiation, app time until the head) and the
+    /// full breakdown, teardown included, in the access log.
+    #[arg(long)]
+    pub timing: bool,
+
     /// Cache for compiled code and the app's unpacked file tree.
     /// Default: `$XDG_CACHE_HOME/wsgi-wasm`, else `~/.cache/wsgi-wasm`.
     #[arg(long, value_name = "DIR", env = "WSGI_WASM_CACHE_DIR")]

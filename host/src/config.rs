@@ -202,6 +202,8 @@ pub struct RunConfig {
     /// Environment variables every sandbox sees.
     pub env: Vec<(String, String)>,
     pub shutdown_timeout: Duration,
+    /// Report per-request timing (`--timing`).
+    pub timing: bool,
 }
 
 impl RunConfig {
@@ -281,6 +283,7 @@ impl RunConfig {
             mounts,
             env,
             shutdown_timeout: seconds("--shutdown-timeout", args.shutdown_timeout)?,
+            timing: args.timing,
         })
     }
 }

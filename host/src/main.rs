@@ -12,6 +12,7 @@ use wsgi_wasm::cli::{Cli, Command, RunArgs};
 use wsgi_wasm::config::{BuildConfig, RunConfig};
 use wsgi_wasm::engine::LoadedApp;
 use wsgi_wasm::sandbox::{Grants, Sandbox};
+use wsgi_wasm::server::ServeOptions;
 use wsgi_wasm::{build, server, shutdown};
 
 fn main() -> ExitCode {
@@ -50,7 +51,11 @@ fn run(args: RunArgs) -> Result<()> {
         sandbox.check().await?;
         let listeners = server::bind(&config.http, &config.uwsgi).await?;
         let shutdown = shutdown::on_signals().context("installing signal handlers")?;
-        let vars_limit = config.uwsgi.buffer_size;
-        server::run(listeners, sandbox, vars_limit, config.shutdown_timeout, shutdown).await
+        let options = ServeOptions {
+            uwsgi_vars_limit: config.uwsgi.buffer_size,
+            shutdown_timeout: config.shutdown_timeout,
+            timing: config.timing,
+        };
+        server::run(listeners, sandbox, options, shutdown).await
     })
 }

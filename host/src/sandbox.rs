@@ -12,6 +12,7 @@
 //! that the `wsgi` layer validates and frames.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use bytes::Bytes;
@@ -41,6 +42,21 @@ pub struct RawHead {
     pub headers: Vec<(Vec<u8>, Vec<u8>)>,
     /// `Some(len)` when the guest sent the whole body with the head.
     pub complete_len: Option<u64>,
+    /// Where the time went until the head was sent (`app` so far).
+    pub timing: Timing,
+}
+
+/// Where one request's time went, for `--timing`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Timing {
+    /// Waiting for a sandbox slot.
+    pub queue: Duration,
+    /// Creating the store and instantiating the component.
+    pub instantiate: Duration,
+    /// Running the guest's `handle`, body streaming included.
+    pub app: Duration,
+    /// Dropping the instance.
+    pub teardown: Duration,
 }
 
 /// What the response side decided about a head the guest sent.
@@ -77,6 +93,7 @@ pub struct RunStats {
     pub body_bytes: u64,
     /// Whether a head was accepted (and so went, or is going, to the client).
     pub head_sent: bool,
+    pub timing: Timing,
 }
 
 /// What the operator grants every sandbox beyond its own file tree.
@@ -173,14 +190,16 @@ impl Sandbox {
     /// either way.
     pub async fn run(&self, req: GuestRequest, io: GuestIo) -> Result<RunStats, SandboxError> {
         let queue = self.limits.queue_timeout;
+        let queued = Instant::now();
         let _permit = tokio::time::timeout(queue, Arc::clone(&self.slots).acquire_owned())
             .await
             .map_err(|_| SandboxError::Overloaded(queue))?
             .expect("the slot semaphore is never closed");
+        let waited = queued.elapsed();
 
         let timeout = self.limits.timeout;
         let span = tracing::info_span!("sandbox", req_id = req.req_id);
-        let outcome = tokio::time::timeout(timeout, self.call(req, io).instrument(span)).await;
+        let outcome = tokio::time::timeout(timeout, self.call(req, io, waited).instrument(span)).await;
         match outcome {
             Ok(result) => result,
             // Dropping the call future dropped the store: the instance is gone.
@@ -188,19 +207,29 @@ impl Sandbox {
         }
     }
 
-    async fn call(&self, req: GuestRequest, io: GuestIo) -> Result<RunStats, SandboxError> {
+    async fn call(&self, req: GuestRequest, io: GuestIo, queue: Duration) -> Result<RunStats, SandboxError> {
+        let started = Instant::now();
         let mut store = self.new_store(req.req_id, io).map_err(SandboxError::Instantiate)?;
         let wsgi = match self.pre.instantiate_async(&mut store).await {
             Ok(wsgi) => wsgi,
             Err(err) => return Err(self.classify(store.data(), anyhow::Error::from(err), SandboxError::Instantiate)),
         };
+        let timing = Timing { queue, instantiate: started.elapsed(), ..Timing::default() };
+        let app_started = Instant::now();
+        store.data_mut().timing = timing;
+        store.data_mut().app_started = app_started;
         let result = wsgi.call_handle(&mut store, req.url_scheme, &req.environ, &self.grants.env).await;
+        let app = app_started.elapsed();
         let state = store.data();
-        match result {
+        let outcome = match result {
             Ok(Ok(())) => Ok(state.stats),
             Ok(Err(traceback)) => Err(self.classify(state, traceback, SandboxError::App)),
             Err(err) => Err(self.classify(state, anyhow::Error::from(err), SandboxError::Trap)),
-        }
+        };
+        let dropped = Instant::now();
+        drop(store);
+        let teardown = dropped.elapsed();
+        outcome.map(|stats| RunStats { timing: Timing { app, teardown, ..timing }, ..stats })
     }
 
     /// Names a failure by its first cause: what the host saw go wrong beats
@@ -248,6 +277,8 @@ impl Sandbox {
             head: HeadState::Waiting,
             stats: RunStats::default(),
             fault: None,
+            timing: Timing::default(),
+            app_started: Instant::now(),
             body_timeout: self.limits.body_timeout,
             max_response_bytes: self.limits.max_response_bytes,
             req_id,
@@ -327,6 +358,10 @@ pub struct HostState {
     stats: RunStats,
     /// The first thing the host saw go wrong, if anything did.
     fault: Option<Fault>,
+    /// Queue wait and instantiation, known once `handle` starts.
+    timing: Timing,
+    /// When `handle` was called.
+    app_started: Instant,
     /// `--body-timeout`.
     body_timeout: std::time::Duration,
     /// `--max-response-bytes`.
@@ -420,6 +455,7 @@ impl bindings::Host for HostState {
             status,
             headers: headers.into_iter().map(|h| (h.name, h.value)).collect(),
             complete_len: complete.then_some(body.len() as u64),
+            timing: Timing { app: self.app_started.elapsed(), ..self.timing },
         };
         let on_head = std::mem::replace(&mut self.io.on_head, Box::new(|_| Err("unreachable".into())));
         match on_head(raw) {

@@ -100,6 +100,17 @@ fn bind_unix(path: &Path, mode: u32) -> Result<(UnixListener, SocketFile)> {
     Ok((listener, file))
 }
 
+/// How [`run`] serves, beyond the sandbox's own limits.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Largest uwsgi vars block.
+    pub uwsgi_vars_limit: usize,
+    /// How long to wait for requests in flight on shutdown.
+    pub shutdown_timeout: Duration,
+    /// Report per-request timing.
+    pub timing: bool,
+}
+
 /// Serves every listener until `shutdown` is cancelled, then drains.
 ///
 /// # Errors
@@ -108,12 +119,12 @@ fn bind_unix(path: &Path, mode: u32) -> Result<(UnixListener, SocketFile)> {
 pub async fn run(
     listeners: Vec<Listener>,
     sandbox: Arc<Sandbox>,
-    uwsgi_vars_limit: usize,
-    shutdown_timeout: Duration,
+    options: ServeOptions,
     shutdown: CancellationToken,
 ) -> Result<()> {
+    let ServeOptions { uwsgi_vars_limit, shutdown_timeout, timing } = options;
     let tasks = TaskTracker::new();
-    let dispatcher = Arc::new(Dispatcher::new(Arc::clone(&sandbox), tasks.clone()));
+    let dispatcher = Arc::new(Dispatcher::new(Arc::clone(&sandbox), tasks.clone(), timing));
     let shared = Arc::new(Shared {
         dispatcher,
         connections: Arc::new(Semaphore::new(sandbox.limits().max_connections)),

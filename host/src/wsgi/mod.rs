@@ -130,11 +130,13 @@ pub struct Dispatcher {
     /// Every sandbox task, so that shutdown can wait for them.
     tasks: TaskTracker,
     next_id: AtomicU64,
+    /// Add `Server-Timing` and a timing breakdown to the access log.
+    timing: bool,
 }
 
 impl Dispatcher {
-    pub fn new(sandbox: Arc<Sandbox>, tasks: TaskTracker) -> Self {
-        Self { sandbox, tasks, next_id: AtomicU64::new(1) }
+    pub fn new(sandbox: Arc<Sandbox>, tasks: TaskTracker, timing: bool) -> Self {
+        Self { sandbox, tasks, next_id: AtomicU64::new(1), timing }
     }
 
     /// The limits every listener enforces too.
@@ -154,8 +156,12 @@ impl Dispatcher {
         let on_head: HeadHandler = {
             let method = req.method.clone();
             let status = Arc::clone(&status);
+            let timing = self.timing;
             Box::new(move |raw| {
-                let head = response::validate(&raw, &method)?;
+                let mut head = response::validate(&raw, &method)?;
+                if timing {
+                    head.headers.insert("server-timing", server_timing(&raw.timing));
+                }
                 let accepted = HeadAccepted { discard_body: head.bodyless };
                 status.store(head.status.as_u16(), Ordering::Relaxed);
                 head_tx.send(head).map_err(|_| "the client went away".to_owned())?;
@@ -166,7 +172,9 @@ impl Dispatcher {
         let io = GuestIo { body: req.body, on_head, chunks: chunk_tx };
         let sandbox = Arc::clone(&self.sandbox);
         let (method, target) = (req.method, req.target);
+        let timing_enabled = self.timing;
         let task = self.tasks.spawn(async move {
+            let timing = timing_enabled;
             let result = match sandbox.run(guest_req, io).await {
                 Ok(stats) if !stats.head_sent => Err(SandboxError::GuestProtocol(
                     "the app finished without sending a response".into(),
@@ -184,12 +192,23 @@ impl Dispatcher {
                     }
                 }
             };
-            tracing::info!(
-                target: "wsgi_wasm::access",
-                req_id,
-                "\"{method} {target}\" {code} {bytes} {:.1}ms",
-                started.elapsed().as_secs_f64() * 1e3,
-            );
+            let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+            let total = ms(started.elapsed());
+            match (timing, &result) {
+                (true, Ok(stats)) => {
+                    let t = stats.timing;
+                    tracing::info!(
+                        target: "wsgi_wasm::access",
+                        req_id,
+                        queue_ms = format!("{:.2}", ms(t.queue)),
+                        instantiate_ms = format!("{:.2}", ms(t.instantiate)),
+                        app_ms = format!("{:.2}", ms(t.app)),
+                        teardown_ms = format!("{:.2}", ms(t.teardown)),
+                        "\"{method} {target}\" {code} {bytes} {total:.1}ms",
+                    );
+                }
+                _ => tracing::info!(target: "wsgi_wasm::access", req_id, "\"{method} {target}\" {code} {bytes} {total:.1}ms"),
+            }
             result
         });
 
@@ -209,6 +228,18 @@ impl Dispatcher {
             },
         }
     }
+}
+
+/// A `Server-Timing` value: milliseconds per phase until the head was sent.
+fn server_timing(t: &crate::sandbox::Timing) -> HeaderValue {
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    let value = format!(
+        "queue;dur={:.3}, instantiate;dur={:.3}, app;dur={:.3}",
+        ms(t.queue),
+        ms(t.instantiate),
+        ms(t.app)
+    );
+    HeaderValue::from_str(&value).expect("digits, letters and punctuation only")
 }
 
 fn log_failure(req_id: u64, err: &SandboxError) {

@@ -100,6 +100,7 @@ mod tests {
             status: status.as_bytes().to_vec(),
             headers: headers.iter().map(|(n, v)| (n.as_bytes().to_vec(), v.to_vec())).collect(),
             complete_len,
+            timing: crate::sandbox::Timing::default(),
         }
     }
 

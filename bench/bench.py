@@ -1,0 +1,214 @@
+#!/usr/bin/env python3
+"""Measures wsgi-wasm against the WSGI servers people run today, in one run.
+
+Every server gets the same core (CPU 0) and one worker process per core;
+wrk runs on the other core. Servers are interleaved round by round, so a
+drift in the machine's speed hits all of them alike, and each figure is the
+median over the rounds. Traffic goes to 127.0.0.1 only, for a bounded time.
+
+    bench/run.sh [--rounds N] [--duration SECONDS] [--servers a,b] [--apps x,y]
+
+Prints a table (requests/s, p50, p99, peak RSS, ratio to gunicorn sync) and
+writes bench/results/latest.json.
+"""
+
+import argparse
+import json
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+VENV = HERE / ".venv"
+WSGI_WASM = REPO / "target" / "release" / "wsgi-wasm"
+BUILD = HERE / "build"
+SERVER_CPU, CLIENT_CPU = "0", "1"
+
+# name -> (module:callable, path, method, body bytes)
+APPS = {
+    "hello": ("hello:app", "/", "GET", 0),
+    "flask_json": ("flask_json:app", "/api/items/42", "GET", 0),
+    "echo_64k": ("echo:app", "/", "POST", 64 * 1024),
+}
+
+SERVERS = ["wsgi-wasm", "gunicorn-sync", "gunicorn-gthread", "uwsgi", "granian"]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(port, proc, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("server did not start")
+
+
+def wasm_for(app):
+    module = APPS[app][0]
+    out = BUILD / f"{app}.wasm"
+    sources = [HERE / "apps", REPO / "guest-sdk", WSGI_WASM]
+    newest = max(p.stat().st_mtime for src in sources for p in ([src] if src.is_file() else src.rglob("*")))
+    if not out.exists() or out.stat().st_mtime < newest:
+        BUILD.mkdir(exist_ok=True)
+        cmd = [str(WSGI_WASM), "build", module, "--path", str(HERE / "apps"), "-o", str(out)]
+        if app == "flask_json":
+            cmd += ["--requirements", str(HERE / "apps" / "requirements.txt")]
+        subprocess.run(cmd, check=True)
+    return out
+
+
+def server_cmd(server, app, port):
+    module = APPS[app][0]
+    py = VENV / "bin"
+    pin = ["taskset", "-c", SERVER_CPU]
+    if server == "wsgi-wasm":
+        return pin + [str(WSGI_WASM), "run", str(wasm_for(app)), "--http", f"127.0.0.1:{port}"]
+    if server == "gunicorn-sync":
+        return pin + [str(py / "gunicorn"), "-w", "1", "-k", "sync", "-b", f"127.0.0.1:{port}", "--chdir", str(HERE / "apps"), module]
+    if server == "gunicorn-gthread":
+        return pin + [str(py / "gunicorn"), "-w", "1", "-k", "gthread", "--threads", "8", "-b", f"127.0.0.1:{port}", "--chdir", str(HERE / "apps"), module]
+    if server == "uwsgi":
+        mod, call = module.split(":")
+        return pin + [str(py / "uwsgi"), "--http-socket", f"127.0.0.1:{port}", "--http-keepalive", "1", "--processes", "1",
+                      "--chdir", str(HERE / "apps"), "--module", mod, "--callable", call, "--disable-logging", "--master"]
+    if server == "granian":
+        return pin + [str(py / "granian"), "--interface", "wsgi", "--workers", "1", "--host", "127.0.0.1", "--port", str(port),
+                      "--working-dir", str(HERE / "apps"), module]
+    raise ValueError(server)
+
+
+def tree_peak_rss_mib(pid):
+    """Peak RSS (VmHWM) summed over a process and its descendants."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            status = Path(f"/proc/{p}/status").read_text()
+            total += int(re.search(r"VmHWM:\s+(\d+)", status).group(1))
+            for tid in os.listdir(f"/proc/{p}/task"):
+                children = Path(f"/proc/{p}/task/{tid}/children").read_text().split()
+                todo.extend(int(c) for c in children)
+        except (OSError, AttributeError):
+            pass
+    return total / 1024
+
+
+def wrk(url, method, body_len, duration):
+    script = None
+    cmd = ["taskset", "-c", CLIENT_CPU, "wrk", "-t1", "-c32", f"-d{duration}s", "--latency", "--timeout", "10s"]
+    if method == "POST":
+        script = BUILD / "post.lua"
+        script.write_text(
+            'wrk.method = "POST"\n'
+            f'wrk.body = string.rep("x", {body_len})\n'
+            'wrk.headers["Content-Type"] = "application/octet-stream"\n'
+        )
+        cmd += ["-s", str(script)]
+    out = subprocess.run(cmd + [url], check=True, capture_output=True, text=True, timeout=duration + 60).stdout
+
+    def latency(label):
+        m = re.search(rf"^\s*{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        value, unit = float(m.group(1)), m.group(2)
+        return value * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: (.*)", out)
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "p50_ms": latency("50"),
+        "p99_ms": latency("99"),
+        "non_2xx": int(errors.group(1)) if errors else 0,
+        "socket_errors": socket_errors.group(1) if socket_errors else "",
+    }
+
+
+def run_one(server, app, duration):
+    port = free_port()
+    env = dict(os.environ, WSGI_WASM_LOG="warn")
+    proc = subprocess.Popen(server_cmd(server, app, port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=env, start_new_session=True)
+    try:
+        wait_ready(port, proc)
+        _, path, method, body_len = APPS[app]
+        url = f"http://127.0.0.1:{port}{path}"
+        wrk(url, method, body_len, 1)  # warm-up: imports, caches, JIT of the peers
+        result = wrk(url, method, body_len, duration)
+        result["peak_rss_mib"] = tree_peak_rss_mib(proc.pid)
+        return result
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=10, help="seconds of load per server, app and round")
+    ap.add_argument("--servers", default=",".join(SERVERS))
+    ap.add_argument("--apps", default=",".join(APPS))
+    args = ap.parse_args()
+    servers, apps = args.servers.split(","), args.apps.split(",")
+    if not (1 <= args.rounds <= 10 and 1 <= args.duration <= 60):
+        sys.exit("--rounds must be 1..10 and --duration 1..60")
+    for app in apps:
+        if "wsgi-wasm" in servers:
+            wasm_for(app)
+
+    samples = {(s, a): [] for s in servers for a in apps}
+    for r in range(args.rounds):
+        for app in apps:
+            for server in servers:
+                res = run_one(server, app, args.duration)
+                samples[(server, app)].append(res)
+                print(f"round {r + 1}/{args.rounds} {app:<10} {server:<17} {res['rps']:>9.0f} req/s  "
+                      f"p50 {res['p50_ms']:.2f} ms  p99 {res['p99_ms']:.2f} ms", file=sys.stderr)
+
+    summary = {}
+    for (server, app), runs in samples.items():
+        summary.setdefault(app, {})[server] = {
+            key: statistics.median(run[key] for run in runs) for key in ("rps", "p50_ms", "p99_ms", "peak_rss_mib")
+        } | {"non_2xx": sum(run["non_2xx"] for run in runs), "rounds": len(runs)}
+
+    lines = [f"wrk -t1 -c32, {args.duration} s x {args.rounds} rounds (median); server on CPU {SERVER_CPU}, wrk on CPU {CLIENT_CPU}", ""]
+    lines.append(f"| app | server | req/s | p50 ms | p99 ms | peak RSS MiB | vs gunicorn sync |")
+    lines.append("|---|---|---:|---:|---:|---:|---:|")
+    for app in apps:
+        base = summary[app].get("gunicorn-sync", {}).get("rps")
+        for server in servers:
+            m = summary[app][server]
+            ratio = f"{m['rps'] / base:.2f}x" if base else "-"
+            flag = f" ({m['non_2xx']} non-2xx)" if m["non_2xx"] else ""
+            lines.append(f"| {app} | {server} | {m['rps']:.0f}{flag} | {m['p50_ms']:.2f} | {m['p99_ms']:.2f} | "
+                         f"{m['peak_rss_mib']:.0f} | {ratio} |")
+    table = "\n".join(lines)
+    print(table)
+    out = HERE / "results"
+    out.mkdir(exist_ok=True)
+    (out / "latest.json").write_text(json.dumps({"args": vars(args), "results": summary, "samples": {
+        f"{s}/{a}": runs for (s, a), runs in samples.items()}}, indent=2))
+    (out / "latest.md").write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()
