@@ -69,7 +69,7 @@ def wasm_for(app):
         BUILD.mkdir(exist_ok=True)
         cmd = [str(WSGI_WASM), "build", module, "--path", str(HERE / "apps"), "-o", str(out)]
         if app == "flask_json":
-            cmd += ["--requirements", str(HERE / "apps" / "requirements.txt")]
+            cmd += ["--requirements", str(HERE / "apps" / "requirements.txt"), "--warmup", "/api/items/1"]
         subprocess.run(cmd, check=True)
     return out
 
@@ -86,7 +86,8 @@ def server_cmd(server, app, port):
         return pin + [str(py / "gunicorn"), "-w", "1", "-k", "gthread", "--threads", "8", "-b", f"127.0.0.1:{port}", "--chdir", str(HERE / "apps"), module]
     if server == "uwsgi":
         mod, call = module.split(":")
-        return pin + [str(py / "uwsgi"), "--http-socket", f"127.0.0.1:{port}", "--http-keepalive", "1", "--processes", "1",
+        # --http11-socket: plain HTTP with keep-alive, no router process.
+        return pin + [str(py / "uwsgi"), "--http11-socket", f"127.0.0.1:{port}", "--processes", "1",
                       "--chdir", str(HERE / "apps"), "--module", mod, "--callable", call, "--disable-logging", "--master"]
     if server == "granian":
         return pin + [str(py / "granian"), "--interface", "wsgi", "--workers", "1", "--host", "127.0.0.1", "--port", str(port),
@@ -153,12 +154,26 @@ def run_one(server, app, duration):
         result["peak_rss_mib"] = tree_peak_rss_mib(proc.pid)
         return result
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        stop(proc)
+
+
+def stop(proc):
+    """Stops a server's whole process group, whether or not it still runs."""
+    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, None)):
         try:
-            proc.wait(timeout=15)
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=wait)
+            break
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            continue
+    # The group may outlive its leader (a master's workers): make sure.
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def main():

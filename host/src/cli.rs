@@ -41,6 +41,15 @@ pub struct BuildArgs {
     #[arg(long, short = 'r', value_name = "FILE")]
     pub requirements: Option<PathBuf>,
 
+    /// Call the app with this request at build time, before the snapshot,
+    /// so that its first-request work (lazy imports, route tables, template
+    /// compilation) is done once instead of in every sandbox. `PATH[?QUERY]`
+    /// for a GET, or `METHOD PATH[?QUERY]`; repeat for more. The app runs
+    /// these for real: use paths without side effects. A warm-up request that
+    /// raises fails the build.
+    #[arg(long, value_name = "REQUEST")]
+    pub warmup: Vec<String>,
+
     /// Where to write the component.
     #[arg(long, short = 'o', value_name = "FILE", default_value = "app.wasm")]
     pub output: PathBuf,

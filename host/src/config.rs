@@ -71,6 +71,8 @@ pub struct BuildConfig {
     /// Absolute app directories, in `sys.path` order.
     pub paths: Vec<PathBuf>,
     pub requirements: Option<PathBuf>,
+    /// Requests to run at build time, as `(METHOD, PATH[?QUERY])`.
+    pub warmup: Vec<(String, String)>,
     pub output: PathBuf,
     pub cache_dir: PathBuf,
     pub python: PathBuf,
@@ -107,10 +109,19 @@ impl BuildConfig {
                 bail!("--requirements {}: no such file", r.display());
             }
         }
+        let mut warmup = Vec::new();
+        for spec in &args.warmup {
+            let (method, target) = spec.split_once(' ').unwrap_or(("GET", spec));
+            if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) || !target.starts_with('/') {
+                bail!("--warmup {spec:?}: expected /path?query or METHOD /path?query");
+            }
+            warmup.push((method.to_owned(), target.to_owned()));
+        }
         Ok(Self {
             target,
             paths,
             requirements: args.requirements,
+            warmup,
             output: args.output,
             cache_dir: cache_dir(args.cache_dir)?,
             python: args.python,

@@ -459,3 +459,32 @@ fn run_refuses_a_file_that_is_not_a_wsgi_wasm_app() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("no such file"));
 }
+
+#[test]
+fn warm_up_requests_run_before_the_snapshot_and_a_failing_one_fails_the_build() {
+    let apps = common::repo().join("tests/apps");
+    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("apps/warm.wasm");
+    let _ = std::fs::remove_file(&out);
+    let build = common::build_cmd(
+        &["fixture:app", "--path", apps.to_str().unwrap(), "--warmup", "/counter?warm", "--warmup", "POST /echo", "-o", out.to_str().unwrap()],
+        &common::repo(),
+    );
+    let stderr = String::from_utf8_lossy(&build.stderr);
+    assert!(build.status.success(), "{stderr}");
+    assert!(stderr.contains("warm-up GET /counter?warm: 200 OK"), "{stderr}");
+    assert!(stderr.contains("warm-up POST /echo: 200 OK"), "{stderr}");
+    // The warm-up's state is in the snapshot: every request starts from it,
+    // and still no request sees another's.
+    let server = Server::start(&out, &[]);
+    for _ in 0..3 {
+        let v = json(client().get(server.url("/counter")).send().unwrap());
+        assert_eq!(v["counter"], 2, "{v}");
+        assert_eq!(v["cache"], 2, "{v}");
+    }
+
+    let err = failing_build(&["fixture:app", "--path", apps.to_str().unwrap(), "--warmup", "/raise-before", "-o", out.to_str().unwrap()]);
+    assert!(err.contains("the warm-up request GET /raise-before failed"), "{err}");
+    assert!(err.contains("secret-traceback-marker"), "{err}");
+    let err = failing_build(&["fixture:app", "--path", apps.to_str().unwrap(), "--warmup", "nope", "-o", out.to_str().unwrap()]);
+    assert!(err.contains("--warmup \"nope\""), "{err}");
+}

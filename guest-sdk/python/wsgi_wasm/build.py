@@ -33,6 +33,7 @@ import wit_world
 from . import adapter
 
 PLAN_FILE = "wsgi_wasm_plan.json"
+REPORT_FILE = "wsgi_wasm_report.json"
 MARKER = "WSGI_WASM_BUILD_ERROR"
 # Parts of the stdlib that cannot work in a WASI sandbox or serve no request.
 STDLIB_SKIP = frozenset(
@@ -136,6 +137,67 @@ def _probe_native(plan):
                 _fail(_native_message(dist, e))
 
 
+class _LocalErrors:
+    """``wsgi.errors`` during warm-up, when host calls are not available yet."""
+
+    def write(self, s):
+        sys.stderr.write(s)
+
+    def writelines(self, seq):
+        sys.stderr.writelines(seq)
+
+    def flush(self):
+        sys.stderr.flush()
+
+
+def _warm_up(app, plan):
+    """Runs the plan's warm-up requests through the app, before the snapshot."""
+    from urllib.parse import unquote_to_bytes
+
+    report = []
+    for method, target in plan.get("warmup", []):
+        path, _, query = target.partition("?")
+        environ = {
+            "REQUEST_METHOD": method,
+            "SCRIPT_NAME": "",
+            "PATH_INFO": unquote_to_bytes(path).decode("latin-1"),
+            "QUERY_STRING": query,
+            "REQUEST_URI": target,
+            "SERVER_NAME": "localhost",
+            "SERVER_PORT": "80",
+            "SERVER_PROTOCOL": "HTTP/1.1",
+            "REMOTE_ADDR": "127.0.0.1",
+            "HTTP_HOST": "localhost",
+            "wsgi.version": (1, 0),
+            "wsgi.url_scheme": "http",
+            "wsgi.input": adapter.Input(0),
+            "wsgi.input_terminated": True,
+            "wsgi.errors": _LocalErrors(),
+            "wsgi.multithread": False,
+            "wsgi.multiprocess": True,
+            "wsgi.run_once": True,
+            "wsgi.file_wrapper": adapter.FileWrapper,
+        }
+        status = []
+
+        def start_response(s, headers, exc_info=None):
+            status[:] = [s]
+            return lambda data: None
+
+        try:
+            result = app(environ, start_response)
+            try:
+                for _ in result:
+                    pass
+            finally:
+                if hasattr(result, "close"):
+                    result.close()
+        except BaseException:  # noqa: BLE001
+            _fail(f"the warm-up request {method} {target} failed:\n{traceback.format_exc()}")
+        report.append({"request": f"{method} {target}", "status": status[0] if status else None})
+    return report
+
+
 def _mounted_roots(skip):
     roots = []
     for entry in sys.path:
@@ -168,9 +230,11 @@ def _export_tree(export_dir, roots):
             dest = os.path.normpath(os.path.join(dest_root, rel))
             os.makedirs(dest, exist_ok=True)
             for name in filenames:
-                # Host-built native modules cannot load here, and stale bytecode
-                # from the host's Python is for another interpreter.
-                if name.endswith((".so", ".pyd", ".pyc", ".dylib")) or name == PLAN_FILE:
+                # Host-built native modules cannot load here, stale bytecode
+                # from the host's Python is for another interpreter, and a
+                # component (an earlier build's output next to the app)
+                # would nest one build inside the next.
+                if name.endswith((".so", ".pyd", ".pyc", ".dylib", ".wasm", ".wasm.partial")) or name == PLAN_FILE:
                     continue
                 src = os.path.join(dirpath, name)
                 shutil.copyfile(src, os.path.join(dest, name))
@@ -193,8 +257,13 @@ def prepare():
     plan = _load_plan()
     app = _import_app(plan)
     _probe_native(plan)
+    warmed = _warm_up(app, plan)
     export_dir = plan["export_dir"]
     _export_tree(export_dir, _mounted_roots({export_dir}))
+    # Read (and removed) by `wsgi-wasm build`, which has no other channel
+    # back from a successful pre-init.
+    with open(os.path.join(export_dir, REPORT_FILE), "w") as f:
+        json.dump({"warmup": warmed}, f)
 
     class WitWorld(wit_world.WitWorld):
         def handle(self, url_scheme, environ, env):

@@ -65,6 +65,7 @@ pub fn build(cfg: &BuildConfig) -> Result<()> {
         "callable": cfg.target.callable,
         "export_dir": format!("/{}", n + 1),
         "native": native,
+        "warmup": cfg.warmup,
         "app_paths": cfg.paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
     });
     std::fs::write(sdk_dir.join(sdk::PLAN_FILE), serde_json::to_vec_pretty(&plan)?)?;
@@ -87,6 +88,7 @@ pub fn build(cfg: &BuildConfig) -> Result<()> {
         bail!("{}", explain_failure(&out));
     }
 
+    report(&export.join(REPORT_FILE))?;
     let mut component = std::fs::read(&raw).context("componentize-py wrote no component")?;
     bundle::embed(&mut component, &export)?;
     let tmp = cfg.output.with_extension("wasm.partial");
@@ -98,6 +100,24 @@ pub fn build(cfg: &BuildConfig) -> Result<()> {
         component.len() as f64 / (1 << 20) as f64,
         started.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+/// What the guest reports from a successful pre-init (see `build.py`).
+const REPORT_FILE: &str = "wsgi_wasm_report.json";
+
+/// Prints the guest's report and removes it, so it is not shipped.
+fn report(path: &std::path::Path) -> Result<()> {
+    let text = std::fs::read_to_string(path).context("the guest wrote no build report")?;
+    std::fs::remove_file(path)?;
+    let report: serde_json::Value = serde_json::from_str(&text).context("reading the build report")?;
+    for warm in report["warmup"].as_array().into_iter().flatten() {
+        eprintln!(
+            "wsgi-wasm: warm-up {}: {}",
+            warm["request"].as_str().unwrap_or("?"),
+            warm["status"].as_str().unwrap_or("no response")
+        );
+    }
     Ok(())
 }
 
