@@ -54,10 +54,8 @@ pub struct BuildArgs {
     #[arg(long, short = 'o', value_name = "FILE", default_value = "app.wasm")]
     pub output: PathBuf,
 
-    /// Cache for the guest toolchain (componentize-py) and compiled code.
-    /// Default: `$XDG_CACHE_HOME/wsgi-wasm`, else `~/.cache/wsgi-wasm`.
-    #[arg(long, value_name = "DIR", env = "WSGI_WASM_CACHE_DIR")]
-    pub cache_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub cache: CacheArgs,
 
     /// The Python used to provision the toolchain and run pip (3.9 or newer).
     #[arg(long, value_name = "PROGRAM", env = "WSGI_WASM_PYTHON", default_value = "python3")]
@@ -168,8 +166,16 @@ pub struct RunArgs {
     #[arg(long)]
     pub timing: bool,
 
-    /// Cache for compiled code and the app's unpacked file tree.
-    /// Default: `$XDG_CACHE_HOME/wsgi-wasm`, else `~/.cache/wsgi-wasm`.
+    #[command(flatten)]
+    pub cache: CacheArgs,
+}
+
+/// The cache both subcommands share.
+#[derive(Debug, Args)]
+pub struct CacheArgs {
+    /// Cache for the guest toolchain (componentize-py), compiled code and
+    /// unpacked app files. Default: `$XDG_CACHE_HOME/wsgi-wasm`, else
+    /// `~/.cache/wsgi-wasm`.
     #[arg(long, value_name = "DIR", env = "WSGI_WASM_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
 }

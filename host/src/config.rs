@@ -123,7 +123,7 @@ impl BuildConfig {
             requirements: args.requirements,
             warmup,
             output: args.output,
-            cache_dir: cache_dir(args.cache_dir)?,
+            cache_dir: cache_dir(args.cache.cache_dir)?,
             python: args.python,
         })
     }
@@ -277,7 +277,7 @@ impl RunConfig {
             app: args.app,
             http,
             uwsgi: UwsgiConfig { addrs: args.uwsgi, socket_mode, buffer_size: args.uwsgi_buffer_size },
-            cache_dir: cache_dir(args.cache_dir)?,
+            cache_dir: cache_dir(args.cache.cache_dir)?,
             limits: Limits {
                 timeout: seconds("--timeout", args.timeout)?,
                 memory_bytes: usize::try_from(args.memory << 20)?,

@@ -60,9 +60,7 @@ fn path_info_is_decoded_with_the_latin1_rule_and_headers_are_joined() {
         b"GET /environ/caf%C3%A9%2Fx?q=%C3%A9 HTTP/1.1\r\nHost: t\r\nAccept: a\r\nAccept: b\r\nCookie: a=1\r\nCookie: b=2\r\nConnection: close\r\n\r\n",
         Duration::from_secs(30),
     );
-    let text = String::from_utf8_lossy(&reply);
-    let body = &text[text.find("\r\n\r\n").unwrap() + 4..];
-    let env: serde_json::Value = serde_json::from_str(body).unwrap();
+    let env = common::body_json(&reply);
     // The UTF-8 bytes of "é" arrive as two latin-1 characters; %2F decodes to "/".
     assert_eq!(env["PATH_INFO"], "/environ/caf\u{c3}\u{a9}/x");
     assert_eq!(env["QUERY_STRING"], "q=%C3%A9");

@@ -251,3 +251,10 @@ pub fn json(resp: reqwest::blocking::Response) -> serde_json::Value {
     assert!(status.is_success(), "status {status}: {text}");
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
+
+/// The JSON body of a raw HTTP reply (everything after the blank line).
+pub fn body_json(reply: &[u8]) -> serde_json::Value {
+    let text = String::from_utf8_lossy(reply);
+    let start = text.find("\r\n\r\n").unwrap_or_else(|| panic!("no head in {text:?}")) + 4;
+    serde_json::from_str(&text[start..]).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}

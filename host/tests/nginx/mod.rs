@@ -136,8 +136,7 @@ fn nginx_get_head_and_post_reach_the_app() {
     // Raw UTF-8 in the query, as some clients send it: passed through as
     // bytes, seen by the app as latin-1 characters.
     let reply = raw_exchange(nginx.addr(), "GET /environ?name=café HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".as_bytes(), Duration::from_secs(30));
-    let text = String::from_utf8_lossy(&reply);
-    let env: serde_json::Value = serde_json::from_str(&text[text.find("\r\n\r\n").unwrap() + 4..]).unwrap();
+    let env = crate::common::body_json(&reply);
     assert_eq!(env["QUERY_STRING"], "name=caf\u{c3}\u{a9}");
 
     let resp = c.head(nginx.url("/big?size=5000")).send().unwrap();
