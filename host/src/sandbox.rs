@@ -107,9 +107,13 @@ pub struct Grants {
 
 /// The compiled, linked app and the limits every instance runs under.
 pub struct Sandbox {
+    /// The compiled component, its engine and its file tree.
     app: LoadedApp,
+    /// Linked once at startup; every request instantiates from it.
     pre: WsgiPre<HostState>,
+    /// What every instance and listener enforces.
     limits: Limits,
+    /// Directories and environment the operator grants.
     grants: Grants,
     /// One permit per live instance: `--max-instances`.
     slots: Arc<Semaphore>,
@@ -301,7 +305,9 @@ fn overlaps(a: &str, b: &str) -> bool {
 
 /// StoreLimits, plus a record of whether the memory limit was what failed.
 struct Limiter {
+    /// The limits themselves.
     inner: StoreLimits,
+    /// Set when a memory grow was refused.
     memory_hit: bool,
 }
 
@@ -339,22 +345,31 @@ impl ResourceLimiter for Limiter {
     }
 }
 
+/// Where the response head is.
 enum HeadState {
+    /// `start-response` has not been called.
     Waiting,
+    /// It has; a second call is a protocol error.
     Sent,
 }
 
 /// Everything one instance's host calls can touch.
 pub struct HostState {
+    /// This instance's WASI context: its own stdio, clocks, random, preopens.
     wasi: WasiCtx,
+    /// WASI resources the guest holds.
     table: ResourceTable,
+    /// `--memory`, and whether the guest ran into it.
     limiter: Limiter,
+    /// The request body and where the response goes.
     io: GuestIo,
     /// Request body bytes received but not yet handed to the guest.
     pending: Bytes,
     /// Set when the head was for a response without a body.
     discard_body: bool,
+    /// Whether `start-response` was called.
     head: HeadState,
+    /// What the access log reports.
     stats: RunStats,
     /// The first thing the host saw go wrong, if anything did.
     fault: Option<Fault>,
@@ -366,6 +381,7 @@ pub struct HostState {
     body_timeout: std::time::Duration,
     /// `--max-response-bytes`.
     max_response_bytes: u64,
+    /// For log lines.
     req_id: u64,
 }
 

@@ -28,7 +28,9 @@ const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
 /// One bound listening socket and the protocol it speaks.
 pub enum Listener {
+    /// HTTP/1.1, served by hyper.
     Http(TcpListener),
+    /// uwsgi over TCP.
     UwsgiTcp(TcpListener),
     /// The guard removes the socket file when the listener is dropped.
     UwsgiUnix(UnixListener, SocketFile),
@@ -46,7 +48,10 @@ impl Listener {
 }
 
 /// A Unix socket file this process created; removed on drop.
-pub struct SocketFile(PathBuf);
+pub struct SocketFile(
+    /// Its path.
+    PathBuf,
+);
 
 impl Drop for SocketFile {
     fn drop(&mut self) {
@@ -152,12 +157,15 @@ pub async fn run(
 
 /// What every accept loop shares.
 struct Shared {
+    /// Runs each request in a sandbox.
     dispatcher: Arc<Dispatcher>,
     /// One permit per open connection, over all listeners.
     connections: Arc<Semaphore>,
     /// Owner of every connection task.
     tasks: TaskTracker,
+    /// Cancelled on the first signal.
     shutdown: CancellationToken,
+    /// `--uwsgi-buffer-size`.
     uwsgi_vars_limit: usize,
 }
 
