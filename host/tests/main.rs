@@ -486,3 +486,17 @@ fn warm_up_requests_run_before_the_snapshot_and_a_failing_one_fails_the_build() 
     let err = failing_build(&["fixture:app", "--path", apps.to_str().unwrap(), "--warmup", "nope", "-o", out.to_str().unwrap()]);
     assert!(err.contains("--warmup \"nope\""), "{err}");
 }
+
+#[test]
+fn timing_reports_where_the_time_went() {
+    let server = Server::start(fixture(), &["--timing"]);
+    let resp = client().get(server.url("/list")).send().unwrap();
+    let header = resp.headers()["server-timing"].to_str().unwrap().to_owned();
+    for phase in ["queue;dur=", "instantiate;dur=", "app;dur="] {
+        assert!(header.contains(phase), "{header}");
+    }
+    assert!(server.wait_for_log("teardown_ms=", Duration::from_secs(5)), "{}", server.log());
+    // Off by default.
+    let plain = fixture_server();
+    assert!(client().get(plain.url("/list")).send().unwrap().headers().get("server-timing").is_none());
+}

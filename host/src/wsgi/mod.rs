@@ -152,11 +152,11 @@ impl Dispatcher {
         let (chunk_tx, chunk_rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
         let (outcome_tx, outcome_rx) = oneshot::channel();
         let status = Arc::new(AtomicU16::new(0));
+        let timing = self.timing;
 
         let on_head: HeadHandler = {
             let method = req.method.clone();
             let status = Arc::clone(&status);
-            let timing = self.timing;
             Box::new(move |raw| {
                 let mut head = response::validate(&raw, &method)?;
                 if timing {
@@ -172,9 +172,7 @@ impl Dispatcher {
         let io = GuestIo { body: req.body, on_head, chunks: chunk_tx };
         let sandbox = Arc::clone(&self.sandbox);
         let (method, target) = (req.method, req.target);
-        let timing_enabled = self.timing;
         let task = self.tasks.spawn(async move {
-            let timing = timing_enabled;
             let result = match sandbox.run(guest_req, io).await {
                 Ok(stats) if !stats.head_sent => Err(SandboxError::GuestProtocol(
                     "the app finished without sending a response".into(),
