@@ -177,15 +177,9 @@ fn no_state_survives_between_requests_even_under_concurrency() {
         assert_eq!(v["counter"], 1);
         assert_eq!(v["cache"], 1);
     }
-    let url = server.url("/counter");
-    let threads: Vec<_> = (0..64)
-        .map(|_| {
-            let url = url.clone();
-            std::thread::spawn(move || json(client().get(&url).send().unwrap()))
-        })
-        .collect();
-    for t in threads {
-        let v = t.join().unwrap();
+    let replies = common::get_json_concurrently(&server.url("/counter"), 64);
+    assert_eq!(replies.len(), 64);
+    for v in replies {
         assert_eq!(v["counter"], 1, "{v}");
     }
 }

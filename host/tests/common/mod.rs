@@ -258,3 +258,14 @@ pub fn body_json(reply: &[u8]) -> serde_json::Value {
     let start = text.find("\r\n\r\n").unwrap_or_else(|| panic!("no head in {text:?}")) + 4;
     serde_json::from_str(&text[start..]).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
+
+/// GETs `url` from `n` threads at once; returns each JSON body.
+pub fn get_json_concurrently(url: &str, n: usize) -> Vec<serde_json::Value> {
+    let threads: Vec<_> = (0..n)
+        .map(|_| {
+            let url = url.to_owned();
+            std::thread::spawn(move || json(client().get(&url).send().unwrap()))
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).collect()
+}

@@ -201,15 +201,10 @@ fn nginx_without_uwsgi_params_still_reaches_the_app() {
 #[test]
 fn nginx_serves_50_concurrent_requests_each_in_its_own_sandbox() {
     let (_server, nginx) = fixture_behind_nginx("concurrent");
-    let url = nginx.url("/counter");
-    let threads: Vec<_> = (0..50)
-        .map(|_| {
-            let url = url.clone();
-            std::thread::spawn(move || json(client().get(&url).send().unwrap()))
-        })
-        .collect();
-    for t in threads {
-        assert_eq!(t.join().unwrap()["counter"], 1);
+    let replies = crate::common::get_json_concurrently(&nginx.url("/counter"), 50);
+    assert_eq!(replies.len(), 50);
+    for v in replies {
+        assert_eq!(v["counter"], 1, "{v}");
     }
 }
 

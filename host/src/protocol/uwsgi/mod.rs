@@ -57,16 +57,15 @@ pub async fn serve_connection<R, W>(
 {
     let peer = conn.map_or_else(|| "unix".to_owned(), |c| c.peer.to_string());
     let limits = dispatcher.limits();
-    let request = match read_request(&mut reader, vars_limit, limits.header_timeout).await {
+    let (request, declared) = match read_request(&mut reader, vars_limit, limits.header_timeout).await {
         Ok(Some((packet, leftover))) => match into_request(packet, leftover, reader, conn) {
-            Ok(request) => request,
+            Ok(parsed) => parsed,
             Err(err) => return tracing::error!(%peer, "refused uwsgi request: {err}"),
         },
         Ok(None) => return, // connected and closed without a request
         Err(err) => return tracing::error!(%peer, "refused uwsgi request: {err}"),
     };
-    let declared = request.vars.get("CONTENT_LENGTH").and_then(|v| std::str::from_utf8(v).ok()?.parse::<u64>().ok());
-    let response = if declared.is_some_and(|len| len > limits.max_body_bytes) {
+    let response = if declared > limits.max_body_bytes {
         tracing::warn!(%peer, declared, max_body = limits.max_body_bytes, "refused a request body over the limit");
         WsgiResponse::error(http::StatusCode::PAYLOAD_TOO_LARGE)
     } else {
@@ -109,7 +108,14 @@ async fn read_request<R: AsyncRead + Unpin>(
     Ok(Some((packet, buf.split_off(total).freeze())))
 }
 
-fn into_request<R>(packet: codec::Packet, leftover: Bytes, reader: R, conn: Option<ConnInfo>) -> Result<WsgiRequest, String>
+/// Builds the request from a packet; also returns its body length
+/// (`CONTENT_LENGTH`, 0 if absent).
+fn into_request<R>(
+    packet: codec::Packet,
+    leftover: Bytes,
+    reader: R,
+    conn: Option<ConnInfo>,
+) -> Result<(WsgiRequest, u64), String>
 where
     R: AsyncRead + Send + Unpin + 'static,
 {
@@ -121,7 +127,7 @@ where
         .ok_or("invalid CONTENT_LENGTH")?;
     let target = String::from_utf8_lossy(vars.get("REQUEST_URI").unwrap_or(b"/")).into_owned();
     let body = UwsgiBody { reader, leftover, remaining: length };
-    Ok(WsgiRequest { method, target, url_scheme, vars, body: body.boxed_unsync() })
+    Ok((WsgiRequest { method, target, url_scheme, vars, body: body.boxed_unsync() }, length))
 }
 
 /// The request body: what followed the vars block in the first read, then
