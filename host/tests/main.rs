@@ -185,6 +185,17 @@ fn no_state_survives_between_requests_even_under_concurrency() {
 }
 
 #[test]
+fn the_snapshot_objects_are_immortal_and_the_request_objects_are_not() {
+    let server = fixture_server();
+    let v = json(client().get(server.url("/immortal")).send().unwrap());
+    // CPython 3.14 on 32-bit targets: counts from 2**30 up are immortal.
+    for key in ["snapshot_function", "snapshot_module"] {
+        assert!(v[key].as_u64().unwrap() >= 1 << 30, "{key}: {v}");
+    }
+    assert!(v["fresh"].as_u64().unwrap() < 10, "{v}");
+}
+
+#[test]
 fn modules_not_imported_at_build_time_import_at_request_time() {
     let server = fixture_server();
     let v = json(client().get(server.url("/lazy")).send().unwrap());

@@ -130,6 +130,20 @@ def counter(environ, start_response):
     return _json(start_response, {"counter": COUNTER, "cache": len(CACHE["seen"])})
 
 
+def immortal(environ, start_response):
+    # `wsgi-wasm build` made every object of the snapshot immortal; objects
+    # made by the request are counted as usual.
+    fresh = object()
+    return _json(
+        start_response,
+        {
+            "snapshot_function": sys.getrefcount(immortal),
+            "snapshot_module": sys.getrefcount(os),
+            "fresh": sys.getrefcount(fresh),
+        },
+    )
+
+
 LAZY = ("decimal", "encodings.idna", "fractions", "hashlib", "statistics", "uuid", "xml.dom.minidom", "email.mime.text")
 
 
@@ -328,6 +342,7 @@ ROUTES = {
     "/raise-before": raise_before,
     "/raise-after": raise_after,
     "/counter": counter,
+    "/immortal": immortal,
     "/lazy": lazy,
     "/random": random_route,
     "/write": write_callable,

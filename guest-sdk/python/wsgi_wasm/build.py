@@ -34,6 +34,8 @@ from . import adapter
 
 PLAN_FILE = "wsgi_wasm_plan.json"
 REPORT_FILE = "wsgi_wasm_report.json"
+# Where the snapshot's object headers are listed for the host (see _record_heap).
+HEAP_FILE = "wsgi_wasm_heap.bin"
 MARKER = "WSGI_WASM_BUILD_ERROR"
 # Parts of the stdlib that cannot work in a WASI sandbox or serve no request.
 STDLIB_SKIP = frozenset(
@@ -278,5 +280,45 @@ def prepare():
     # collection in a fresh instance walks the whole snapshot heap, touching
     # (and so copying) every page of it, on every request.
     gc.collect()
+    _record_heap(os.path.join(plan["export_dir"], HEAP_FILE))
     gc.freeze()
     return WitWorld
+
+
+# Every object listed by _record_heap, kept alive until the snapshot: the host
+# rewrites these exact headers in the memory image, so none may be freed (and
+# its memory reused) before the snapshot is taken.
+_SNAPSHOT_OBJECTS = []
+
+
+def _record_heap(path):
+    """Lists the header of every object alive in the snapshot.
+
+    Each record is two little-endian u32: the object's address in linear
+    memory (``id``) and its type's address (what ``ob_type``, the second
+    header word, must hold). ``wsgi-wasm build`` sets the reference count of
+    each verified header to CPython's immortal value in the memory image.
+    An immortal object's count is never written again, so a request that
+    merely uses the app's modules, functions and constants no longer copies
+    every page they live on.
+    """
+    seen = set()
+    objects = _SNAPSHOT_OBJECTS
+    pending = gc.get_objects()
+    while pending:
+        found = []
+        for obj in pending:
+            if id(obj) in seen:
+                continue
+            seen.add(id(obj))
+            objects.append(obj)
+            found.append(obj)
+        # Strings, numbers and other untracked objects are reachable only
+        # through their containers.
+        pending = gc.get_referents(*found) if found else []
+    seen.clear()
+    records = bytearray()
+    for obj in objects:
+        records += id(obj).to_bytes(4, "little") + id(type(obj)).to_bytes(4, "little")
+    with open(path, "wb") as f:
+        f.write(records)

@@ -7,13 +7,15 @@
 //! 4. Run componentize-py, which imports the app inside CPython-for-WASI and
 //!    snapshots it; the guest side (`wsgi_wasm/build.py`) checks the app and
 //!    exports its whole file tree, bytecode included.
-//! 5. Embed that tree in the component (`bundle`) and write the output.
+//! 5. Make the snapshot's objects immortal in the memory image (`immortal`),
+//!    embed the exported tree in the component (`bundle`) and write the output.
 //!
 //! The mount order decides the guest paths: the app's `--path` directories
 //! are `/0`..`/{n-1}`, the SDK `/n`, the export directory `/{n+1}`, and the
 //! requirements (through `VIRTUAL_ENV`) `/{n+2}`.
 
 mod deps;
+pub mod immortal;
 pub mod sdk;
 mod toolchain;
 
@@ -90,6 +92,7 @@ pub fn build(cfg: &BuildConfig) -> Result<()> {
 
     report(&export.join(REPORT_FILE))?;
     let mut component = std::fs::read(&raw).context("componentize-py wrote no component")?;
+    immortalize(&mut component, &export.join(HEAP_FILE))?;
     bundle::embed(&mut component, &export)?;
     let tmp = cfg.output.with_extension("wasm.partial");
     std::fs::write(&tmp, &component).with_context(|| format!("writing {}", tmp.display()))?;
@@ -105,6 +108,21 @@ pub fn build(cfg: &BuildConfig) -> Result<()> {
 
 /// What the guest reports from a successful pre-init (see `build.py`).
 const REPORT_FILE: &str = "wsgi_wasm_report.json";
+
+/// Where the guest lists the snapshot's object headers (see `build.py`).
+const HEAP_FILE: &str = "wsgi_wasm_heap.bin";
+
+/// Applies [`immortal`] with the guest's list, and removes the list.
+fn immortalize(component: &mut [u8], path: &std::path::Path) -> Result<()> {
+    let records = std::fs::read(path).context("the guest wrote no heap record")?;
+    std::fs::remove_file(path)?;
+    let outcome = immortal::apply(component, &records).context("making the snapshot's objects immortal")?;
+    eprintln!(
+        "wsgi-wasm: {} snapshot objects made immortal ({} were already, {} left alone)",
+        outcome.immortalized, outcome.already, outcome.skipped
+    );
+    Ok(())
+}
 
 /// Prints the guest's report and removes it, so it is not shipped.
 fn report(path: &std::path::Path) -> Result<()> {
