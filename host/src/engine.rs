@@ -13,12 +13,13 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 use wasmtime::{Config, Engine};
 
 use crate::bundle;
+use crate::config::Limits;
 
 /// How often the epoch advances: the granularity at which a running guest
 /// yields to other tasks and at which deadlines are noticed.
@@ -43,16 +44,25 @@ impl LoadedApp {
     ///
     /// # Errors
     /// Fails with a message saying what is wrong if the file is not a
-    /// component made by `wsgi-wasm build`, does not compile, or the cache
-    /// directory is not writable.
-    pub fn load(path: &Path, cache_dir: &Path) -> Result<Self> {
+    /// component made by `wsgi-wasm build`, does not compile, needs more
+    /// memory than `limits` allow, the sandbox pool for `limits` cannot be
+    /// reserved, or the cache directory is not writable.
+    pub fn load(path: &Path, cache_dir: &Path, limits: &Limits) -> Result<Self> {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         let digest = bundle::hex(&Sha256::digest(&bytes));
         let payload = bundle::find(&bytes)
             .with_context(|| format!("{} is not a wsgi-wasm app", path.display()))?;
         let tree = bundle::unpack(payload, &cache_dir.join("trees").join(&digest))?;
 
-        let engine = Engine::new(&engine_config()).map_err(anyhow::Error::from).context("configuring wasmtime")?;
+        let needed = initial_memory_bytes(&bytes)
+            .with_context(|| format!("{} is not a valid component", path.display()))?;
+        if needed > limits.memory_bytes as u64 {
+            bail!(
+                "the app needs {} MiB of memory just to start (its snapshot); raise --memory to at least that",
+                needed.div_ceil(1 << 20)
+            );
+        }
+        let engine = new_engine(limits)?;
         let mut compat = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut compat);
         let compiled = cache_dir
@@ -65,8 +75,75 @@ impl LoadedApp {
     }
 }
 
-fn engine_config() -> Config {
+/// The largest initial linear memory of the component's core modules: the
+/// snapshot's size, which every instance starts with.
+fn initial_memory_bytes(component: &[u8]) -> Result<u64> {
+    let mut largest = 0;
+    for payload in wasmparser::Parser::new(0).parse_all(component) {
+        if let wasmparser::Payload::MemorySection(reader) = payload? {
+            for memory in reader {
+                let memory = memory?;
+                let page = 1u64 << memory.page_size_log2.unwrap_or(16);
+                largest = largest.max(memory.initial.saturating_mul(page));
+            }
+        }
+    }
+    Ok(largest)
+}
+
+/// Memory each pool slot keeps mapped after its request. Only the pages the
+/// request wrote are copied back from the snapshot (found with Linux's
+/// `PAGEMAP_SCAN`, kernel 6.7 or later), so the next request in that slot
+/// does not fault them in again. Past this much, pages go back to the kernel.
+pub const KEEP_RESIDENT: usize = 4 << 20;
+
+/// Builds the engine, with a pool of slots for `limits.max_instances`
+/// sandboxes of `limits.memory_bytes` each, reserved up front.
+fn new_engine(limits: &Limits) -> Result<Engine> {
+    match Engine::new(&engine_config(limits, true)) {
+        Ok(engine) => Ok(engine),
+        Err(err) => {
+            // Most likely a kernel without PAGEMAP_SCAN: without it, keeping
+            // memory resident means copying all of it back on every request.
+            tracing::info!(cause = %err, "memory is not kept resident between requests");
+            Engine::new(&engine_config(limits, false)).map_err(anyhow::Error::from).with_context(|| {
+                format!(
+                    "reserving memory for {} sandboxes of {} MiB; lower --max-instances or --memory",
+                    limits.max_instances,
+                    limits.memory_bytes >> 20
+                )
+            })
+        }
+    }
+}
+
+fn engine_config(limits: &Limits, keep_resident: bool) -> Config {
     let mut config = Config::new();
+    // Fresh instances come from a pool of slots reserved once: no mmap and
+    // munmap per request, and a slot's memory is reset to the snapshot in
+    // place. One slot per possible live sandbox, plus the startup check.
+    let n = u32::try_from(limits.max_instances.saturating_add(1)).unwrap_or(u32::MAX);
+    let mut pooling = wasmtime::PoolingAllocationConfig::new();
+    // A componentize-py app has 14 core instances, one memory and two tables;
+    // the headroom is for later toolchains.
+    pooling
+        .total_component_instances(n)
+        .max_core_instances_per_component(32)
+        .total_core_instances(n.saturating_mul(32))
+        .max_memories_per_component(2)
+        .total_memories(n.saturating_mul(2))
+        .max_tables_per_component(4)
+        .total_tables(n.saturating_mul(4))
+        .table_elements(1 << 16)
+        .total_stacks(n)
+        .max_memory_size(limits.memory_bytes);
+    if keep_resident {
+        pooling
+            .pagemap_scan(wasmtime::Enabled::Yes)
+            .linear_memory_keep_resident(KEEP_RESIDENT)
+            .table_keep_resident(1 << 20);
+    }
+    config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pooling));
     config.wasm_component_model(true);
     // Guests are interrupted by epochs, not fuel: the check costs one load and
     // compare per loop header, and the ticker thread is the only clock.

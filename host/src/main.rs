@@ -40,7 +40,7 @@ fn main() -> ExitCode {
 fn run(args: RunArgs) -> Result<()> {
     let config = RunConfig::from_args(args)?;
     // Everything that can be wrong with the app is found before listening.
-    let app = LoadedApp::load(&config.app, &config.cache_dir)?;
+    let app = LoadedApp::load(&config.app, &config.cache_dir, &config.limits)?;
     let grants = Grants { mounts: config.mounts.clone(), env: config.env.clone() };
     let sandbox = Arc::new(Sandbox::new(app, config.limits.clone(), grants)?);
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -127,6 +127,9 @@ def counter(environ, start_response):
     global COUNTER
     COUNTER += 1
     CACHE.setdefault("seen", []).append(environ.get("QUERY_STRING"))
+    # More dirty memory than a pool slot keeps resident (4 MiB), so the
+    # slot's reset has to both copy pages back and hand others to the kernel.
+    CACHE.setdefault("ballast", []).append(bytearray(b"x") * (8 << 20))
     return _json(start_response, {"counter": COUNTER, "cache": len(CACHE["seen"])})
 
 

@@ -82,6 +82,21 @@ fn a_memory_bomb_fails_alone_and_the_host_stays_flat() {
 }
 
 #[test]
+fn a_memory_limit_below_the_snapshot_is_refused_at_startup() {
+    let out = std::process::Command::new(crate::common::BIN)
+        .arg("run")
+        .arg(fixture())
+        .args(["--memory", "16", "--http", "127.0.0.1:0", "--cache-dir"])
+        .arg(crate::common::cache_dir())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("just to start") && stderr.contains("raise --memory"), "{stderr}");
+    assert!(!stderr.contains("compiling"), "refused before any compilation: {stderr}");
+}
+
+#[test]
 fn recursion_exit_and_traps_fail_alone() {
     let server = Server::start(fixture(), &[]);
     for route in ["/recurse", "/deep-c-recursion", "/exit"] {
