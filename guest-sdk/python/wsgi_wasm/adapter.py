@@ -11,7 +11,6 @@ everything again, because this code runs inside the untrusted guest.
 """
 
 import os
-import random
 import re
 import sys
 import traceback
@@ -196,9 +195,8 @@ def _run(app, environ, response):
 
 def handle(app, url_scheme, pairs, env):
     """Runs one request through ``app``; raises ``Err(traceback)`` on failure."""
-    # The module-level generator was seeded before the build snapshot; give
-    # every instance its own sequence, as a fresh process would have.
-    random.seed()
+    # No random.seed() here: componentize-py's runtime reseeds the module-level
+    # generator on an instance's first call (test: randomness_differs_per_request).
     # os.environ was emptied before the snapshot; the operator's grant is all
     # the app sees.
     if env:
