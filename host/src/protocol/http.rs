@@ -1,7 +1,8 @@
 //! HTTP/1.1 over hyper: keep-alive, pipelining, `Expect: 100-continue`.
 //!
 //! hyper owns the framing (Content-Length or chunked, no body for HEAD, 204
-//! and 304, refusing malformed requests with a 400 and closing); this file
+//! and 304, refusing malformed requests with a 400 and closing), behind
+//! [`StrictLines`], which makes it refuse bare-LF line endings too; this file
 //! maps its requests to [`WsgiRequest`]s and [`WsgiResponse`]s back.
 
 use std::convert::Infallible;
@@ -18,6 +19,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+use super::bare_lf::StrictLines;
 use crate::wsgi::{environ, ConnInfo, Dispatcher, ResponseBody, WsgiRequest, WsgiResponse};
 
 /// Serves one HTTP/1.1 connection until the client closes it or `shutdown`
@@ -36,15 +38,18 @@ pub async fn serve_connection(
     });
     // hyper enforces the framing rules: it answers 400 to conflicting
     // Content-Length, a Transfer-Encoding other than chunked-last, bad chunk
-    // sizes or whitespace before a colon, 431 past these header limits, and
-    // closes the connection after.
+    // sizes, whitespace before a colon or (with StrictLines) a bare LF, 431
+    // past these header limits, and closes the connection after.
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
         .keep_alive(true)
         .header_read_timeout(limits.header_timeout)
         .max_buf_size(limits.max_header_bytes)
         .max_headers(limits.max_headers)
-        .serve_connection(TokioIo::new(stream), service);
+        .serve_connection(
+            TokioIo::new(StrictLines::new(stream, limits.max_header_bytes, limits.max_headers)),
+            service,
+        );
     tokio::pin!(connection);
     let result = tokio::select! {
         result = connection.as_mut() => result,

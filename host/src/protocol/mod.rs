@@ -2,5 +2,6 @@
 //! and writes back what the dispatcher returns; everything after the environ
 //! is built is shared.
 
+pub mod bare_lf;
 pub mod http;
 pub mod uwsgi;

@@ -272,6 +272,26 @@ fn request_smuggling_shapes_never_reach_the_app() {
     );
     let text = String::from_utf8_lossy(&reply);
     assert!(text.starts_with("HTTP/1.1 400") && text.matches("HTTP/1.1").count() == 1, "{text}");
+    // A bare LF ends no line here (RFC 9112 allows either choice; a proxy
+    // in front may see CRLF only): 400, and the connection is done.
+    for request in [
+        &b"GET /counter HTTP/1.1\nHost: t\r\n\r\n"[..],
+        b"GET /counter HTTP/1.1\r\nHost: t\n\r\n",
+        b"GET /counter HTTP/1.1\r\nHost: t\r\n\nGET /counter HTTP/1.1\r\n\r\n",
+    ] {
+        let reply = raw_exchange(server.addr, request, Duration::from_secs(10));
+        let text = String::from_utf8_lossy(&reply);
+        assert!(text.starts_with("HTTP/1.1 400") && text.matches("HTTP/1.1").count() == 1, "{text}");
+    }
+    // After a body full of LFs, the next request on the connection is
+    // checked too, and the one before it is answered first.
+    let reply = raw_exchange(
+        server.addr,
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\n\n\n\nGET /counter HTTP/1.1\nHost: t\r\n\r\n",
+        Duration::from_secs(10),
+    );
+    let text = String::from_utf8_lossy(&reply);
+    assert!(text.starts_with("HTTP/1.1 200") && text.contains("\n\n\nHTTP/1.1 400"), "{text}");
     // A chunk extension is legal and must not confuse the framing.
     let reply = raw_exchange(
         server.addr,
