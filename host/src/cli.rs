@@ -141,6 +141,15 @@ pub struct RunArgs {
     #[arg(long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
 
+    /// CPU budget of one request, in wasmtime fuel (about one unit per
+    /// WebAssembly instruction, and about 7 billion per second of CPU here;
+    /// a small request uses about a million),
+    /// instantiation included. A request that uses it up gets a 504. Off by
+    /// default: with it on, all guest code runs some percent slower. The
+    /// wall-clock --timeout applies either way
+    #[arg(long, value_name = "UNITS", env = "WSGI_WASM_FUEL")]
+    pub fuel: Option<u64>,
+
     /// Sandboxes alive at once. Past it, requests wait up to --queue-timeout
     /// for one to free up, then get a 503. Default: 32 per core.
     #[arg(long, value_name = "N", env = "WSGI_WASM_MAX_INSTANCES")]

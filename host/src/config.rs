@@ -136,6 +136,8 @@ pub struct Limits {
     pub timeout: Duration,
     /// Cap on one instance's linear memory, in bytes.
     pub memory_bytes: usize,
+    /// CPU budget of one request in wasmtime fuel units, if metered.
+    pub fuel: Option<u64>,
     /// Sandboxes alive at once.
     pub max_instances: usize,
     /// How long a request may wait for a sandbox slot before a 503.
@@ -235,6 +237,9 @@ impl RunConfig {
         }
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let max_instances = args.max_instances.unwrap_or(32 * cores);
+        if args.fuel == Some(0) {
+            bail!("--fuel 0: a request needs some fuel; leave --fuel out for no CPU budget");
+        }
         if max_instances == 0 {
             bail!("--max-instances 0: at least one sandbox must be allowed");
         }
@@ -281,6 +286,7 @@ impl RunConfig {
             limits: Limits {
                 timeout: seconds("--timeout", args.timeout)?,
                 memory_bytes: usize::try_from(args.memory << 20)?,
+                fuel: args.fuel,
                 max_instances,
                 queue_timeout: seconds("--queue-timeout", args.queue_timeout)?,
                 max_connections: args.max_connections,

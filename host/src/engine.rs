@@ -148,6 +148,9 @@ fn engine_config(limits: &Limits, keep_resident: bool) -> Config {
     // Guests are interrupted by epochs, not fuel: the check costs one load and
     // compare per loop header, and the ticker thread is the only clock.
     config.epoch_interruption(true);
+    // Fuel metering costs on every instruction, so it is compiled in only
+    // when a budget is asked for (and the compiled-code cache keys on it).
+    config.consume_fuel(limits.fuel.is_some());
     config.cranelift_opt_level(wasmtime::OptLevel::Speed);
     config
 }

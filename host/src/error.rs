@@ -18,6 +18,9 @@ pub enum SandboxError {
     /// The request ran past `--timeout`.
     #[error("the request ran past its {0:?} deadline")]
     DeadlineExceeded(std::time::Duration),
+    /// The request used up its `--fuel` CPU budget.
+    #[error("the request used up its CPU budget of {0} fuel units")]
+    FuelExhausted(u64),
     /// The guest asked for more linear memory than `--memory` allows.
     #[error("the app hit the memory limit of {0} MiB")]
     MemoryExceeded(usize),
@@ -48,7 +51,7 @@ impl SandboxError {
     /// The status a client gets for this failure.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::DeadlineExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::DeadlineExceeded(_) | Self::FuelExhausted(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
@@ -77,6 +80,7 @@ mod tests {
     fn statuses_follow_the_failure() {
         let d = std::time::Duration::from_secs(1);
         assert_eq!(SandboxError::DeadlineExceeded(d).status(), 504);
+        assert_eq!(SandboxError::FuelExhausted(1).status(), 504);
         assert_eq!(SandboxError::Overloaded(d).status(), 503);
         assert_eq!(SandboxError::App("Traceback".into()).status(), 500);
         assert_eq!(SandboxError::MemoryExceeded(64).status(), 500);

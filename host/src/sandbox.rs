@@ -179,6 +179,9 @@ impl Sandbox {
                     self.limits.memory_bytes >> 20
                 );
             }
+            if let (Some(wasmtime::Trap::OutOfFuel), Some(fuel)) = (err.downcast_ref(), self.limits.fuel) {
+                anyhow::bail!("--fuel {fuel} is not enough for the app just to start; raise --fuel");
+            }
             return Err(anyhow::Error::from(err).context("the app cannot be instantiated"));
         }
         Ok(())
@@ -216,7 +219,9 @@ impl Sandbox {
         let mut store = self.new_store(req.req_id, io).map_err(SandboxError::Instantiate)?;
         let wsgi = match self.pre.instantiate_async(&mut store).await {
             Ok(wsgi) => wsgi,
-            Err(err) => return Err(self.classify(store.data(), anyhow::Error::from(err), SandboxError::Instantiate)),
+            Err(err) => {
+                return Err(self.classify(store.data(), err, |e| self.trapped(e, SandboxError::Instantiate)))
+            }
         };
         let timing = Timing { queue, instantiate: started.elapsed(), ..Timing::default() };
         let app_started = Instant::now();
@@ -228,7 +233,7 @@ impl Sandbox {
         let outcome = match result {
             Ok(Ok(())) => Ok(state.stats),
             Ok(Err(traceback)) => Err(self.classify(state, traceback, SandboxError::App)),
-            Err(err) => Err(self.classify(state, anyhow::Error::from(err), SandboxError::Trap)),
+            Err(err) => Err(self.classify(state, err, |e| self.trapped(e, SandboxError::Trap))),
         };
         let dropped = Instant::now();
         drop(store);
@@ -238,7 +243,7 @@ impl Sandbox {
 
     /// Names a failure by its first cause: what the host saw go wrong beats
     /// the exception or trap the guest ended with.
-    fn classify<E>(&self, state: &HostState, err: E, otherwise: fn(E) -> SandboxError) -> SandboxError {
+    fn classify<E>(&self, state: &HostState, err: E, otherwise: impl FnOnce(E) -> SandboxError) -> SandboxError {
         match &state.fault {
             Some(Fault::Protocol(msg)) => SandboxError::GuestProtocol(msg.clone()),
             Some(Fault::ClientGone(why)) => SandboxError::ClientGone(why.clone()),
@@ -247,6 +252,14 @@ impl Sandbox {
             Some(Fault::ResponseTooLarge) => SandboxError::ResponseTooLarge(self.limits.max_response_bytes),
             None if state.limiter.memory_hit => SandboxError::MemoryExceeded(self.limits.memory_bytes >> 20),
             None => otherwise(err),
+        }
+    }
+
+    /// A wasmtime error from the guest: out of fuel, or `otherwise`.
+    fn trapped(&self, err: wasmtime::Error, otherwise: fn(anyhow::Error) -> SandboxError) -> SandboxError {
+        match (err.downcast_ref::<wasmtime::Trap>(), self.limits.fuel) {
+            (Some(wasmtime::Trap::OutOfFuel), Some(fuel)) => SandboxError::FuelExhausted(fuel),
+            _ => otherwise(anyhow::Error::from(err)),
         }
     }
 
@@ -289,6 +302,9 @@ impl Sandbox {
         };
         let mut store = Store::new(&self.app.engine, state);
         store.limiter(|s| &mut s.limiter);
+        if let Some(fuel) = self.limits.fuel {
+            store.set_fuel(fuel)?;
+        }
         // Yield to the executor at every epoch tick: a guest spinning in
         // `while True: pass` shares its core instead of holding it, and the
         // deadline in `run` gets a chance to fire.

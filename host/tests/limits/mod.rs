@@ -47,6 +47,30 @@ fn an_endless_loop_gets_a_504_and_does_not_hold_up_others() {
 }
 
 #[test]
+fn a_cpu_budget_stops_a_spinning_guest_long_before_the_deadline() {
+    // 50 million units: a few milliseconds of CPU, dozens of small requests.
+    let server = Server::start(fixture(), &["--fuel", "50000000", "--timeout", "30"]);
+    let started = Instant::now();
+    assert_eq!(client().get(server.url("/loop-forever")).send().unwrap().status(), 504);
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(server.log().contains("CPU budget of 50000000"), "{}", server.log());
+    // Every request gets the whole budget again.
+    for _ in 0..3 {
+        assert_eq!(client().get(server.url("/counter")).send().unwrap().status(), 200);
+    }
+    // A budget too small for the app to start is refused at startup.
+    let out = std::process::Command::new(crate::common::BIN)
+        .arg("run")
+        .arg(fixture())
+        .args(["--fuel", "1000", "--http", "127.0.0.1:0", "--cache-dir"])
+        .arg(crate::common::cache_dir())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("raise --fuel"), "{stderr}");
+}
+
+#[test]
 fn a_long_sleep_and_a_stalled_body_end_at_their_limits() {
     let server = Server::start(fixture(), &["--timeout", "2", "--body-timeout", "1"]);
     assert_eq!(client().get(server.url("/sleep?s=3600")).send().unwrap().status(), 504);
