@@ -280,7 +280,11 @@ def prepare():
     # collection in a fresh instance walks the whole snapshot heap, touching
     # (and so copying) every page of it, on every request.
     gc.collect()
-    _record_heap(os.path.join(plan["export_dir"], HEAP_FILE))
+    global _SNAPSHOT_OBJECTS, _BALLAST
+    _SNAPSHOT_OBJECTS = _live_objects()
+    _record_heap(os.path.join(plan["export_dir"], HEAP_FILE), _SNAPSHOT_OBJECTS)
+    # Last, so that the temporaries above leave no new holes behind.
+    _BALLAST = _fill_holes(max(map(id, _SNAPSHOT_OBJECTS)))
     gc.freeze()
     return WitWorld
 
@@ -289,21 +293,14 @@ def prepare():
 # rewrites these exact headers in the memory image, so none may be freed (and
 # its memory reused) before the snapshot is taken.
 _SNAPSHOT_OBJECTS = []
+# What _fill_holes allocated; never touched again.
+_BALLAST = []
 
 
-def _record_heap(path):
-    """Lists the header of every object alive in the snapshot.
-
-    Each record is two little-endian u32: the object's address in linear
-    memory (``id``) and its type's address (what ``ob_type``, the second
-    header word, must hold). ``wsgi-wasm build`` sets the reference count of
-    each verified header to CPython's immortal value in the memory image.
-    An immortal object's count is never written again, so a request that
-    merely uses the app's modules, functions and constants no longer copies
-    every page they live on.
-    """
+def _live_objects():
+    """Every object reachable from the cyclic GC's lists, each once."""
     seen = set()
-    objects = _SNAPSHOT_OBJECTS
+    objects = []
     pending = gc.get_objects()
     while pending:
         found = []
@@ -316,7 +313,54 @@ def _record_heap(path):
         # Strings, numbers and other untracked objects are reachable only
         # through their containers.
         pending = gc.get_referents(*found) if found else []
-    seen.clear()
+    return objects
+
+
+# Object sizes (bytes objects of this many bytes) whose holes are filled:
+# every 8-byte step of pymalloc's small-object classes, then malloc's larger
+# chunks from big to small, so a big hole is split and its rest filled too.
+_SMALL_SIZES = range(8, 496, 8)
+_LARGE_SIZES = tuple(1 << k for k in range(16, 8, -1))
+# Ballast is bounded however fragmented the heap is.
+_MAX_BALLAST = 16 << 20
+
+
+def _fill_holes(top):
+    """Fills the free blocks the build left in the heap, below address `top`.
+
+    After pre-init the heap is full of holes, freed memory spread over the
+    whole snapshot. A request would allocate into them and so write to (and
+    copy) dozens of scattered snapshot pages, which also defeats the host's
+    reset of just the written pages. Allocating until the allocator hands
+    out memory above the old top leaves a request only fresh, contiguous
+    memory. The ballast is in the snapshot, shared by every instance, and
+    never touched again.
+    """
+    ballast = []
+    total = 0
+    for size in (*_SMALL_SIZES, *_LARGE_SIZES):
+        while total < _MAX_BALLAST:
+            # Not zeros: the snapshot stores zero runs as gaps, and too many
+            # gaps exceed the limit on data segments.
+            obj = b"\x01" * size
+            ballast.append(obj)
+            total += size
+            if id(obj) > top:
+                break
+    return ballast
+
+
+def _record_heap(path, objects):
+    """Lists the header of every object alive in the snapshot.
+
+    Each record is two little-endian u32: the object's address in linear
+    memory (``id``) and its type's address (what ``ob_type``, the second
+    header word, must hold). ``wsgi-wasm build`` sets the reference count of
+    each verified header to CPython's immortal value in the memory image.
+    An immortal object's count is never written again, so a request that
+    merely uses the app's modules, functions and constants no longer copies
+    every page they live on.
+    """
     records = bytearray()
     for obj in objects:
         records += id(obj).to_bytes(4, "little") + id(type(obj)).to_bytes(4, "little")
