@@ -44,7 +44,8 @@ pub struct BuildArgs {
     /// Call the app with this request at build time, before the snapshot,
     /// so that its first-request work (lazy imports, route tables, template
     /// compilation) is done once instead of in every sandbox. `PATH[?QUERY]`
-    /// for a GET, or `METHOD PATH[?QUERY]`; repeat for more. The app runs
+    /// for a GET, or `METHOD PATH[?QUERY]`; repeat for more. Each runs 4
+    /// times, so CPython's bytecode specialization settles too. The app runs
     /// these for real: use paths without side effects. A warm-up request that
     /// raises fails the build.
     #[arg(long, value_name = "REQUEST")]
