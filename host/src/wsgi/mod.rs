@@ -79,6 +79,9 @@ enum Kind {
         /// Resolves to whether the guest finished cleanly, once it has.
         outcome: oneshot::Receiver<bool>,
     },
+    /// The guest failed mid-body; the error comes on the next poll, after
+    /// the server has flushed what was already sent.
+    Aborting,
 }
 
 impl Body for ResponseBody {
@@ -103,10 +106,17 @@ impl Body for ResponseBody {
                         Poll::Ready(None)
                     }
                     Ok(false) | Err(_) => {
-                        self.0 = Kind::Empty;
-                        Poll::Ready(Some(Err(BodyAborted)))
+                        // hyper drops its unflushed output with the error:
+                        // let it flush the chunks before this one first.
+                        self.0 = Kind::Aborting;
+                        cx.waker().wake_by_ref();
+                        Poll::Pending
                     }
                 }
+            }
+            Kind::Aborting => {
+                self.0 = Kind::Empty;
+                Poll::Ready(Some(Err(BodyAborted)))
             }
         }
     }
@@ -119,7 +129,7 @@ impl Body for ResponseBody {
         match &self.0 {
             Kind::Empty | Kind::Full(None) => SizeHint::with_exact(0),
             Kind::Full(Some(d)) => SizeHint::with_exact(d.len() as u64),
-            Kind::Stream { .. } => SizeHint::default(),
+            Kind::Stream { .. } | Kind::Aborting => SizeHint::default(),
         }
     }
 }
