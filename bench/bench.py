@@ -74,12 +74,29 @@ def wasm_for(app):
     return out
 
 
+# app -> its component, built (and its code compiled into the cache) once
+# before the first round, so that no round measures a build or a compile.
+WASMS = {}
+
+
+def prepare_wasm(app):
+    wasm = wasm_for(app)
+    port = free_port()
+    proc = subprocess.Popen([str(WSGI_WASM), "run", str(wasm), "--http", f"127.0.0.1:{port}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_ready(port, proc)
+    finally:
+        stop(proc)
+    WASMS[app] = wasm
+
+
 def server_cmd(server, app, port):
     module = APPS[app][0]
     py = VENV / "bin"
     pin = ["taskset", "-c", SERVER_CPU]
     if server == "wsgi-wasm":
-        return pin + [str(WSGI_WASM), "run", str(wasm_for(app)), "--http", f"127.0.0.1:{port}"]
+        return pin + [str(WSGI_WASM), "run", str(WASMS[app]), "--http", f"127.0.0.1:{port}"]
     if server == "gunicorn-sync":
         return pin + [str(py / "gunicorn"), "-w", "1", "-k", "sync", "-b", f"127.0.0.1:{port}", "--chdir", str(HERE / "apps"), module]
     if server == "gunicorn-gthread":
@@ -188,7 +205,7 @@ def main():
         sys.exit("--rounds must be 1..10 and --duration 1..60")
     for app in apps:
         if "wsgi-wasm" in servers:
-            wasm_for(app)
+            prepare_wasm(app)
 
     samples = {(s, a): [] for s in servers for a in apps}
     for r in range(args.rounds):

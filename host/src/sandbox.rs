@@ -5,7 +5,8 @@
 //! new `Store` with a new WASI context (no environment, no arguments, no
 //! network, the app's own file tree mounted read-only), a memory limiter and
 //! an epoch deadline, instantiates the component, calls `handle` once and
-//! drops it all. Nothing survives from one request to the next.
+//! drops it all. Nothing survives from one request to the next: the instance's
+//! slot in the engine's pool is reset to the snapshot before it is reused.
 //!
 //! This module knows nothing of HTTP: the request body comes in as a
 //! [`RequestBody`], and the response leaves through [`GuestIo`] as raw bytes

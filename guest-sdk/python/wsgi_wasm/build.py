@@ -9,10 +9,14 @@ module, in that single run:
 1. imports the app and checks that the named object is a WSGI callable;
 2. imports every dependency that ships native code, to prove it has a
    pure-Python fallback (a clear build error names the package if not);
-3. copies every mounted directory into the export directory, with bytecode
+3. runs the ``--warmup`` requests and the adapter's own request path, a few
+   times each, so their first-request work is in the snapshot;
+4. copies every mounted directory into the export directory, with bytecode
    compiled for this exact interpreter, so the host can ship the tree inside
    ``app.wasm`` and mount it read-only at the same paths for every request;
-4. returns the ``WitWorld`` class that componentize-py exports.
+5. shapes the heap so that requests write to few snapshot pages: lists every
+   live object for the host to make immortal, and fills the free holes;
+6. returns the ``WitWorld`` class that componentize-py exports.
 
 Errors are reported as one ``WSGI_WASM_BUILD_ERROR <json string>`` line on
 stderr, which ``wsgi-wasm build`` turns into its own error message.
