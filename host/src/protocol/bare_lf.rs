@@ -178,7 +178,6 @@ impl Scanner {
                 if self.head.len() > self.max_head { State::Off } else { State::Head }
             }
             State::ChunkSize { size, digits, ext } => match b {
-                b'\r' if digits > 0 => State::ChunkSize { size, digits, ext },
                 b'\n' if digits > 0 => {
                     if size == 0 {
                         self.line_len = 0;
@@ -187,7 +186,9 @@ impl Scanner {
                         State::ChunkData(size)
                     }
                 }
+                // A CR must be followed by the LF.
                 _ if self.prev == b'\r' => State::Off,
+                b'\r' if digits > 0 => State::ChunkSize { size, digits, ext },
                 _ if ext => State::ChunkSize { size, digits, ext },
                 b';' if digits > 0 => State::ChunkSize { size, digits, ext: true },
                 _ => match (b as char).to_digit(16) {
@@ -310,6 +311,7 @@ mod tests {
         // refuses the request and closes before it gets there.
         unchanged(b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nxx\nGET /\n\n");
         unchanged(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n\n");
+        unchanged(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\r\nhello\n\n");
         // A head over the limit is hyper's 431.
         let mut scanner = Scanner::new(16, 100);
         let mut big = b"GET / HTTP/1.1\r\nX-Long: aaaaaaaaaaaaaaaa\nb\r\n\r\n".to_vec();
