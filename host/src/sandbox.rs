@@ -180,7 +180,7 @@ impl Sandbox {
                     self.limits.memory_bytes >> 20
                 );
             }
-            if let (Some(wasmtime::Trap::OutOfFuel), Some(fuel)) = (err.downcast_ref(), self.limits.fuel) {
+            if let Some(fuel) = self.out_of_fuel(&err) {
                 anyhow::bail!("--fuel {fuel} is not enough for the app just to start; raise --fuel");
             }
             return Err(anyhow::Error::from(err).context("the app cannot be instantiated"));
@@ -258,10 +258,15 @@ impl Sandbox {
 
     /// A wasmtime error from the guest: out of fuel, or `otherwise`.
     fn trapped(&self, err: wasmtime::Error, otherwise: fn(anyhow::Error) -> SandboxError) -> SandboxError {
-        match (err.downcast_ref::<wasmtime::Trap>(), self.limits.fuel) {
-            (Some(wasmtime::Trap::OutOfFuel), Some(fuel)) => SandboxError::FuelExhausted(fuel),
-            _ => otherwise(anyhow::Error::from(err)),
+        match self.out_of_fuel(&err) {
+            Some(fuel) => SandboxError::FuelExhausted(fuel),
+            None => otherwise(anyhow::Error::from(err)),
         }
+    }
+
+    /// The `--fuel` budget, if `err` is the guest running out of it.
+    fn out_of_fuel(&self, err: &wasmtime::Error) -> Option<u64> {
+        self.limits.fuel.filter(|_| matches!(err.downcast_ref(), Some(wasmtime::Trap::OutOfFuel)))
     }
 
     fn new_store(&self, req_id: u64, io: GuestIo) -> anyhow::Result<Store<HostState>> {
