@@ -93,6 +93,13 @@ enum State {
     Off,
 }
 
+/// Skips body bytes, not looked at: of `available`, how many belong to the
+/// `left` still to come, and how many are left after them.
+fn skip(left: u64, available: usize) -> (usize, u64) {
+    let taken = usize::try_from(left).map_or(available, |left| left.min(available));
+    (taken, left - taken as u64)
+}
+
 /// The streaming state machine behind [`StrictLines`].
 struct Scanner {
     state: State,
@@ -129,15 +136,13 @@ impl Scanner {
             match self.state {
                 State::Off => return,
                 State::Body(left) => {
-                    let take = usize::try_from(left).unwrap_or(usize::MAX).min(bytes.len() - i);
-                    i += take;
-                    let left = left - take as u64;
+                    let (taken, left) = skip(left, bytes.len() - i);
+                    i += taken;
                     self.state = if left == 0 { self.next_head() } else { State::Body(left) };
                 }
                 State::ChunkData(left) => {
-                    let take = usize::try_from(left).unwrap_or(usize::MAX).min(bytes.len() - i);
-                    i += take;
-                    let left = left - take as u64;
+                    let (taken, left) = skip(left, bytes.len() - i);
+                    i += taken;
                     self.state = if left == 0 { State::ChunkDataCr } else { State::ChunkData(left) };
                 }
                 _ => {
