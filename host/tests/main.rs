@@ -444,23 +444,11 @@ fn run_refuses_a_file_that_is_not_a_wsgi_wasm_app() {
     ] {
         let path = dir.join(name);
         std::fs::write(&path, bytes).unwrap();
-        let out = std::process::Command::new(common::BIN)
-            .arg("run")
-            .arg(&path)
-            .args(["--http", "127.0.0.1:0", "--cache-dir"])
-            .arg(common::cache_dir())
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{name}: {stderr}");
+        let stderr = common::refused_run(&path, &[]);
         assert!(stderr.contains(expect), "{name}: {stderr}");
-        assert!(!stderr.contains("listening"), "{name}: {stderr}");
     }
-    let out = std::process::Command::new(common::BIN)
-        .args(["run", "/nonexistent/app.wasm"])
-        .output()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no such file"));
+    let stderr = common::refused_run(std::path::Path::new("/nonexistent/app.wasm"), &[]);
+    assert!(stderr.contains("no such file"), "{stderr}");
 }
 
 #[test]

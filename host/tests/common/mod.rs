@@ -54,6 +54,23 @@ pub fn build_cmd(args: &[&str], cwd: &Path) -> Output {
         .expect("running wsgi-wasm build")
 }
 
+/// Runs `wsgi-wasm run wasm` with `args`, which must refuse to start;
+/// returns what it printed on stderr.
+pub fn refused_run(wasm: &Path, args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .arg("run")
+        .arg(wasm)
+        .args(["--http", "127.0.0.1:0", "--cache-dir"])
+        .arg(cache_dir())
+        .args(args)
+        .output()
+        .expect("running wsgi-wasm run");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{} {args:?} started: {stderr}", wasm.display());
+    assert!(!stderr.contains("listening"), "{} {args:?}: {stderr}", wasm.display());
+    stderr
+}
+
 /// Builds `target` from `app_dir` (plus `requirements`) into `out`, unless
 /// `out` is newer than everything it is made from.
 pub fn build_component(app_dir: &Path, target: &str, requirements: Option<&Path>, out: &Path) -> PathBuf {

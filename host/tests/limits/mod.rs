@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use crate::common::{client, fixture, json, raw_exchange, Server};
+use crate::common::{client, fixture, json, raw_exchange, refused_run, Server};
 
 /// A normal request still works.
 fn still_serves(server: &Server) {
@@ -59,15 +59,8 @@ fn a_cpu_budget_stops_a_spinning_guest_long_before_the_deadline() {
         assert_eq!(client().get(server.url("/counter")).send().unwrap().status(), 200);
     }
     // A budget too small for the app to start is refused at startup.
-    let out = std::process::Command::new(crate::common::BIN)
-        .arg("run")
-        .arg(fixture())
-        .args(["--fuel", "1000", "--http", "127.0.0.1:0", "--cache-dir"])
-        .arg(crate::common::cache_dir())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && stderr.contains("raise --fuel"), "{stderr}");
+    let stderr = refused_run(fixture(), &["--fuel", "1000"]);
+    assert!(stderr.contains("raise --fuel"), "{stderr}");
 }
 
 #[test]
@@ -107,15 +100,7 @@ fn a_memory_bomb_fails_alone_and_the_host_stays_flat() {
 
 #[test]
 fn a_memory_limit_below_the_snapshot_is_refused_at_startup() {
-    let out = std::process::Command::new(crate::common::BIN)
-        .arg("run")
-        .arg(fixture())
-        .args(["--memory", "16", "--http", "127.0.0.1:0", "--cache-dir"])
-        .arg(crate::common::cache_dir())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+    let stderr = refused_run(fixture(), &["--memory", "16"]);
     assert!(stderr.contains("just to start") && stderr.contains("raise --memory"), "{stderr}");
     assert!(!stderr.contains("compiling"), "refused before any compilation: {stderr}");
 }
