@@ -9,7 +9,6 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH};
-use http::StatusCode;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -68,9 +67,8 @@ async fn handle(dispatcher: &Dispatcher, conn: ConnInfo, req: Request<Incoming>)
     let max_body = dispatcher.limits().max_body_bytes;
     // hyper has already refused a malformed or conflicting Content-Length.
     let declared = parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > max_body) {
-        tracing::warn!(peer = %conn.peer, declared, max_body, "refused a request body over the limit");
-        let mut resp = into_hyper(WsgiResponse::error(StatusCode::PAYLOAD_TOO_LARGE));
+    if let Some(refused) = declared.and_then(|len| dispatcher.refuse_declared_body(len, &conn.peer)) {
+        let mut resp = into_hyper(refused);
         // The body is still on its way: this connection cannot be reused.
         resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
         return resp;

@@ -154,6 +154,17 @@ impl Dispatcher {
         self.sandbox.limits()
     }
 
+    /// The 413 for a request body declared larger than `--max-body-bytes`,
+    /// decided before any of it is read; `None` within the limit.
+    pub fn refuse_declared_body(&self, declared: u64, peer: &dyn std::fmt::Display) -> Option<WsgiResponse> {
+        let max_body = self.limits().max_body_bytes;
+        if declared <= max_body {
+            return None;
+        }
+        tracing::warn!(%peer, declared, max_body, "refused a request body over the limit");
+        Some(WsgiResponse::error(http::StatusCode::PAYLOAD_TOO_LARGE))
+    }
+
     /// Runs `req` in a fresh sandbox; returns once the head is known.
     pub async fn dispatch(&self, req: WsgiRequest) -> WsgiResponse {
         let req_id = self.next_id.fetch_add(1, Ordering::Relaxed);

@@ -65,11 +65,9 @@ pub async fn serve_connection<R, W>(
         Ok(None) => return, // connected and closed without a request
         Err(err) => return tracing::error!(%peer, "refused uwsgi request: {err}"),
     };
-    let response = if declared > limits.max_body_bytes {
-        tracing::warn!(%peer, declared, max_body = limits.max_body_bytes, "refused a request body over the limit");
-        WsgiResponse::error(http::StatusCode::PAYLOAD_TOO_LARGE)
-    } else {
-        dispatcher.dispatch(request).await
+    let response = match dispatcher.refuse_declared_body(declared, &peer) {
+        Some(refused) => refused,
+        None => dispatcher.dispatch(request).await,
     };
     if let Err(err) = write_response(&mut writer, response).await {
         match err {
