@@ -80,15 +80,14 @@ WASMS = {}
 
 
 def prepare_wasm(app):
-    wasm = wasm_for(app)
+    WASMS[app] = wasm_for(app)
     port = free_port()
-    proc = subprocess.Popen([str(WSGI_WASM), "run", str(wasm), "--http", f"127.0.0.1:{port}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(server_cmd("wsgi-wasm", app, port), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         wait_ready(port, proc)
     finally:
         stop(proc)
-    WASMS[app] = wasm
 
 
 def server_cmd(server, app, port):

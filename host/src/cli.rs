@@ -142,12 +142,11 @@ pub struct RunArgs {
     #[arg(long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
 
-    /// CPU budget of one request, in wasmtime fuel (about one unit per
-    /// WebAssembly instruction, and about 7 billion per second of CPU here;
-    /// a small request uses about a million),
-    /// instantiation included. A request that uses it up gets a 504. Off by
-    /// default: with it on, all guest code runs some percent slower. The
-    /// wall-clock --timeout applies either way
+    /// CPU budget of one request, instantiation included, in wasmtime fuel:
+    /// about one unit per WebAssembly instruction, some 7 billion per CPU
+    /// second; a small request uses about a million. A request that uses it
+    /// up gets a 504. Off by default: with it on, all guest code runs
+    /// somewhat slower. The wall-clock --timeout applies either way.
     #[arg(long, value_name = "UNITS", env = "WSGI_WASM_FUEL")]
     pub fuel: Option<u64>,
 
