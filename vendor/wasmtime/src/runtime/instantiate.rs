@@ -25,6 +25,11 @@ pub struct CompiledModule {
     index: Arc<CompiledFunctionsTable>,
     /// Sorted list, by function index, of names we have for this module.
     func_names: Vec<FunctionName>,
+    /// wsgi-wasm patch: for each defined function, the text offsets of its
+    /// body and of its array-to-wasm trampoline (`u32::MAX` when it has none),
+    /// so that building a `VMFuncRef` is an array index instead of two
+    /// binary searches in `index`. See `vendor/README.md`.
+    funcref_code: Box<[[u32; 2]]>,
 }
 
 impl CompiledModule {
@@ -51,6 +56,7 @@ impl CompiledModule {
         index: Arc<CompiledFunctionsTable>,
         profiler: &dyn ProfilingAgent,
     ) -> Result<Self> {
+        let funcref_code = Self::funcref_code_table(&info.module, &index);
         let mut ret = Self {
             unique_id: CompiledModuleId::new(),
             engine_code,
@@ -58,10 +64,38 @@ impl CompiledModule {
             meta: info.meta,
             index,
             func_names: info.func_names,
+            funcref_code,
         };
         ret.register_profiling(profiler)?;
 
         Ok(ret)
+    }
+
+    /// wsgi-wasm patch: see the `funcref_code` field.
+    fn funcref_code_table(module: &Module, index: &CompiledFunctionsTable) -> Box<[[u32; 2]]> {
+        let module_index = module.module_index;
+        module
+            .defined_func_indices()
+            .map(|i| {
+                let body = index.func_loc(FuncKey::DefinedWasmFunction(module_index, i));
+                let array = index.func_loc(FuncKey::ArrayToWasmTrampoline(module_index, i));
+                match (body, array) {
+                    (Some(body), Some(array)) => [body.start, array.start],
+                    _ => [u32::MAX; 2],
+                }
+            })
+            .collect()
+    }
+
+    /// wsgi-wasm patch: the text offsets `[body, array-to-wasm trampoline]`
+    /// of a defined function that can be referenced as a funcref, or `None`
+    /// if it has no trampoline.
+    #[inline]
+    pub fn funcref_code(&self, index: DefinedFuncIndex) -> Option<[u32; 2]> {
+        match self.funcref_code.get(index.as_u32() as usize) {
+            Some(&[_, u32::MAX]) | None => None,
+            Some(&code) => Some(code),
+        }
     }
 
     fn register_profiling(&mut self, profiler: &dyn ProfilingAgent) -> Result<()> {

@@ -144,6 +144,12 @@ pub struct Instance {
     /// cross-thread stuff used in `InstancePre`)
     store: Option<VMStoreRawPtr>,
 
+    /// wsgi-wasm patch: the address of this instance's compiled code (the
+    /// store's copy of the text section), looked up in the store's
+    /// `ModuleRegistry` on the first funcref built and kept for every later
+    /// one; 0 until then. See `vendor/README.md`.
+    funcref_text_base: usize,
+
     /// Additional context used by compiled wasm code. This field is last, and
     /// represents a dynamically-sized array that extends beyond the nominal
     /// end of the struct (similar to a flexible array member).
@@ -209,6 +215,7 @@ impl Instance {
             #[cfg(feature = "wmemcheck")]
             wmemcheck_state,
             store: None,
+            funcref_text_base: 0,
             vmctx: OwnedVMContext::new(),
         })?;
 
@@ -880,6 +887,17 @@ impl Instance {
         let func = &module.functions[index];
         let type_index = func.signature.unwrap_engine_type_index();
         let vmctx_offset = self.offsets().vmctx_func_ref(func.func_ref);
+        // wsgi-wasm patch: the fast path, with the code offsets precomputed
+        // per module and the code's address cached per instance.
+        if let Some(code) = self
+            .runtime_module()
+            .and_then(|m| m.compiled_module().funcref_code(def_index))
+        {
+            // SAFETY: same contract as `initialize_and_return_funcref`.
+            return unsafe {
+                self.initialize_funcref_from_code(registry, type_index, vmctx_offset, code)
+            };
+        }
         let array_to_wasm_key = FuncKey::ArrayToWasmTrampoline(module.module_index, def_index);
         let wasm_key = FuncKey::DefinedWasmFunction(module.module_index, def_index);
         // SAFETY: the type/offset/keys here are all valid for the defined
@@ -920,6 +938,50 @@ impl Instance {
                 wasm_key,
             )
         }
+    }
+
+    /// wsgi-wasm patch: `initialize_and_return_funcref` for a defined function
+    /// whose `[body, array-to-wasm trampoline]` text offsets are known.
+    ///
+    /// # Safety
+    ///
+    /// As for `initialize_and_return_funcref`; `code` must come from this
+    /// instance's module.
+    unsafe fn initialize_funcref_from_code(
+        mut self: Pin<&mut Self>,
+        registry: &ModuleRegistry,
+        type_index: VMSharedTypeIndex,
+        vmctx_offset: u32,
+        [body, array]: [u32; 2],
+    ) -> Option<NonNull<VMFuncRef>> {
+        let mut text_base = self.funcref_text_base;
+        if text_base == 0 {
+            let module = self.runtime_module()?;
+            text_base = registry.store_code(module.engine_code())?.text().as_ptr() as usize;
+            // SAFETY: not moving out of `self`; the store's copy of the code
+            // lives at least as long as this instance.
+            unsafe { self.as_mut().get_unchecked_mut() }.funcref_text_base = text_base;
+        }
+        let code = |offset: u32| {
+            let offset = usize::try_from(offset).unwrap();
+            NonNull::new((text_base + offset) as *mut u8).unwrap()
+        };
+        let array_call = VmPtr::from(code(array).cast());
+        let wasm_call = Some(VmPtr::from(code(body).cast::<VMWasmCallFunction>()));
+        let vmctx = VMOpaqueContext::from_vmcontext(self.vmctx()).into();
+        // SAFETY: the offset is this function's `VMFuncRef` slot in our
+        // `VMContext`, as in `initialize_and_return_funcref`.
+        let func_ref_ptr = unsafe { self.vmctx_plus_offset_raw::<VMFuncRef>(vmctx_offset) };
+        // SAFETY: `func_ref_ptr` lies within our `VMContext`.
+        unsafe {
+            func_ref_ptr.write(VMFuncRef {
+                array_call,
+                wasm_call,
+                vmctx,
+                type_index,
+            });
+        }
+        Some(func_ref_ptr)
     }
 
     /// Common implementation of initializing a `VMFuncRef` stored within this
