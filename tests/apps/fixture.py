@@ -133,6 +133,21 @@ def counter(environ, start_response):
     return _json(start_response, {"counter": COUNTER, "cache": len(CACHE["seen"])})
 
 
+# Made at import, so in the snapshot: 8 KiB each, side by side in memory.
+PAGES = [bytearray(8192) for _ in range(512)]
+
+
+def scatter(environ, start_response):
+    # Reports how many of the snapshot's buffers this instance found written,
+    # then writes one byte into every other one: more than 256 separate
+    # written regions, within what a pool slot keeps resident, so the slot's
+    # reset has to find and copy back every one of them.
+    written = sum(1 for page in PAGES if any(page))
+    for page in PAGES[::2]:
+        page[100] = 1
+    return _json(start_response, {"written_before": written})
+
+
 def immortal(environ, start_response):
     # `wsgi-wasm build` made every object of the snapshot immortal; objects
     # made by the request are counted as usual.
@@ -346,6 +361,7 @@ ROUTES = {
     "/raise-after": raise_after,
     "/counter": counter,
     "/immortal": immortal,
+    "/scatter": scatter,
     "/lazy": lazy,
     "/random": random_route,
     "/write": write_callable,
