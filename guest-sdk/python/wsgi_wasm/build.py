@@ -31,6 +31,7 @@ import py_compile
 import shutil
 import sys
 import traceback
+import types
 
 import wit_world
 
@@ -370,7 +371,26 @@ def _live_objects():
         # Strings, numbers and other untracked objects are reachable only
         # through their containers.
         pending = gc.get_referents(*found) if found else []
+        for obj in found:
+            if isinstance(obj, types.CodeType):
+                pending.extend(_code_parts(obj))
     return objects
+
+
+def _code_parts(code):
+    """What a code object refers to, which the GC does not report.
+
+    Code objects are not GC containers, so `gc.get_referents` sees nothing
+    in them. Their constants, names and tables would stay mortal, and every
+    request that runs the code would write to their reference counts.
+    """
+    # co_varnames and friends are new tuples on each access; only their
+    # items are the code object's own.
+    return (
+        code.co_consts, code.co_names, code.co_linetable, code.co_exceptiontable,
+        code.co_filename, code.co_name, code.co_qualname,
+        *code.co_varnames, *code.co_cellvars, *code.co_freevars,
+    )
 
 
 # Object sizes (bytes objects of this many bytes) whose holes are filled:
