@@ -139,9 +139,9 @@ PAGES = [bytearray(8192) for _ in range(512)]
 
 def scatter(environ, start_response):
     # Reports how many of the snapshot's buffers this instance found written,
-    # then writes one byte into every other one: more than 256 separate
-    # written regions, within what a pool slot keeps resident, so the slot's
-    # reset has to find and copy back every one of them.
+    # then writes one byte into every other one: 256 separate written
+    # regions, within what a pool slot keeps resident, so the slot's reset
+    # has to find and copy back every one of them.
     written = sum(1 for page in PAGES if any(page))
     for page in PAGES[::2]:
         page[100] = 1
