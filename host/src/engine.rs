@@ -99,6 +99,8 @@ fn initial_memory_bytes(component: &[u8]) -> Result<u64> {
 /// request wrote are copied back from the snapshot (found with Linux's
 /// `PAGEMAP_SCAN`, kernel 6.7 or later), so the next request in that slot
 /// does not fault them in again. Past this much, pages go back to the kernel.
+/// All written pages count, however scattered: upstream wasmtime stops after
+/// 32 separate regions, the patched copy in `vendor/wasmtime` does not.
 pub const KEEP_RESIDENT: usize = 4 << 20;
 
 /// Builds the engine, with a pool of slots for `limits.max_instances`
