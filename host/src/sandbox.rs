@@ -313,8 +313,12 @@ impl Sandbox {
         }
         // Yield to the executor at every epoch tick: a guest spinning in
         // `while True: pass` shares its core instead of holding it, and the
-        // deadline in `run` gets a chance to fire.
+        // deadline in `run` gets a chance to fire. The first deadline is the
+        // next tick: a new store's is 0, already past, which made every
+        // request yield at its first instruction, so that all queued
+        // requests were started before any finished.
         store.epoch_deadline_async_yield_and_update(1);
+        store.set_epoch_deadline(1);
         Ok(store)
     }
 }
