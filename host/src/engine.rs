@@ -151,8 +151,8 @@ fn engine_config(limits: &Limits, keep_resident: bool) -> Config {
     }
     config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pooling));
     config.wasm_component_model(true);
-    // Guests are interrupted by epochs, not fuel: the check costs one load and
-    // compare per loop header, and the ticker thread is the only clock.
+    // Deadlines and yielding use epochs: the check costs one load and compare
+    // per loop header, and the ticker thread is the only clock.
     config.epoch_interruption(true);
     // Fuel metering costs on every instruction, so it is compiled in only
     // when a budget is asked for (and the compiled-code cache keys on it).
