@@ -55,19 +55,49 @@ pub fn build_cmd(args: &[&str], cwd: &Path) -> Output {
 }
 
 /// Runs `wsgi-wasm run wasm` with `args`, which must refuse to start;
-/// returns what it printed on stderr.
+/// returns what it printed on stderr. A server that starts listening
+/// instead is stopped at once and fails the test, rather than leaving it
+/// waiting for an exit that never comes.
 pub fn refused_run(wasm: &Path, args: &[&str]) -> String {
-    let out = Command::new(BIN)
+    let mut child = Command::new(BIN)
         .arg("run")
         .arg(wasm)
         .args(["--http", "127.0.0.1:0", "--cache-dir"])
         .arg(cache_dir())
         .args(args)
-        .output()
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("running wsgi-wasm run");
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "{} {args:?} started: {stderr}", wasm.display());
-    assert!(!stderr.contains("listening"), "{} {args:?}: {stderr}", wasm.display());
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let reader = {
+        let stderr = Arc::clone(&stderr);
+        let pipe = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let mut all = stderr.lock().unwrap();
+                all.push_str(&line);
+                all.push('\n');
+            }
+        })
+    };
+    // Compiling the app for a new engine setting can take minutes.
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if stderr.lock().unwrap().contains("listening") || Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("{} {args:?} started: {}", wasm.display(), stderr.lock().unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    reader.join().unwrap();
+    let stderr = stderr.lock().unwrap().clone();
+    assert!(!status.success(), "{} {args:?} exited cleanly: {stderr}", wasm.display());
     stderr
 }
 
