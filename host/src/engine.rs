@@ -123,7 +123,10 @@ fn new_engine(limits: &Limits) -> Result<Engine> {
     }
 }
 
-fn engine_config(limits: &Limits, keep_resident: bool) -> Config {
+/// The engine settings every app runs with; `keep_resident` asks for the
+/// `PAGEMAP_SCAN` reset. Public so that the tests of the vendored wasmtime
+/// run under the same settings.
+pub fn engine_config(limits: &Limits, keep_resident: bool) -> Config {
     let mut config = Config::new();
     // Fresh instances come from a pool of slots reserved once: no mmap and
     // munmap per request, and a slot's memory is reset to the snapshot in
@@ -158,8 +161,18 @@ fn engine_config(limits: &Limits, keep_resident: bool) -> Config {
     // when a budget is asked for (and the compiled-code cache keys on it).
     config.consume_fuel(limits.fuel.is_some());
     config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+    // The patched wasmtime in `vendor/` serializes compiled modules in its
+    // own format, so its version names the patch: the compiled-code cache
+    // keys on it, and wasmtime refuses code compiled by any other build.
+    config
+        .module_version(wasmtime::ModuleVersionStrategy::Custom(WASMTIME_VERSION.into()))
+        .expect("a short version string");
     config
 }
+
+/// The version of the vendored, patched wasmtime (see `vendor/README.md`).
+/// Bump the suffix whenever the patch changes what a compiled module holds.
+const WASMTIME_VERSION: &str = "48.0.8+wsgi-wasm.2";
 
 fn load_or_compile(engine: &Engine, bytes: &[u8], cached: &Path) -> Result<Component> {
     if cached.is_file() {

@@ -261,6 +261,13 @@ impl Instance {
             unsafe { Instance::new_raw(store, limiter.as_mut(), module, imports).await? }
         };
 
+        // wsgi-wasm patch: element segments left to the runtime take effect
+        // here, before the startup function, as eager ones would.
+        {
+            let (instance, registry) = instance.id.get_mut_and_module_registry(store.0);
+            instance.apply_lazy_table_segments(registry)?;
+        }
+
         // If this instance requires startup, which is a dynamic decision made
         // at this point in conjunction with analysis at compile time, the
         // instance gets started. Note that this isn't just the wasm start

@@ -32,7 +32,7 @@ use core::{mem, ptr};
 use wasmtime_environ::ModuleInternedTypeIndex;
 use wasmtime_environ::error::OutOfMemory;
 use wasmtime_environ::{
-    Abi, DefinedFuncIndex, DefinedGlobalIndex, DefinedMemoryIndex, DefinedTableIndex,
+    Abi, DefinedFuncIndex, IndexType, LazyTableOffset, DefinedGlobalIndex, DefinedMemoryIndex, DefinedTableIndex,
     DefinedTagIndex, EntityIndex, EntityRef, FuncIndex, FuncKey, GlobalConstValue, GlobalIndex,
     HostPtr, MemoryIndex, MemoryInitialization, ModuleStartup, PassiveElemIndex, PtrSize,
     RuntimeDataIndex, TableIndex, TagIndex, VMCONTEXT_MAGIC, VMOffsets, VMSharedTypeIndex,
@@ -150,10 +150,31 @@ pub struct Instance {
     /// one; 0 until then. See `vendor/README.md`.
     funcref_text_base: usize,
 
+    /// wsgi-wasm patch: the ranges of this instance's tables that lazily
+    /// applied element segments cover, in the order they were applied. An
+    /// uninitialized element inside one is built on first use from the last
+    /// segment that covers it. See `apply_lazy_table_segments`.
+    lazy_table_ranges: TryVec<LazyTableRange>,
+
     /// Additional context used by compiled wasm code. This field is last, and
     /// represents a dynamically-sized array that extends beyond the nominal
     /// end of the struct (similar to a flexible array member).
     vmctx: OwnedVMContext<VMContext>,
+}
+
+/// wsgi-wasm patch: a range of a table that an element segment of
+/// `wasmtime_environ::LazyTableSegment` form covers.
+struct LazyTableRange {
+    /// The table, defined by the instance that holds this range.
+    table: DefinedTableIndex,
+    /// The elements covered, `start..end`.
+    start: u64,
+    end: u64,
+    /// The instance whose module has the segment; it belongs to the same
+    /// store as the table, so it lives as long as the table can be used.
+    source: SendSyncPtr<VMContext>,
+    /// The index of the segment in that module's `lazy_table_segments`.
+    segment: usize,
 }
 
 impl Instance {
@@ -216,6 +237,7 @@ impl Instance {
             wmemcheck_state,
             store: None,
             funcref_text_base: 0,
+            lazy_table_ranges: TryVec::new(),
             vmctx: OwnedVMContext::new(),
         })?;
 
@@ -1178,12 +1200,20 @@ impl Instance {
                 // determine the function that is going to be initialized. Note
                 // that `i` may be outside the limits of the static
                 // initialization so it's a fallible `get` instead of an index.
-                let module = self.env_module();
-                let precomputed = &module.table_initialization[idx];
-                // Panicking here helps catch bugs rather than silently truncating by accident.
-                let func_index = precomputed.get(usize::try_from(i).unwrap()).cloned();
-                let func_ref = func_index
-                    .and_then(|func_index| self.as_mut().get_func_ref(registry, func_index));
+                // wsgi-wasm patch: a lazily applied segment was applied after
+                // the table's precomputed contents, so the last one covering
+                // `i` decides.
+                let func_ref = match self.as_mut().lazy_table_func_ref(registry, idx, i) {
+                    Some(func_ref) => func_ref,
+                    None => {
+                        let module = self.env_module();
+                        let precomputed = &module.table_initialization[idx];
+                        // Panicking here helps catch bugs rather than silently truncating by accident.
+                        let func_index = precomputed.get(usize::try_from(i).unwrap()).cloned();
+                        func_index
+                            .and_then(|func_index| self.as_mut().get_func_ref(registry, func_index))
+                    }
+                };
                 self.as_mut().tables_mut()[idx]
                     .1
                     .set_func(i, func_ref)
@@ -1192,6 +1222,85 @@ impl Instance {
         }
 
         self.get_defined_table(idx)
+    }
+
+    /// wsgi-wasm patch: the element `i` of table `table` as the last lazily
+    /// applied segment covering it sets it, or `None` if no segment covers
+    /// it.
+    fn lazy_table_func_ref(
+        self: Pin<&mut Self>,
+        registry: &ModuleRegistry,
+        table: DefinedTableIndex,
+        i: u64,
+    ) -> Option<Option<NonNull<VMFuncRef>>> {
+        let range = self
+            .lazy_table_ranges
+            .iter()
+            .rev()
+            .find(|r| r.table == table && r.start <= i && i < r.end)?;
+        let (source, segment, offset) = (range.source.as_non_null(), range.segment, i - range.start);
+        let mut source = if source == self.vmctx() {
+            self
+        } else {
+            // SAFETY: `source` is an instance in this instance's store (see
+            // `LazyTableRange`), and `self` is not used while it is borrowed.
+            unsafe { self.sibling_vmctx_mut(source) }
+        };
+        let func_index = source.env_module().lazy_table_segments[segment].elements
+            [usize::try_from(offset).unwrap()];
+        Some(source.as_mut().get_func_ref(registry, func_index))
+    }
+
+    /// wsgi-wasm patch: applies this module's `lazy_table_segments`, in
+    /// order. Called once, after the instance is allocated and before its
+    /// startup function (which no longer applies them) runs.
+    ///
+    /// Each segment's bounds are checked now, as eager application would:
+    /// one out of bounds fails instantiation, after the segments before it
+    /// took effect. Its range of the table is then marked uninitialized and
+    /// recorded in the table's instance, so an element is built only when
+    /// something reads it. A table that is not lazily initialized gets the
+    /// elements written at once instead.
+    pub(crate) fn apply_lazy_table_segments(
+        mut self: Pin<&mut Self>,
+        registry: &ModuleRegistry,
+    ) -> Result<()> {
+        let module = self.env_module().clone();
+        let source = SendSyncPtr::new(self.vmctx());
+        for (segment, lazy) in module.lazy_table_segments.iter().enumerate() {
+            let start = match lazy.offset {
+                LazyTableOffset::Const(offset) => offset,
+                LazyTableOffset::ImportedGlobal(global) => {
+                    // SAFETY: imports of a validated, allocated instance
+                    // point at live globals of the type the module declares.
+                    let value = unsafe { self.imported_global(global).from.as_non_null().as_ref() };
+                    match module.tables[lazy.table_index].idx_type {
+                        IndexType::I32 => u64::from(unsafe { *value.as_u32() }),
+                        IndexType::I64 => unsafe { *value.as_u64() },
+                    }
+                }
+            };
+            let (table, mut owner) = self.as_mut().defined_table_index_and_instance(lazy.table_index);
+            let size = u64::try_from(owner.tables[table].1.size()).unwrap();
+            let end = match start.checked_add(u64::try_from(lazy.elements.len()).unwrap()) {
+                Some(end) if end <= size => end,
+                _ => return Err(wasmtime_environ::Trap::TableOutOfBounds.into()),
+            };
+            let range = usize::try_from(start).unwrap()..usize::try_from(end).unwrap();
+            if owner.as_mut().tables_mut()[table].1.mark_funcs_uninit(range) {
+                // SAFETY: not moving out of `owner`.
+                unsafe { owner.get_unchecked_mut() }
+                    .lazy_table_ranges
+                    .push(LazyTableRange { table, start, end, source, segment })?;
+                continue;
+            }
+            for (i, func_index) in (start..end).zip(lazy.elements.iter()) {
+                let func_ref = self.as_mut().get_func_ref(registry, *func_index);
+                let (table, owner) = self.as_mut().defined_table_index_and_instance(lazy.table_index);
+                owner.get_defined_table(table).set_func(i, func_ref)?;
+            }
+        }
+        Ok(())
     }
 
     /// Get a locally-defined table.

@@ -768,7 +768,19 @@ impl Table {
         Ok(())
     }
 
-    /// Same as [`Self::set_func`] except for GC references.
+    /// wsgi-wasm patch: marks the in-bounds `range` of this funcref table
+    /// uninitialized, to be built on first use. Returns false, changing
+    /// nothing, if this table is not lazily initialized.
+    pub fn mark_funcs_uninit(&mut self, range: core::ops::Range<usize>) -> bool {
+        let (funcrefs, lazy_init) = self.funcrefs_mut();
+        if !lazy_init {
+            return false;
+        }
+        funcrefs[range].fill(MaybeTaggedFuncRef(None));
+        true
+    }
+
+        /// Same as [`Self::set_func`] except for GC references.
     pub fn set_gc_ref(
         &mut self,
         store: Option<&mut GcStore>,

@@ -1,0 +1,194 @@
+//! Tests of the patched wasmtime in `vendor/` on its own, under the engine
+//! settings the server uses: small hand-written core modules, no server.
+//!
+//! The end-to-end tests cover the patches as a Python app exercises them.
+//! These cover the cases an app built by `wsgi-wasm build` never reaches,
+//! where the patch must still behave as the spec says: overlapping segments,
+//! a later eager write, a copy out of a lazy range, a segment out of bounds.
+
+use std::time::Duration;
+
+use wasmtime::{
+    Engine, Global, GlobalType, Instance, Linker, Module, Mutability, Store, Table, Val, ValType,
+};
+use wsgi_wasm::config::Limits;
+
+fn engine() -> Engine {
+    let limits = Limits {
+        timeout: Duration::from_secs(5),
+        memory_bytes: 16 << 20,
+        fuel: None,
+        max_instances: 2,
+        queue_timeout: Duration::from_secs(1),
+        max_connections: 1,
+        max_body_bytes: 0,
+        max_response_bytes: 0,
+        header_timeout: Duration::from_secs(1),
+        body_timeout: Duration::from_secs(1),
+        max_header_bytes: 1024,
+        max_headers: 10,
+    };
+    Engine::new(&wsgi_wasm::engine::engine_config(&limits, false)).unwrap()
+}
+
+/// Defines the shared table, as `$main` does in a componentize-py app, and
+/// calls or copies through it.
+const MAIN: &str = r#"
+(module
+  (type $t (func (result i32)))
+  (table (export "table") 8 funcref)
+  (func (export "call") (param i32) (result i32)
+    (call_indirect (type $t) (local.get 0)))
+  (func (export "copy") (param i32 i32 i32)
+    (table.copy (local.get 0) (local.get 1) (local.get 2))))
+"#;
+
+/// A dynamically linked library: places its functions at an imported base,
+/// the form the patch applies lazily. `{n}` is the first value they return.
+fn library(n: i32, count: i32) -> String {
+    let funcs: String = (0..count)
+        .map(|i| format!("(func $f{i} (result i32) i32.const {})\n", n + i))
+        .collect();
+    let names: String = (0..count).map(|i| format!(" $f{i}")).collect();
+    format!(
+        r#"(module
+          (type $t (func (result i32)))
+          (import "env" "table" (table 0 funcref))
+          (import "env" "base" (global i32))
+          {funcs}
+          (elem (global.get 0) func{names})
+          (func (export "call") (param i32) (result i32)
+            (call_indirect (type $t) (local.get 0))))"#
+    )
+}
+
+struct World {
+    store: Store<()>,
+    linker: Linker<()>,
+    table: Table,
+    main: Instance,
+}
+
+impl World {
+    fn new(engine: &Engine) -> Self {
+        let mut store = Store::new(engine, ());
+        // No ticker runs here: the epoch stays 0, so any deadline past it
+        // never fires.
+        store.set_epoch_deadline(1);
+        let main = Instance::new(&mut store, &Module::new(engine, wat(MAIN)).unwrap(), &[]).unwrap();
+        let table = main.get_table(&mut store, "table").unwrap();
+        let mut linker = Linker::new(engine);
+        linker.define(&store, "env", "table", table).unwrap();
+        Self { store, linker, table, main }
+    }
+
+    /// Instantiates `wat` with the global `env.base` set to `base`.
+    fn link(&mut self, wat_text: &str, base: i32) -> wasmtime::Result<Instance> {
+        let engine = self.store.engine().clone();
+        let module = Module::new(&engine, wat(wat_text)).unwrap();
+        let global = Global::new(
+            &mut self.store,
+            GlobalType::new(ValType::I32, Mutability::Const),
+            Val::I32(base),
+        )
+        .unwrap();
+        let mut linker = self.linker.clone();
+        linker.allow_shadowing(true).define(&self.store, "env", "base", global).unwrap();
+        linker.instantiate(&mut self.store, &module)
+    }
+
+    /// Calls through the table from `instance`; `None` if the call traps.
+    fn call(&mut self, instance: Instance, index: i32) -> Option<i32> {
+        let call = instance.get_typed_func::<i32, i32>(&mut self.store, "call").unwrap();
+        call.call(&mut self.store, index).ok()
+    }
+}
+
+fn wat(text: &str) -> Vec<u8> {
+    wat::parse_str(text).unwrap()
+}
+
+#[test]
+fn a_later_segment_wins_where_segments_overlap() {
+    let mut world = World::new(&engine());
+    let first = world.link(&library(10, 3), 2).unwrap();
+    let second = world.link(&library(20, 2), 3).unwrap();
+    let main = world.main;
+    for from in [main, first, second] {
+        assert_eq!(world.call(from, 2), Some(10));
+        assert_eq!(world.call(from, 3), Some(20));
+        assert_eq!(world.call(from, 4), Some(21));
+        assert_eq!(world.call(from, 1), None, "an element no segment covers is null");
+        assert_eq!(world.call(from, 5), None);
+    }
+}
+
+#[test]
+fn lazy_and_eager_segments_take_effect_in_order() {
+    let mut world = World::new(&engine());
+    world.link(&library(10, 3), 2).unwrap();
+    // Element expressions, not plain functions: applied eagerly.
+    let eager = r#"(module
+      (import "env" "table" (table 0 funcref))
+      (import "env" "base" (global i32))
+      (func $x (result i32) i32.const 30)
+      (elem (table 0) (global.get 0) funcref (ref.func $x)))"#;
+    world.link(eager, 3).unwrap();
+    let main = world.main;
+    assert_eq!(world.call(main, 2), Some(10));
+    assert_eq!(world.call(main, 3), Some(30), "eager after lazy");
+    assert_eq!(world.call(main, 4), Some(12));
+    world.link(eager, 5).unwrap();
+    world.link(&library(50, 1), 5).unwrap();
+    assert_eq!(world.call(main, 5), Some(50), "lazy after eager");
+}
+
+#[test]
+fn elements_copied_out_of_a_lazy_range_keep_their_function() {
+    let mut world = World::new(&engine());
+    world.link(&library(10, 3), 2).unwrap();
+    let main = world.main;
+    let copy = main.get_typed_func::<(i32, i32, i32), ()>(&mut world.store, "copy").unwrap();
+    // Slots 2..5 are still uninitialized: nothing has called through them.
+    copy.call(&mut world.store, (5, 2, 3)).unwrap();
+    assert_eq!(world.call(main, 5), Some(10));
+    assert_eq!(world.call(main, 7), Some(12));
+    // The host reads elements through the same path.
+    let func = world.table.get(&mut world.store, 3).unwrap();
+    let func = func.unwrap_func().unwrap().typed::<(), i32>(&world.store).unwrap();
+    assert_eq!(func.call(&mut world.store, ()).unwrap(), 11);
+}
+
+#[test]
+fn a_segment_out_of_bounds_fails_instantiation_after_the_ones_before_it() {
+    let mut world = World::new(&engine());
+    let wat_text = r#"(module
+      (type $t (func (result i32)))
+      (import "env" "table" (table 0 funcref))
+      (import "env" "base" (global i32))
+      (func $p (result i32) i32.const 40)
+      (func $q (result i32) i32.const 41)
+      (elem (global.get 0) func $p)
+      (elem (i32.const 7) func $p $q))"#;
+    let err = world.link(wat_text, 6).unwrap_err();
+    assert!(format!("{err:?}").contains("out of bounds table access"), "{err:?}");
+    let main = world.main;
+    assert_eq!(world.call(main, 6), Some(40), "the first segment took effect");
+    assert_eq!(world.call(main, 7), None, "the second did not");
+    let err = world.link(&library(10, 3), -1).unwrap_err();
+    assert!(format!("{err:?}").contains("out of bounds table access"), "{err:?}");
+}
+
+#[test]
+fn each_store_builds_its_own_elements() {
+    // Two stores in turn take the same pool slots; the second must see its
+    // own instances' functions, not the first's.
+    let engine = engine();
+    for n in [10, 50] {
+        let mut world = World::new(&engine);
+        let lib = world.link(&library(n, 2), 0).unwrap();
+        assert_eq!(world.call(lib, 0), Some(n));
+        assert_eq!(world.call(lib, 1), Some(n + 1));
+        assert_eq!(world.call(lib, 2), None);
+    }
+}
