@@ -91,7 +91,7 @@ pub fn refused_run(wasm: &Path, args: &[&str]) -> String {
         if stderr.lock().unwrap().contains("listening") || Instant::now() > deadline {
             child.kill().unwrap();
             child.wait().unwrap();
-            panic!("{} {args:?} started: {}", wasm.display(), stderr.lock().unwrap());
+            panic!("{} {args:?} started (or hung): {}", wasm.display(), stderr.lock().unwrap());
         }
         std::thread::sleep(Duration::from_millis(50));
     };
