@@ -32,11 +32,11 @@ use core::{mem, ptr};
 use wasmtime_environ::ModuleInternedTypeIndex;
 use wasmtime_environ::error::OutOfMemory;
 use wasmtime_environ::{
-    Abi, DefinedFuncIndex, IndexType, LazyTableOffset, DefinedGlobalIndex, DefinedMemoryIndex, DefinedTableIndex,
+    Abi, DefinedFuncIndex, DefinedGlobalIndex, DefinedMemoryIndex, DefinedTableIndex,
     DefinedTagIndex, EntityIndex, EntityRef, FuncIndex, FuncKey, GlobalConstValue, GlobalIndex,
-    HostPtr, MemoryIndex, MemoryInitialization, ModuleStartup, PassiveElemIndex, PtrSize,
-    RuntimeDataIndex, TableIndex, TagIndex, VMCONTEXT_MAGIC, VMOffsets, VMSharedTypeIndex,
-    WasmRefType, packed_option::ReservedValue,
+    HostPtr, IndexType, LazyTableOffset, MemoryIndex, MemoryInitialization, ModuleStartup,
+    PassiveElemIndex, PtrSize, RuntimeDataIndex, TableIndex, TagIndex, VMCONTEXT_MAGIC, VMOffsets,
+    VMSharedTypeIndex, WasmRefType, packed_option::ReservedValue,
 };
 #[cfg(feature = "wmemcheck")]
 use wasmtime_wmemcheck::Wmemcheck;
@@ -1238,7 +1238,8 @@ impl Instance {
             .iter()
             .rev()
             .find(|r| r.table == table && r.start <= i && i < r.end)?;
-        let (source, segment, offset) = (range.source.as_non_null(), range.segment, i - range.start);
+        let (source, segment, offset) =
+            (range.source.as_non_null(), range.segment, i - range.start);
         let mut source = if source == self.vmctx() {
             self
         } else {
@@ -1280,23 +1281,36 @@ impl Instance {
                     }
                 }
             };
-            let (table, mut owner) = self.as_mut().defined_table_index_and_instance(lazy.table_index);
+            let (table, mut owner) = self
+                .as_mut()
+                .defined_table_index_and_instance(lazy.table_index);
             let size = u64::try_from(owner.tables[table].1.size()).unwrap();
             let end = match start.checked_add(u64::try_from(lazy.elements.len()).unwrap()) {
                 Some(end) if end <= size => end,
                 _ => return Err(wasmtime_environ::Trap::TableOutOfBounds.into()),
             };
             let range = usize::try_from(start).unwrap()..usize::try_from(end).unwrap();
-            if owner.as_mut().tables_mut()[table].1.mark_funcs_uninit(range) {
+            if owner.as_mut().tables_mut()[table]
+                .1
+                .mark_funcs_uninit(range)
+            {
                 // SAFETY: not moving out of `owner`.
                 unsafe { owner.get_unchecked_mut() }
                     .lazy_table_ranges
-                    .push(LazyTableRange { table, start, end, source, segment })?;
+                    .push(LazyTableRange {
+                        table,
+                        start,
+                        end,
+                        source,
+                        segment,
+                    })?;
                 continue;
             }
             for (i, func_index) in (start..end).zip(lazy.elements.iter()) {
                 let func_ref = self.as_mut().get_func_ref(registry, *func_index);
-                let (table, owner) = self.as_mut().defined_table_index_and_instance(lazy.table_index);
+                let (table, owner) = self
+                    .as_mut()
+                    .defined_table_index_and_instance(lazy.table_index);
                 owner.get_defined_table(table).set_func(i, func_ref)?;
             }
         }

@@ -780,7 +780,7 @@ impl Table {
         true
     }
 
-        /// Same as [`Self::set_func`] except for GC references.
+    /// Same as [`Self::set_func`] except for GC references.
     pub fn set_gc_ref(
         &mut self,
         store: Option<&mut GcStore>,
