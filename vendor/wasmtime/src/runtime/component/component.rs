@@ -99,6 +99,11 @@ struct ComponentInner {
 
     /// The checksum of the source binary from which the module was compiled.
     checksum: WasmChecksum,
+
+    /// wsgi-wasm patch: where each trampoline's two entry points start in
+    /// the text section, `(wasm_call, array_call)`, looked up once here
+    /// instead of with two binary searches per trampoline per instantiation.
+    trampoline_starts: Box<[(u32, u32)]>,
 }
 
 impl fmt::Debug for Component {
@@ -471,6 +476,20 @@ impl Component {
             [ValType::I32],
         ));
 
+        let trampoline_starts = info
+            .component
+            .trampolines
+            .keys()
+            .map(|i| {
+                let wasm = index.func_loc(FuncKey::ComponentTrampoline(Abi::Wasm, i));
+                let array = index.func_loc(FuncKey::ComponentTrampoline(Abi::Array, i));
+                match (wasm, array) {
+                    (Some(wasm), Some(array)) => Ok((wasm.start, array.start)),
+                    _ => bail!("compiled component lacks the code of trampoline {i:?}"),
+                }
+            })
+            .collect::<Result<_>>()?;
+
         Ok(Component {
             inner: Arc::new(ComponentInner {
                 id: CompiledModuleId::new(),
@@ -482,6 +501,7 @@ impl Component {
                 index,
                 realloc_func_type,
                 checksum,
+                trampoline_starts,
             }),
         })
     }
@@ -518,14 +538,11 @@ impl Component {
     }
 
     pub(crate) fn trampoline_ptrs(&self, index: TrampolineIndex) -> AllCallFuncPointers {
-        let wasm_call = self
-            .store_invariant_func(FuncKey::ComponentTrampoline(Abi::Wasm, index))
-            .unwrap()
-            .cast();
-        let array_call = self
-            .store_invariant_func(FuncKey::ComponentTrampoline(Abi::Array, index))
-            .unwrap()
-            .cast();
+        // wsgi-wasm patch: offsets found once, in `from_parts`.
+        let (wasm, array) = self.inner.trampoline_starts[index.as_u32() as usize];
+        let text = self.engine_code().text();
+        let wasm_call = NonNull::from(&text[wasm as usize]).cast();
+        let array_call = NonNull::from(&text[array as usize]).cast();
         AllCallFuncPointers {
             wasm_call,
             array_call,
