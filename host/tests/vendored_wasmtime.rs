@@ -4,7 +4,9 @@
 //! The end-to-end tests cover the patches as a Python app exercises them.
 //! These cover the cases an app built by `wsgi-wasm build` never reaches,
 //! where the patch must still behave as the spec says: overlapping segments,
-//! a later eager write, a copy out of a lazy range, a segment out of bounds.
+//! a later eager write, a copy out of a lazy range, a segment out of bounds;
+//! and functions linked between a component's core instances, re-exported
+//! or later referenced as values.
 
 use std::time::Duration;
 
@@ -190,5 +192,61 @@ fn each_store_builds_its_own_elements() {
         assert_eq!(world.call(lib, 0), Some(n));
         assert_eq!(world.call(lib, 1), Some(n + 1));
         assert_eq!(world.call(lib, 2), None);
+    }
+}
+
+/// Three core instances linked inside one component: `$b` imports `$a`'s
+/// function and re-exports that import, `$c` imports both the re-export and
+/// a function `$b` defines, and both `$a` and `$c` then use a linked
+/// function as a value (`ref.func`, `call_indirect`), which needs its type
+/// and, in `$a`, the function's own `VMFuncRef`: linking no longer
+/// initializes that one.
+const LINKED: &str = r#"
+(component
+  (core module $a
+    (type $t (func (result i32)))
+    (table $tab 1 funcref)
+    (func $f (export "f") (result i32) i32.const 42)
+    (elem declare func $f)
+    (func (export "own") (result i32)
+      (table.set $tab (i32.const 0) (ref.func $f))
+      (call_indirect $tab (type $t) (i32.const 0))))
+  (core instance $a (instantiate $a))
+  (core module $b
+    (import "a" "f" (func $f (result i32)))
+    (export "f" (func $f))
+    (func (export "g") (result i32) (i32.add (call $f) (i32.const 1))))
+  (core instance $b (instantiate $b (with "a" (instance $a))))
+  (core module $c
+    (type $t (func (result i32)))
+    (import "b" "f" (func $f (result i32)))
+    (import "b" "g" (func $g (result i32)))
+    (table $tab 1 funcref)
+    (elem declare func $f)
+    (func (export "run") (result i32)
+      (table.set $tab (i32.const 0) (ref.func $f))
+      (i32.add
+        (i32.mul (call $g) (i32.const 100))
+        (i32.add (call $f) (call_indirect $tab (type $t) (i32.const 0))))))
+  (core instance $c (instantiate $c (with "b" (instance $b))))
+  (func (export "run") (result u32) (canon lift (core func $c "run")))
+  (func (export "own") (result u32) (canon lift (core func $a "own"))))
+"#;
+
+#[test]
+fn functions_linked_between_core_instances_keep_their_code_and_type() {
+    use wasmtime::component::{Component, Linker};
+    let engine = engine();
+    let component = Component::new(&engine, wat(LINKED)).unwrap();
+    let linker = Linker::<()>::new(&engine);
+    // Twice, so the second store reuses the first one's pool slots.
+    for _ in 0..2 {
+        let mut store = Store::new(&engine, ());
+        store.set_epoch_deadline(1);
+        let instance = linker.instantiate(&mut store, &component).unwrap();
+        let run = instance.get_typed_func::<(), (u32,)>(&mut store, "run").unwrap();
+        assert_eq!(run.call(&mut store, ()).unwrap(), (43 * 100 + 42 + 42,));
+        let own = instance.get_typed_func::<(), (u32,)>(&mut store, "own").unwrap();
+        assert_eq!(own.call(&mut store, ()).unwrap(), (42,));
     }
 }

@@ -746,6 +746,14 @@ impl OwnedImports {
         Ok(())
     }
 
+    /// wsgi-wasm patch: `push_export` for a function import already built
+    /// (`vm::Instance::func_import`).
+    #[cfg(feature = "component-model")]
+    pub(crate) fn push_function(&mut self, import: VMFunctionImport) -> Result<(), OutOfMemory> {
+        self.functions.push(import)?;
+        Ok(())
+    }
+
     pub(crate) fn as_ref(&self) -> Imports<'_> {
         Imports {
             tables: self.tables.values().as_slice(),

@@ -974,6 +974,27 @@ impl<'a> Instantiator<'a> {
                 self.assert_type_matches(store, module, arg, imp_module, imp_name, expected);
             }
 
+            // wsgi-wasm patch: a core function exported by an index, the
+            // bulk of a dynamically linked component's imports, is linked
+            // without going through `vm::Export` and `Func`, and without
+            // initializing its `VMFuncRef` in the exporting instance (see
+            // `vm::Instance::func_import`).
+            if let CoreDef::Export(CoreExport {
+                instance,
+                item: ExportItem::Index(EntityIndex::Function(index)),
+            }) = arg
+            {
+                let id = store
+                    .store_data_mut()
+                    .component_instance_mut(self.id)
+                    .instance(*instance);
+                let (exporter, registry) = store.instance_and_module_registry_mut(id);
+                if let Some(import) = exporter.func_import(registry, *index) {
+                    self.core_imports.push_function(import)?;
+                    continue;
+                }
+            }
+
             // The unsafety here should be ok since the `export` is loaded
             // directly from an instance which should only give us valid export
             // items.

@@ -974,8 +974,30 @@ impl Instance {
         registry: &ModuleRegistry,
         type_index: VMSharedTypeIndex,
         vmctx_offset: u32,
-        [body, array]: [u32; 2],
+        code: [u32; 2],
     ) -> Option<NonNull<VMFuncRef>> {
+        let func_ref = self
+            .as_mut()
+            .funcref_from_code(registry, type_index, code)?;
+        // SAFETY: the offset is this function's `VMFuncRef` slot in our
+        // `VMContext`, as in `initialize_and_return_funcref`.
+        let func_ref_ptr = unsafe { self.vmctx_plus_offset_raw::<VMFuncRef>(vmctx_offset) };
+        // SAFETY: `func_ref_ptr` lies within our `VMContext`.
+        unsafe {
+            func_ref_ptr.write(func_ref);
+        }
+        Some(func_ref_ptr)
+    }
+
+    /// wsgi-wasm patch: the `VMFuncRef` of a defined function of this
+    /// instance whose `[body, array-to-wasm trampoline]` text offsets are
+    /// `code`, as a value.
+    fn funcref_from_code(
+        mut self: Pin<&mut Self>,
+        registry: &ModuleRegistry,
+        type_index: VMSharedTypeIndex,
+        [body, array]: [u32; 2],
+    ) -> Option<VMFuncRef> {
         let mut text_base = self.funcref_text_base;
         if text_base == 0 {
             let module = self.runtime_module()?;
@@ -988,22 +1010,45 @@ impl Instance {
             let offset = usize::try_from(offset).unwrap();
             NonNull::new((text_base + offset) as *mut u8).unwrap()
         };
-        let array_call = VmPtr::from(code(array).cast());
-        let wasm_call = Some(VmPtr::from(code(body).cast::<VMWasmCallFunction>()));
-        let vmctx = VMOpaqueContext::from_vmcontext(self.vmctx()).into();
-        // SAFETY: the offset is this function's `VMFuncRef` slot in our
-        // `VMContext`, as in `initialize_and_return_funcref`.
-        let func_ref_ptr = unsafe { self.vmctx_plus_offset_raw::<VMFuncRef>(vmctx_offset) };
-        // SAFETY: `func_ref_ptr` lies within our `VMContext`.
-        unsafe {
-            func_ref_ptr.write(VMFuncRef {
-                array_call,
-                wasm_call,
-                vmctx,
-                type_index,
-            });
-        }
-        Some(func_ref_ptr)
+        Some(VMFuncRef {
+            array_call: VmPtr::from(code(array).cast()),
+            wasm_call: Some(VmPtr::from(code(body).cast::<VMWasmCallFunction>())),
+            vmctx: VMOpaqueContext::from_vmcontext(self.vmctx()).into(),
+            type_index,
+        })
+    }
+
+    /// wsgi-wasm patch: what another instance needs to import function
+    /// `index` of this one, the same as `get_func_ref` followed by
+    /// `Func::vmimport`, but without initializing the function's `VMFuncRef`
+    /// slot in this instance's `VMContext`: that write (and reading it back)
+    /// cost a cache miss per import, and a componentize-py app links about
+    /// 2,300 imports per instantiation. The slot is still initialized on
+    /// demand, by `get_func_ref`, if this instance ever needs it.
+    ///
+    /// `None` where this fast path does not apply; the caller then takes the
+    /// general one.
+    pub(crate) fn func_import(
+        self: Pin<&mut Self>,
+        registry: &ModuleRegistry,
+        index: FuncIndex,
+    ) -> Option<VMFunctionImport> {
+        let Some(def_index) = self.env_module().defined_func_index(index) else {
+            return self
+                .imported_function(index)
+                .as_func_ref()
+                .as_vm_function_import()
+                .cloned();
+        };
+        let code = self
+            .runtime_module()?
+            .compiled_module()
+            .funcref_code(def_index)?;
+        let type_index = self.env_module().functions[index]
+            .signature
+            .unwrap_engine_type_index();
+        let func_ref = self.funcref_from_code(registry, type_index, code)?;
+        func_ref.as_vm_function_import().cloned()
     }
 
     /// Common implementation of initializing a `VMFuncRef` stored within this
