@@ -42,7 +42,7 @@ fn an_endless_loop_gets_a_504_and_does_not_hold_up_others() {
         // The normal request did not wait for the spinners to be stopped.
         assert!(normal < took, "normal {normal:?}, spinner {took:?}");
     }
-    assert!(server.log().contains("deadline"), "{}", server.log());
+    assert!(server.wait_for_log("deadline", Duration::from_secs(5)), "{}", server.log());
     still_serves(&server);
 }
 
@@ -53,7 +53,7 @@ fn a_cpu_budget_stops_a_spinning_guest_long_before_the_deadline() {
     let started = Instant::now();
     assert_eq!(client().get(server.url("/loop-forever")).send().unwrap().status(), 504);
     assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
-    assert!(server.log().contains("CPU budget of 50000000"), "{}", server.log());
+    assert!(server.wait_for_log("CPU budget of 50000000", Duration::from_secs(5)), "{}", server.log());
     // Every request gets the whole budget again.
     for _ in 0..3 {
         assert_eq!(client().get(server.url("/counter")).send().unwrap().status(), 200);
@@ -94,7 +94,7 @@ fn a_memory_bomb_fails_alone_and_the_host_stays_flat() {
         assert_eq!(client().get(server.url("/alloc-forever")).send().unwrap().status(), 500);
     }
     let after = rss();
-    assert!(server.log().contains("memory limit of 64 MiB"), "{}", server.log());
+    assert!(server.wait_for_log("memory limit of 64 MiB", Duration::from_secs(5)), "{}", server.log());
     // Five bombs of 64 MiB each; the instances are gone and so is their memory.
     assert!(after < before + 64, "RSS grew from {before} MiB to {after} MiB");
     still_serves(&server);
