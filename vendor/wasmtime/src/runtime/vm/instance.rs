@@ -1023,8 +1023,8 @@ impl Instance {
     /// `Func::vmimport`, but without initializing the function's `VMFuncRef`
     /// slot in this instance's `VMContext`: that write (and reading it back)
     /// cost a cache miss per import, and a componentize-py app links about
-    /// 2,300 imports per instantiation. The slot is still initialized on
-    /// demand, by `get_func_ref`, if this instance ever needs it.
+    /// 1,100 such imports per instantiation. The slot is still initialized
+    /// on demand, by `get_func_ref`, if this instance ever needs it.
     ///
     /// `None` where this fast path does not apply; the caller then takes the
     /// general one.
