@@ -476,6 +476,7 @@ impl Component {
             [ValType::I32],
         ));
 
+        // wsgi-wasm patch: see `ComponentInner::trampoline_starts`.
         let trampoline_starts = info
             .component
             .trampolines
