@@ -1564,35 +1564,29 @@ impl ModuleTranslation<'_> {
         // wsgi-wasm patch: segments that could not be precomputed are applied
         // lazily by the runtime when every one of them can be (see
         // `LazyTableSegment`), and otherwise by the startup function as before.
-        if self.lazy_table_segments_apply(&segments) {
-            for segment in segments {
-                let TableSegmentElements::Functions(elements) = segment.elements else {
-                    unreachable!()
-                };
-                let offset = match segment.offset.ops() {
-                    &[ConstOp::I32Const(offset)] => {
-                        LazyTableOffset::Const(u64::from(offset.cast_unsigned()))
-                    }
-                    &[ConstOp::I64Const(offset)] => LazyTableOffset::Const(offset.cast_unsigned()),
-                    &[ConstOp::GlobalGet(global)] => LazyTableOffset::ImportedGlobal(global),
-                    _ => unreachable!(),
-                };
-                self.module
-                    .lazy_table_segments
-                    .push(LazyTableSegment {
-                        table_index: segment.table_index,
-                        offset,
-                        elements,
-                    })
-                    .panic_on_oom();
+        match self.lazy_table_offsets(&segments) {
+            Some(offsets) => {
+                for (segment, offset) in segments.into_iter().zip(offsets) {
+                    let TableSegmentElements::Functions(elements) = segment.elements else {
+                        unreachable!("checked by `lazy_table_offsets`")
+                    };
+                    self.module
+                        .lazy_table_segments
+                        .push(LazyTableSegment {
+                            table_index: segment.table_index,
+                            offset,
+                            elements,
+                        })
+                        .panic_on_oom();
+                }
             }
-        } else {
-            self.table_initialization.segments = segments;
+            None => self.table_initialization.segments = segments,
         }
     }
 
-    /// wsgi-wasm patch: whether `segments`, the active element segments left
-    /// after precomputation, can all be left to the runtime to apply lazily.
+    /// wsgi-wasm patch: the offset of each of `segments`, the active element
+    /// segments left after precomputation, if they can all be left to the
+    /// runtime to apply lazily; `None` if any cannot.
     ///
     /// Each must list plain functions for a funcref table, at an offset that
     /// is a constant or an imported immutable global: the runtime reads it
@@ -1603,29 +1597,45 @@ impl ModuleTranslation<'_> {
     /// A module with many segments keeps them eager: the runtime searches an
     /// instance's lazy ranges linearly when it builds an element, and that
     /// search runs in the host, where no deadline interrupts it.
-    fn lazy_table_segments_apply(&self, segments: &[TableSegment]) -> bool {
+    fn lazy_table_offsets(&self, segments: &[TableSegment]) -> Option<Vec<LazyTableOffset>> {
         const MAX_LAZY_SEGMENTS: usize = 16;
         let module = &self.module;
-        !segments.is_empty()
+        let eligible = !segments.is_empty()
             && segments.len() <= MAX_LAZY_SEGMENTS
             && self
                 .table_initialization
                 .initial_values
                 .iter()
-                .all(|(_, v)| matches!(v, TableInitialValue::Null))
-            && segments.iter().all(|segment| {
-                let offset_ok = match segment.offset.ops() {
-                    &[ConstOp::I32Const(_)] | &[ConstOp::I64Const(_)] => true,
-                    &[ConstOp::GlobalGet(global)] => {
-                        module.is_imported_global(global) && !module.globals[global].mutability
-                    }
-                    _ => false,
-                };
-                offset_ok
-                    && matches!(segment.elements, TableSegmentElements::Functions(_))
+                .all(|(_, v)| matches!(v, TableInitialValue::Null));
+        if !eligible {
+            return None;
+        }
+        segments
+            .iter()
+            .map(|segment| {
+                let funcs = matches!(segment.elements, TableSegmentElements::Functions(_))
                     && module.tables[segment.table_index].ref_type.heap_type.top()
-                        == WasmHeapTopType::Func
+                        == WasmHeapTopType::Func;
+                if !funcs {
+                    return None;
+                }
+                match segment.offset.ops() {
+                    &[ConstOp::I32Const(offset)] => {
+                        Some(LazyTableOffset::Const(u64::from(offset.cast_unsigned())))
+                    }
+                    &[ConstOp::I64Const(offset)] => {
+                        Some(LazyTableOffset::Const(offset.cast_unsigned()))
+                    }
+                    &[ConstOp::GlobalGet(global)]
+                        if module.is_imported_global(global)
+                            && !module.globals[global].mutability =>
+                    {
+                        Some(LazyTableOffset::ImportedGlobal(global))
+                    }
+                    _ => None,
+                }
             })
+            .collect()
     }
 
     /// Helper function to ratchet the `startup` function for this module as
