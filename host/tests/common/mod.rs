@@ -54,6 +54,19 @@ pub fn build_cmd(args: &[&str], cwd: &Path) -> Output {
         .expect("running wsgi-wasm build")
 }
 
+/// Hands each line `pipe` yields to `on_line`, on a thread of its own, until
+/// the pipe closes or stops yielding text.
+fn read_lines(
+    pipe: impl Read + Send + 'static,
+    mut on_line: impl FnMut(String) + Send + 'static,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            on_line(line);
+        }
+    })
+}
+
 /// Runs `wsgi-wasm run wasm` with `args`, which must refuse to start;
 /// returns what it printed on stderr. A server that starts listening
 /// instead is stopped at once and fails the test, rather than leaving it
@@ -73,13 +86,10 @@ pub fn refused_run(wasm: &Path, args: &[&str]) -> String {
     let stderr = Arc::new(Mutex::new(String::new()));
     let reader = {
         let stderr = Arc::clone(&stderr);
-        let pipe = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                let mut all = stderr.lock().unwrap();
-                all.push_str(&line);
-                all.push('\n');
-            }
+        read_lines(child.stderr.take().unwrap(), move |line| {
+            let mut all = stderr.lock().unwrap();
+            all.push_str(&line);
+            all.push('\n');
         })
     };
     // Compiling the app for a new engine setting can take minutes.
@@ -174,16 +184,12 @@ impl Server {
             .expect("starting wsgi-wasm run");
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
         let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Some(rest) = line.split("listening on ").nth(1) {
-                    let _ = tx.send(rest.split_whitespace().next().unwrap_or_default().to_owned());
-                }
-                sink.lock().unwrap().push(line);
+        read_lines(child.stderr.take().unwrap(), move |line| {
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                let _ = tx.send(rest.split_whitespace().next().unwrap_or_default().to_owned());
             }
+            sink.lock().unwrap().push(line);
         });
         let mut listening = Vec::new();
         while listening.len() < expected {
