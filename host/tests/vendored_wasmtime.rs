@@ -5,8 +5,8 @@
 //! These cover the cases an app built by `wsgi-wasm build` never reaches,
 //! where the patch must still behave as the spec says: overlapping segments,
 //! a later eager write, a copy out of a lazy range, a segment out of bounds;
-//! and functions linked between a component's core instances, re-exported
-//! or later referenced as values.
+//! functions linked between a component's core instances, re-exported or
+//! later referenced as values; and globals linked the same way.
 
 use std::time::Duration;
 
@@ -248,5 +248,58 @@ fn functions_linked_between_core_instances_keep_their_code_and_type() {
         assert_eq!(run.call(&mut store, ()).unwrap(), (43 * 100 + 42 + 42,));
         let own = instance.get_typed_func::<(), (u32,)>(&mut store, "own").unwrap();
         assert_eq!(own.call(&mut store, ()).unwrap(), (42,));
+    }
+}
+
+/// Globals linked between three core instances: `$b` imports `$a`'s mutable
+/// and immutable globals, re-exports the mutable one and defines its own;
+/// `$c` writes through the re-export and through `$b`'s, and each global's
+/// owner must then read what `$c` wrote: one storage, whichever way linked.
+const LINKED_GLOBALS: &str = r#"
+(component
+  (core module $a
+    (global $m (export "m") (mut i32) (i32.const 5))
+    (global (export "k") i32 (i32.const 7))
+    (func (export "get-m") (result i32) global.get $m))
+  (core instance $a (instantiate $a))
+  (core module $b
+    (import "a" "m" (global $m (mut i32)))
+    (import "a" "k" (global $k i32))
+    (export "m" (global $m))
+    (export "k" (global $k))
+    (global $n (export "n") (mut i32) (i32.const 100))
+    (func (export "get-n") (result i32) global.get $n))
+  (core instance $b (instantiate $b (with "a" (instance $a))))
+  (core module $c
+    (import "b" "m" (global $m (mut i32)))
+    (import "b" "k" (global $k i32))
+    (import "b" "n" (global $n (mut i32)))
+    (import "a" "get-m" (func $get-m (result i32)))
+    (import "b" "get-n" (func $get-n (result i32)))
+    (func (export "run") (result i32)
+      (global.set $m (i32.add (global.get $m) (global.get $k)))
+      (global.set $n (i32.add (global.get $n) (global.get $m)))
+      (i32.add (i32.mul (call $get-m) (i32.const 1000)) (call $get-n))))
+  (core instance $c (instantiate $c (with "a" (instance $a)) (with "b" (instance $b))))
+  (func (export "run") (result u32) (canon lift (core func $c "run"))))
+"#;
+
+#[test]
+fn globals_linked_between_core_instances_share_one_storage() {
+    use wasmtime::component::{Component, Linker};
+    let engine = engine();
+    let component = Component::new(&engine, wat(LINKED_GLOBALS)).unwrap();
+    let linker = Linker::<()>::new(&engine);
+    // Twice, so the second store reuses the first one's pool slots and must
+    // start again from the globals' initial values.
+    for _ in 0..2 {
+        let mut store = Store::new(&engine, ());
+        store.set_epoch_deadline(1);
+        let instance = linker.instantiate(&mut store, &component).unwrap();
+        let run = instance.get_typed_func::<(), (u32,)>(&mut store, "run").unwrap();
+        // m = 5 + 7, n = 100 + 12.
+        assert_eq!(run.call(&mut store, ()).unwrap(), (12 * 1000 + 112,));
+        // m = 12 + 7, n = 112 + 19.
+        assert_eq!(run.call(&mut store, ()).unwrap(), (19 * 1000 + 131,));
     }
 }

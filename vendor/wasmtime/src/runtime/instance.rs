@@ -749,8 +749,18 @@ impl OwnedImports {
     /// wsgi-wasm patch: `push_export` for a function import already built
     /// (`vm::Instance::func_import`).
     #[cfg(feature = "component-model")]
+    #[inline]
     pub(crate) fn push_function(&mut self, import: VMFunctionImport) -> Result<(), OutOfMemory> {
         self.functions.push(import)?;
+        Ok(())
+    }
+
+    /// wsgi-wasm patch: `push_export` for a global import already built
+    /// (`vm::Instance::global_import`).
+    #[cfg(feature = "component-model")]
+    #[inline]
+    pub(crate) fn push_global(&mut self, import: VMGlobalImport) -> Result<(), OutOfMemory> {
+        self.globals.push(import)?;
         Ok(())
     }
 

@@ -974,14 +974,15 @@ impl<'a> Instantiator<'a> {
                 self.assert_type_matches(store, module, arg, imp_module, imp_name, expected);
             }
 
-            // wsgi-wasm patch: a core function exported by an index, the
-            // bulk of a dynamically linked component's imports, is linked
-            // without going through `vm::Export` and `Func`, and without
-            // initializing its `VMFuncRef` in the exporting instance (see
-            // `vm::Instance::func_import`).
+            // wsgi-wasm patch: core functions and globals exported by an
+            // index, the bulk of a dynamically linked component's imports,
+            // are linked without going through `vm::Export`, `Func` and
+            // `Global`, and a function's `VMFuncRef` in the exporting
+            // instance is not initialized (see `vm::Instance::func_import`
+            // and `global_import`).
             if let CoreDef::Export(CoreExport {
                 instance,
-                item: ExportItem::Index(EntityIndex::Function(index)),
+                item: ExportItem::Index(item @ (EntityIndex::Function(_) | EntityIndex::Global(_))),
             }) = arg
             {
                 let id = store
@@ -989,9 +990,18 @@ impl<'a> Instantiator<'a> {
                     .component_instance_mut(self.id)
                     .instance(*instance);
                 let (exporter, registry) = store.instance_and_module_registry_mut(id);
-                if let Some(import) = exporter.func_import(registry, *index) {
-                    self.core_imports.push_function(import)?;
-                    continue;
+                match *item {
+                    EntityIndex::Function(index) => {
+                        if let Some(import) = exporter.func_import(registry, index) {
+                            self.core_imports.push_function(import)?;
+                            continue;
+                        }
+                    }
+                    EntityIndex::Global(index) => {
+                        self.core_imports.push_global(exporter.global_import(index))?;
+                        continue;
+                    }
+                    _ => {}
                 }
             }
 
