@@ -7,4 +7,4 @@ if [ -z "${WSGI_WASM:-}" ]; then
   cargo build --release --quiet --manifest-path ../../Cargo.toml
   WSGI_WASM=../../target/release/wsgi-wasm
 fi
-exec "$WSGI_WASM" build app:app --path . -o app.wasm
+exec "$WSGI_WASM" build app:app --path . --warmup / -o app.wasm
