@@ -29,6 +29,7 @@ use crate::config::{Limits, Mount};
 use crate::engine::LoadedApp;
 use crate::error::SandboxError;
 
+mod random;
 mod stdio;
 
 /// Errors a request body may fail with.
@@ -138,6 +139,7 @@ impl Sandbox {
         }
         let mut linker = Linker::<HostState>::new(&app.engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        random::add_bulk_get_random_bytes(&mut linker)?;
         bindings::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
         let pre = linker
             .instantiate_pre(&app.component)
