@@ -998,7 +998,8 @@ impl<'a> Instantiator<'a> {
                         }
                     }
                     EntityIndex::Global(index) => {
-                        self.core_imports.push_global(exporter.global_import(index))?;
+                        self.core_imports
+                            .push_global(exporter.global_import(index))?;
                         continue;
                     }
                     _ => {}

@@ -1063,8 +1063,8 @@ impl Instance {
     /// of this one, the same value as `get_exported_global` followed by
     /// `Global::vmimport`, without the detour through `crate::Global` and its
     /// two lookups of the defining instance in the store. A dynamically
-    /// linked component imports about 1,100 globals (its GOT entries) per
-    /// instantiation.
+    /// linked component imports one global per GOT entry, about a thousand
+    /// per instantiation of a componentize-py app.
     ///
     /// A global this instance defines points at its own definition; one it
     /// imports and re-exports is the import it already holds, which names
