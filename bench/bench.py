@@ -73,7 +73,8 @@ def wasm_for(app):
         cmd = [str(WSGI_WASM), "build", module, "--path", str(HERE / "apps"), "-o", str(out)]
         # Each app is warmed up at build time, as the README tells users to:
         # the route's first-request work and bytecode specialization happen
-        # once, not in every sandbox. A different item than the benchmark's.
+        # once, not in every sandbox. Flask's warms another item than the
+        # one measured.
         cmd += ["--warmup", WARMUP[app]]
         if app == "flask_json":
             cmd += ["--requirements", str(HERE / "apps" / "requirements.txt")]

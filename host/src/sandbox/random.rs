@@ -7,7 +7,7 @@
 //! loop was about 1.8% of a hello-world request's CPU.
 //!
 //! This module shadows that one function with a bulk fill from the
-//! generator wasmtime-wasi seeds each context's from: the thread's
+//! generator that wasmtime-wasi seeds each context's own from: the thread's
 //! `rand::rng()` (ChaCha12, reseeded from the operating system). The bytes
 //! are as unpredictable as before; only the per-byte calls are gone. The
 //! rest of `wasi:random` stays wasmtime-wasi's.
@@ -16,7 +16,9 @@ use rand::Rng as _;
 use wasmtime::component::Linker;
 
 /// The interface as wasmtime-wasi 48 defines it (`src/p2/wit/deps/random.wit`
-/// in that crate); the shadow must use the same name to replace it.
+/// in that crate). The shadow must use the same name to replace it: under
+/// another version it would only add a second definition, which the linker
+/// may not pick. `the_name_is_the_one_wasmtime_wasi_defines` checks it.
 const INTERFACE: &str = "wasi:random/random@0.2.12";
 
 /// The most bytes one call may ask for: wasmtime-wasi's default limit.
@@ -26,7 +28,7 @@ const MAX_BYTES: u64 = wasmtime_wasi::random::DEFAULT_MAX_SIZE;
 /// `wasi:random`.
 ///
 /// # Errors
-/// Fails if the interface is not in the linker under [`INTERFACE`].
+/// Fails if the function cannot be defined.
 pub fn add_bulk_get_random_bytes<T: 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
     linker.allow_shadowing(true);
     let added = linker
@@ -61,6 +63,28 @@ mod tests {
         let mut seen = [false; 256];
         a.iter().for_each(|&x| seen[usize::from(x)] = true);
         assert!(seen.iter().all(|&s| s));
+    }
+
+    #[test]
+    fn the_name_is_the_one_wasmtime_wasi_defines() {
+        use wasmtime_wasi::random::{WasiRandom, WasiRandomCtx};
+        struct State {
+            random: WasiRandomCtx,
+        }
+        let mut config = wasmtime::Config::new();
+        config.wasm_component_model(true);
+        let engine = wasmtime::Engine::new(&config).unwrap();
+        let mut linker = Linker::<State>::new(&engine);
+        wasmtime_wasi::p2::bindings::random::random::add_to_linker::<State, WasiRandom>(&mut linker, |s| {
+            &mut s.random
+        })
+        .unwrap();
+        // Without shadowing, defining it again must clash with wasmtime-wasi's.
+        let clash = linker.instance(INTERFACE).unwrap().func_wrap("get-random-bytes", |_, (_,): (u64,)| {
+            Ok((Vec::<u8>::new(),))
+        });
+        assert!(clash.is_err(), "{INTERFACE} is not where wasmtime-wasi defines get-random-bytes");
+        add_bulk_get_random_bytes(&mut linker).unwrap();
     }
 
     #[test]
