@@ -35,7 +35,10 @@ pub struct LoadedApp {
     pub engine: Engine,
     /// The compiled component.
     pub component: Component,
-    /// Guest file tree roots to mount read-only: `(host dir, guest path)`.
+    /// The unpacked file tree, mounted read-only at the guest's `/`: each of
+    /// its top-level directories is one of the guest's roots.
+    pub tree_dir: PathBuf,
+    /// Those roots: `(host dir, guest path)`.
     pub tree: Vec<(PathBuf, String)>,
     /// Hex SHA-256 of the `app.wasm` file, for logs.
     pub digest: String,
@@ -56,7 +59,8 @@ impl LoadedApp {
         let digest = bundle::hex(&Sha256::digest(&bytes));
         let payload = bundle::find(&bytes)
             .with_context(|| format!("{} is not a wsgi-wasm app", path.display()))?;
-        let tree = bundle::unpack(payload, &cache_dir.join("trees").join(&digest))?;
+        let tree_dir = cache_dir.join("trees").join(&digest);
+        let tree = bundle::unpack(payload, &tree_dir)?;
 
         let needed = initial_memory_bytes(&bytes)
             .with_context(|| format!("{} is not a valid component", path.display()))?;
@@ -75,7 +79,7 @@ impl LoadedApp {
         let component = load_or_compile(&engine, &bytes, &compiled)
             .with_context(|| format!("{} is not a valid component", path.display()))?;
         let ticker = EpochTicker::start(engine.clone());
-        Ok(Self { engine, component, tree, digest, _ticker: ticker })
+        Ok(Self { engine, component, tree_dir, tree, digest, _ticker: ticker })
     }
 }
 

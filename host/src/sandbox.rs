@@ -280,9 +280,11 @@ impl Sandbox {
         wasi.allow_blocking_current_thread(true);
         wasi.stdout(stdio::GuestLog::new(req_id, "stdout"))
             .stderr(stdio::GuestLog::new(req_id, "stderr"));
-        for (host_dir, guest_dir) in &self.app.tree {
-            wasi.preopened_dir(host_dir, guest_dir, FsPerms::ReadOnly)?;
-        }
+        // One preopen for the whole tree, at `/`, rather than one per root:
+        // each is an `openat` and a `close` per request, and an app has six
+        // roots. The guest sees the same paths; `/` lists only the roots.
+        // A mount's longer guest path wins over `/` for the files under it.
+        wasi.preopened_dir(&self.app.tree_dir, "/", FsPerms::ReadOnly)?;
         for mount in &self.grants.mounts {
             let perms = if mount.writable { FsPerms::ReadWrite } else { FsPerms::ReadOnly };
             wasi.preopened_dir(&mount.host, &mount.guest, perms)?;
