@@ -79,11 +79,12 @@ pub fn find(bytes: &[u8]) -> Result<&[u8]> {
 ///
 /// Extraction goes to a temporary sibling first and is renamed into place, so
 /// a crash midway never leaves a half tree that a later start would trust.
-/// Returns the top-level directories as `(host path, guest path)` pairs.
+/// Returns the guest path of each top-level directory (`/python`, `/0`, ...):
+/// the tree is mounted at the guest's `/`, so these are its roots.
 ///
 /// # Errors
 /// Fails on a corrupt payload or an unwritable cache.
-pub fn unpack(payload: &[u8], dest: &Path) -> Result<Vec<(PathBuf, String)>> {
+pub fn unpack(payload: &[u8], dest: &Path) -> Result<Vec<String>> {
     if !dest.is_dir() {
         let parent = dest.parent().context("cache path has no parent")?;
         std::fs::create_dir_all(parent)
@@ -107,7 +108,7 @@ pub fn unpack(payload: &[u8], dest: &Path) -> Result<Vec<(PathBuf, String)>> {
         let entry = entry?;
         if entry.file_type()?.is_dir() {
             let name = entry.file_name().into_string().ok().context("non-UTF-8 tree root")?;
-            roots.push((entry.path(), format!("/{name}")));
+            roots.push(format!("/{name}"));
         }
     }
     roots.sort();
@@ -148,10 +149,7 @@ mod tests {
         let dest = src.with_extension("out");
         let _ = std::fs::remove_dir_all(&dest);
         let roots = unpack(payload, &dest).unwrap();
-        assert_eq!(
-            roots.iter().map(|(_, g)| g.as_str()).collect::<Vec<_>>(),
-            ["/0", "/python"]
-        );
+        assert_eq!(roots, ["/0", "/python"]);
         assert_eq!(std::fs::read(dest.join("python/json/__init__.py")).unwrap(), b"x = 1\n");
         std::fs::remove_dir_all(&src).unwrap();
         std::fs::remove_dir_all(&dest).unwrap();

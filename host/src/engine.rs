@@ -38,8 +38,8 @@ pub struct LoadedApp {
     /// The unpacked file tree, mounted read-only at the guest's `/`: each of
     /// its top-level directories is one of the guest's roots.
     pub tree_dir: PathBuf,
-    /// Those roots: `(host dir, guest path)`.
-    pub tree: Vec<(PathBuf, String)>,
+    /// Those roots' guest paths, which a `--mount` may not shadow.
+    pub roots: Vec<String>,
     /// Hex SHA-256 of the `app.wasm` file, for logs.
     pub digest: String,
     /// Keeps the epoch advancing for as long as the app is loaded.
@@ -60,7 +60,7 @@ impl LoadedApp {
         let payload = bundle::find(&bytes)
             .with_context(|| format!("{} is not a wsgi-wasm app", path.display()))?;
         let tree_dir = cache_dir.join("trees").join(&digest);
-        let tree = bundle::unpack(payload, &tree_dir)?;
+        let roots = bundle::unpack(payload, &tree_dir)?;
 
         let needed = initial_memory_bytes(&bytes)
             .with_context(|| format!("{} is not a valid component", path.display()))?;
@@ -79,7 +79,7 @@ impl LoadedApp {
         let component = load_or_compile(&engine, &bytes, &compiled)
             .with_context(|| format!("{} is not a valid component", path.display()))?;
         let ticker = EpochTicker::start(engine.clone());
-        Ok(Self { engine, component, tree_dir, tree, digest, _ticker: ticker })
+        Ok(Self { engine, component, tree_dir, roots, digest, _ticker: ticker })
     }
 }
 

@@ -130,7 +130,7 @@ impl Sandbox {
     /// app's own files.
     pub fn new(app: LoadedApp, limits: Limits, grants: Grants) -> anyhow::Result<Self> {
         for mount in &grants.mounts {
-            if let Some((_, root)) = app.tree.iter().find(|(_, root)| overlaps(&mount.guest, root)) {
+            if let Some(root) = app.roots.iter().find(|root| overlaps(&mount.guest, root)) {
                 anyhow::bail!(
                     "--mount at {} would shadow the app's own files at {root}; choose another guest path",
                     mount.guest
