@@ -233,22 +233,31 @@ const LINKED: &str = r#"
   (func (export "own") (result u32) (canon lift (core func $a "own"))))
 "#;
 
-#[test]
-fn functions_linked_between_core_instances_keep_their_code_and_type() {
+/// Instantiates the component `text` in two stores in turn, so that the
+/// second reuses the first one's pool slots, and runs `check` on each with a
+/// caller of its `u32`-returning exports.
+fn in_two_stores(text: &str, check: impl Fn(&mut dyn FnMut(&str) -> u32)) {
     use wasmtime::component::{Component, Linker};
     let engine = engine();
-    let component = Component::new(&engine, wat(LINKED)).unwrap();
+    let component = Component::new(&engine, wat(text)).unwrap();
     let linker = Linker::<()>::new(&engine);
-    // Twice, so the second store reuses the first one's pool slots.
     for _ in 0..2 {
         let mut store = Store::new(&engine, ());
         store.set_epoch_deadline(1);
         let instance = linker.instantiate(&mut store, &component).unwrap();
-        let run = instance.get_typed_func::<(), (u32,)>(&mut store, "run").unwrap();
-        assert_eq!(run.call(&mut store, ()).unwrap(), (43 * 100 + 42 + 42,));
-        let own = instance.get_typed_func::<(), (u32,)>(&mut store, "own").unwrap();
-        assert_eq!(own.call(&mut store, ()).unwrap(), (42,));
+        check(&mut |name| {
+            let func = instance.get_typed_func::<(), (u32,)>(&mut store, name).unwrap();
+            func.call(&mut store, ()).unwrap().0
+        });
     }
+}
+
+#[test]
+fn functions_linked_between_core_instances_keep_their_code_and_type() {
+    in_two_stores(LINKED, |call| {
+        assert_eq!(call("run"), 43 * 100 + 42 + 42);
+        assert_eq!(call("own"), 42);
+    });
 }
 
 /// Globals linked between three core instances: `$b` imports `$a`'s mutable
@@ -286,20 +295,11 @@ const LINKED_GLOBALS: &str = r#"
 
 #[test]
 fn globals_linked_between_core_instances_share_one_storage() {
-    use wasmtime::component::{Component, Linker};
-    let engine = engine();
-    let component = Component::new(&engine, wat(LINKED_GLOBALS)).unwrap();
-    let linker = Linker::<()>::new(&engine);
-    // Twice, so the second store reuses the first one's pool slots and must
-    // start again from the globals' initial values.
-    for _ in 0..2 {
-        let mut store = Store::new(&engine, ());
-        store.set_epoch_deadline(1);
-        let instance = linker.instantiate(&mut store, &component).unwrap();
-        let run = instance.get_typed_func::<(), (u32,)>(&mut store, "run").unwrap();
+    // The second store must start again from the globals' initial values.
+    in_two_stores(LINKED_GLOBALS, |call| {
         // m = 5 + 7, n = 100 + 12.
-        assert_eq!(run.call(&mut store, ()).unwrap(), (12 * 1000 + 112,));
+        assert_eq!(call("run"), 12 * 1000 + 112);
         // m = 12 + 7, n = 112 + 19.
-        assert_eq!(run.call(&mut store, ()).unwrap(), (19 * 1000 + 131,));
-    }
+        assert_eq!(call("run"), 19 * 1000 + 131);
+    });
 }
