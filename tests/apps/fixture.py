@@ -165,6 +165,33 @@ def immortal(environ, start_response):
     )
 
 
+# What a request allocates, by kind; the route makes 64 of each and keeps them.
+FRESH_KINDS = {
+    "object": lambda i: object(),
+    "int": lambda i: 10**6 + i,
+    "float": lambda i: i + 0.5,
+    "str": lambda i: "s" * (i % 40 + 2),
+    "bytes": lambda i: b"b" * (i * 37 % 3000 + 2),
+    "tuple": lambda i: (i,) * (i % 20 + 1),
+    "list": lambda i: [i],
+    "dict": lambda i: {"k": i},
+}
+
+
+def fresh_memory(environ, start_response):
+    # `wsgi-wasm build` fills the free memory of the snapshot's heap, and
+    # CPython's free lists, so that what a request allocates lands above the
+    # snapshot's objects instead of in holes between them (each hole a page
+    # the request writes, and its reset copies back). The build's own record
+    # of where its objects end:
+    from wsgi_wasm.build import _SNAPSHOT_TOP as top
+
+    kept = {kind: [make(i) for i in range(64)] for kind, make in FRESH_KINDS.items()}
+    # The 4 KiB pages below that top which the objects of each kind landed on.
+    pages = {kind: len({id(obj) >> 12 for obj in objs if id(obj) <= top}) for kind, objs in kept.items()}
+    return _json(start_response, {"pages_below": pages, "top": top})
+
+
 LAZY = ("decimal", "encodings.idna", "fractions", "hashlib", "statistics", "uuid", "xml.dom.minidom", "email.mime.text")
 
 
@@ -364,6 +391,7 @@ ROUTES = {
     "/raise-after": raise_after,
     "/counter": counter,
     "/immortal": immortal,
+    "/fresh-memory": fresh_memory,
     "/scatter": scatter,
     "/lazy": lazy,
     "/random": random_route,

@@ -358,11 +358,12 @@ def prepare():
     # collection in a fresh instance walks the whole snapshot heap, touching
     # (and so copying) every page of it, on every request.
     gc.collect()
-    global _SNAPSHOT_OBJECTS, _BALLAST
+    global _SNAPSHOT_OBJECTS, _SNAPSHOT_TOP, _BALLAST
     _SNAPSHOT_OBJECTS = _live_objects()
     _record_heap(os.path.join(plan["export_dir"], HEAP_FILE), _SNAPSHOT_OBJECTS)
     # Last, so that the temporaries above leave no new holes behind.
-    _BALLAST = _fill_holes(max(map(id, _SNAPSHOT_OBJECTS)))
+    _SNAPSHOT_TOP = max(map(id, _SNAPSHOT_OBJECTS))
+    _BALLAST = _fill_holes(_SNAPSHOT_TOP)
     gc.freeze()
     return WitWorld
 
@@ -371,6 +372,9 @@ def prepare():
 # rewrites these exact headers in the memory image, so none may be freed (and
 # its memory reused) before the snapshot is taken.
 _SNAPSHOT_OBJECTS = []
+# The highest address of those objects: what a request allocates should be
+# above it, in memory no snapshot object shares a page with (see _fill_holes).
+_SNAPSHOT_TOP = 0
 # What _fill_holes allocated; never touched again.
 _BALLAST = []
 
@@ -413,36 +417,73 @@ def _code_parts(code):
     )
 
 
-# Object sizes (bytes objects of this many bytes) whose holes are filled:
-# every 8-byte step of pymalloc's small-object classes, then malloc's larger
-# chunks from big to small, so a big hole is split and its rest filled too.
-_SMALL_SIZES = range(8, 496, 8)
-_LARGE_SIZES = tuple(1 << k for k in range(16, 8, -1))
+# CPython for WASI is built without pymalloc: every object, however small,
+# comes from wasi-libc's dlmalloc. A bytes object of n bytes asks malloc for
+# 17 + n; with malloc's 4-byte chunk header, that is a chunk of 21 + n bytes,
+# rounded up to the chunk alignment (8 or 16). Holes are filled from big to
+# small, so that what is left of a big hole after one fill is filled by a
+# smaller size later: powers of two down to 2 KiB, then every 8 bytes.
+_LARGE_CHUNKS = tuple(1 << k for k in range(16, 10, -1))
+_SMALL_CHUNKS = range(2040, 16, -8)
 # Ballast is bounded however fragmented the heap is.
 _MAX_BALLAST = 16 << 20
+# CPython keeps freed objects of these kinds for reuse, wherever in the
+# snapshot they were. Each makes a new one, so that taking enough of them
+# empties the free lists (CPython keeps up to 2,000 tuples of each length,
+# and fewer of the rest).
+_FREE_LIST_KINDS = (
+    *(lambda i, n=n: (i,) * n for n in range(1, 21)),  # tuples, by length
+    lambda i: [i],  # lists
+    lambda i: {i: i},  # dicts and their key tables
+    lambda i: {"k": i},  # dicts with string keys (another kind of key table)
+    lambda i: i * 0.5 + 0.25,  # floats
+    lambda i: i * 1000003 + 1000003,  # ints (past the small-int cache)
+    lambda i: slice(i, None),  # slices
+)
+_FREE_LIST_DRAIN = 4096
+_FRESH_IN_A_ROW = 16
 
 
 def _fill_holes(top):
-    """Fills the free blocks the build left in the heap, below address `top`.
+    """Fills the free memory the build left in the heap, below address `top`.
 
     After pre-init the heap is full of holes, freed memory spread over the
     whole snapshot. A request would allocate into them and so write to (and
     copy) dozens of scattered snapshot pages, which also defeats the host's
     reset of just the written pages. Allocating until the allocator hands
     out memory above the old top leaves a request only fresh, contiguous
-    memory. The ballast is in the snapshot, shared by every instance, and
-    never touched again.
+    memory. The same holds for CPython's free lists of tuples, lists, dicts,
+    floats, ints and slices. The ballast is in the snapshot, shared by every
+    instance, and never touched again.
     """
     ballast = []
     total = 0
-    for size in (*_SMALL_SIZES, *_LARGE_SIZES):
+    for chunk in (*_LARGE_CHUNKS, *_SMALL_CHUNKS):
         while total < _MAX_BALLAST:
             # Not zeros: the snapshot stores zero runs as gaps, and too many
             # gaps exceed the limit on data segments.
-            obj = b"\x01" * size
+            obj = b"\x01" * (chunk - 21)
             ballast.append(obj)
-            total += size
+            total += chunk
             if id(obj) > top:
+                break
+    # The smallest chunk holds no bytes object, but a bare object does.
+    while total < _MAX_BALLAST:
+        obj = object()
+        ballast.append(obj)
+        total += 16
+        if id(obj) > top:
+            break
+    for make in _FREE_LIST_KINDS:
+        # A free list is last in, first out, and objects freed since the
+        # snapshot's were listed may be above `top` already: stop only once
+        # several in a row come from fresh memory.
+        fresh = 0
+        for i in range(_FREE_LIST_DRAIN):
+            obj = make(i)
+            ballast.append(obj)
+            fresh = fresh + 1 if id(obj) > top else 0
+            if fresh == _FRESH_IN_A_ROW:
                 break
     return ballast
 
