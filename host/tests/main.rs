@@ -218,14 +218,16 @@ fn what_a_request_allocates_lands_above_the_snapshot_objects() {
     assert!(v["top"].as_u64().unwrap() > 0, "{v}");
     // 64 objects of each of 8 kinds. A few land in chunks freed after the
     // build filled the heap (by the import that ran it, by the runtime's
-    // start-up), on a handful of pages; how many depends on the app's
-    // layout (13 to 16 when this test was written). Filled the old way, for
-    // pymalloc's sizes only, they were spread over 69 pages, 56 of them for
-    // the bare objects alone.
+    // start-up), on a handful of pages: 5 to 8 in a dozen builds, whose
+    // layouts differ with the hash seed. Filled for pymalloc's sizes only,
+    // they were spread over 69 pages, 56 of them for the bare objects alone.
+    // Filled into one growing list, each size only until its first chunk
+    // above the top, the bare objects took 36 to 59 pages in some builds (1
+    // of 6 of this fixture, 8 of 8 of a variant of the build code).
     let pages = v["pages_below"].as_object().unwrap();
     assert_eq!(pages.len(), 8, "{v}");
     let total: u64 = pages.values().map(|n| n.as_u64().unwrap()).sum();
-    assert!(total <= 24, "{v}");
+    assert!(total <= 16, "{v}");
 }
 
 #[test]

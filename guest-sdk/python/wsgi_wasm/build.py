@@ -376,7 +376,7 @@ _SNAPSHOT_OBJECTS = []
 # above it, in memory no snapshot object shares a page with (see _fill_holes).
 _SNAPSHOT_TOP = 0
 # What _fill_holes allocated; never touched again.
-_BALLAST = []
+_BALLAST = None
 
 
 def _live_objects():
@@ -422,9 +422,21 @@ def _code_parts(code):
 # 17 + n; with malloc's 4-byte chunk header, that is a chunk of 21 + n bytes,
 # rounded up to the chunk alignment (8 or 16). Holes are filled from big to
 # small, so that what is left of a big hole after one fill is filled by a
-# smaller size later: powers of two down to 2 KiB, then every 8 bytes.
-_LARGE_CHUNKS = tuple(1 << k for k in range(16, 10, -1))
-_SMALL_CHUNKS = range(2040, 16, -8)
+# smaller size later: powers of two down to 2 KiB, then every 8 bytes, then
+# the smallest chunk, which holds no bytes object but does hold a bare object.
+# The bytes are not zeros: the snapshot stores zero runs as gaps, and too
+# many gaps exceed the limit on data segments.
+_HOLE_FILLERS = (
+    *((chunk, lambda n=chunk - 21: b"\x01" * n) for chunk in (1 << k for k in range(16, 10, -1))),
+    *((chunk, lambda n=chunk - 21: b"\x01" * n) for chunk in range(2040, 16, -8)),
+    (16, object),
+)
+# Malloc hands out a free chunk of the exact size before anything else, the
+# one freed last first, wherever it lies; a few of them may be above the old
+# top while thousands more wait below it. So a size is done only once this
+# many bytes in a row came from above the top (one allocation of the big
+# sizes, 64 of the smallest).
+_FRESH_BYTES = 1024
 # Ballast is bounded however fragmented the heap is.
 _MAX_BALLAST = 16 << 20
 # CPython keeps freed objects of these kinds for reuse, wherever in the
@@ -444,6 +456,33 @@ _FREE_LIST_DRAIN = 4096
 _FRESH_IN_A_ROW = 16
 
 
+class _Ballast:
+    """Keeps the filling alive, in rows of fixed size allocated up front.
+
+    Not one growing list: each time a list grows, malloc moves its items to
+    a bigger chunk and frees the old one, above the old top, where the next
+    allocations of that size would go instead of into the holes below it.
+    """
+
+    ROW = 4096
+
+    def __init__(self):
+        # Rows for _MAX_BALLAST of the smallest objects, plus the free lists.
+        self.rows = [None] * (_MAX_BALLAST // 16 // self.ROW + len(_FREE_LIST_KINDS) + 1)
+        self.row = -1
+        self.used = self.ROW
+        self.bytes = 0
+
+    def keep(self, obj, size):
+        if self.used == self.ROW:
+            self.row += 1
+            self.rows[self.row] = [None] * self.ROW
+            self.used = 0
+        self.rows[self.row][self.used] = obj
+        self.used += 1
+        self.bytes += size
+
+
 def _fill_holes(top):
     """Fills the free memory the build left in the heap, below address `top`.
 
@@ -456,32 +495,19 @@ def _fill_holes(top):
     floats, ints and slices. The ballast is in the snapshot, shared by every
     instance, and never touched again.
     """
-    ballast = []
-    total = 0
-    for chunk in (*_LARGE_CHUNKS, *_SMALL_CHUNKS):
-        while total < _MAX_BALLAST:
-            # Not zeros: the snapshot stores zero runs as gaps, and too many
-            # gaps exceed the limit on data segments.
-            obj = b"\x01" * (chunk - 21)
-            ballast.append(obj)
-            total += chunk
-            if id(obj) > top:
-                break
-    # The smallest chunk holds no bytes object, but a bare object does.
-    while total < _MAX_BALLAST:
-        obj = object()
-        ballast.append(obj)
-        total += 16
-        if id(obj) > top:
-            break
+    ballast = _Ballast()
+    for chunk, make in _HOLE_FILLERS:
+        fresh = 0
+        while fresh < _FRESH_BYTES and ballast.bytes < _MAX_BALLAST:
+            obj = make()
+            ballast.keep(obj, chunk)
+            fresh = fresh + chunk if id(obj) > top else 0
     for make in _FREE_LIST_KINDS:
-        # A free list is last in, first out, and objects freed since the
-        # snapshot's were listed may be above `top` already: stop only once
-        # several in a row come from fresh memory.
+        # A free list is last in, first out, too.
         fresh = 0
         for i in range(_FREE_LIST_DRAIN):
             obj = make(i)
-            ballast.append(obj)
+            ballast.keep(obj, 0)
             fresh = fresh + 1 if id(obj) > top else 0
             if fresh == _FRESH_IN_A_ROW:
                 break
