@@ -305,10 +305,17 @@ impl RunConfig {
     }
 }
 
+/// The cache directory, absolute: the build hands it to the guest
+/// toolchain, which runs in another working directory.
 fn cache_dir(flag: Option<PathBuf>) -> Result<PathBuf> {
-    if let Some(dir) = flag {
-        return Ok(dir);
-    }
+    let dir = match flag {
+        Some(dir) => dir,
+        None => default_cache_dir()?,
+    };
+    std::path::absolute(&dir).with_context(|| format!("--cache-dir {}", dir.display()))
+}
+
+fn default_cache_dir() -> Result<PathBuf> {
     let base = match std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
         Some(x) => PathBuf::from(x),
         None => PathBuf::from(

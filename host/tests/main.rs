@@ -452,6 +452,25 @@ fn build_refuses_what_cannot_be_a_wsgi_app_with_a_clear_message() {
 }
 
 #[test]
+fn build_takes_a_cache_dir_relative_to_where_it_runs() {
+    // The guest toolchain runs in a directory of its own: a relative cache
+    // path must still find it. Same cache as every other test, by another name.
+    let tmp = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let out = tmp.join("apps/relative.wasm");
+    let _ = std::fs::remove_file(&out);
+    let build = std::process::Command::new(common::BIN)
+        .args(["build", "fixture:app", "--path"])
+        .arg(common::repo().join("tests/apps"))
+        .args(["-o", "apps/relative.wasm", "--cache-dir", "cache"])
+        .current_dir(tmp)
+        .output()
+        .unwrap();
+    assert!(build.status.success(), "{}", String::from_utf8_lossy(&build.stderr));
+    let server = Server::start(&out, &[]);
+    assert_eq!(client().get(server.url("/list")).send().unwrap().status(), 200);
+}
+
+#[test]
 fn build_names_a_native_dependency_without_a_pure_python_fallback() {
     let apps = common::repo().join("tests/apps");
     let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("apps/native.wasm");
