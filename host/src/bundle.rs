@@ -29,14 +29,10 @@ pub fn embed(component: &mut Vec<u8>, tree_dir: &Path) -> Result<()> {
         let mut tar = tar::Builder::new(gz);
         tar.follow_symlinks(false);
         tar.mode(tar::HeaderMode::Deterministic);
-        tar.append_dir_all(".", tree_dir)
-            .with_context(|| format!("packing {}", tree_dir.display()))?;
+        tar.append_dir_all(".", tree_dir).with_context(|| format!("packing {}", tree_dir.display()))?;
         tar.into_inner()?.finish()?;
     }
-    let section = wasm_encoder::CustomSection {
-        name: SECTION.into(),
-        data: packed.into(),
-    };
+    let section = wasm_encoder::CustomSection { name: SECTION.into(), data: packed.into() };
     component.push(0); // the custom section id, for modules and components alike
     section.encode(component);
     Ok(())
@@ -87,15 +83,12 @@ pub fn find(bytes: &[u8]) -> Result<&[u8]> {
 pub fn unpack(payload: &[u8], dest: &Path) -> Result<Vec<String>> {
     if !dest.is_dir() {
         let parent = dest.parent().context("cache path has no parent")?;
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("creating {}", parent.display()))?;
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
         let tmp = tempdir_in(parent)?;
         let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(payload));
         archive.set_preserve_permissions(false);
         // `unpack` refuses entries that would land outside `tmp` (`..`, absolute paths).
-        archive
-            .unpack(&tmp)
-            .context("the embedded file tree is corrupt")?;
+        archive.unpack(&tmp).context("the embedded file tree is corrupt")?;
         match std::fs::rename(&tmp, dest) {
             Ok(()) => {}
             // Another process won the race: its copy is as good as ours.
@@ -117,9 +110,7 @@ pub fn unpack(payload: &[u8], dest: &Path) -> Result<Vec<String>> {
 
 fn tempdir_in(parent: &Path) -> Result<PathBuf> {
     let mut rnd = [0u8; 8];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut rnd))
-        .context("reading /dev/urandom")?;
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut rnd)).context("reading /dev/urandom")?;
     let path = parent.join(format!(".tmp-{}", hex(&rnd)));
     std::fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
     Ok(path)

@@ -29,9 +29,8 @@ impl AppTarget {
     /// Fails, saying why, on anything that is not dotted identifiers around
     /// one colon.
     pub fn parse(s: &str) -> Result<Self> {
-        let (module, callable) = s
-            .split_once(':')
-            .with_context(|| format!("`{s}`: expected MODULE:CALLABLE, e.g. `myapp:app`"))?;
+        let (module, callable) =
+            s.split_once(':').with_context(|| format!("`{s}`: expected MODULE:CALLABLE, e.g. `myapp:app`"))?;
         let dotted = |part: &str| {
             !part.is_empty()
                 && part.split('.').all(|id| {
@@ -52,9 +51,7 @@ impl AppTarget {
     /// The file that holds the module in `dir`, if any.
     pub fn find_in(&self, dir: &Path) -> Option<PathBuf> {
         let base = self.module.split('.').fold(dir.to_path_buf(), |p, part| p.join(part));
-        [base.with_extension("py"), base.join("__init__.py")]
-            .into_iter()
-            .find(|p| p.is_file())
+        [base.with_extension("py"), base.join("__init__.py")].into_iter().find(|p| p.is_file())
     }
 }
 
@@ -86,8 +83,7 @@ impl BuildConfig {
         let target = AppTarget::parse(&args.app)?;
         let mut paths = Vec::new();
         for p in &args.paths {
-            let abs = std::fs::canonicalize(p)
-                .with_context(|| format!("--path {}: no such directory", p.display()))?;
+            let abs = std::fs::canonicalize(p).with_context(|| format!("--path {}: no such directory", p.display()))?;
             if !abs.is_dir() {
                 bail!("--path {}: not a directory", p.display());
             }
@@ -263,7 +259,9 @@ impl RunConfig {
         let mut env = Vec::new();
         for pair in &args.env {
             match pair.split_once('=') {
-                Some((k, v)) if !k.is_empty() && !k.contains('\0') && !v.contains('\0') => env.push((k.to_owned(), v.to_owned())),
+                Some((k, v)) if !k.is_empty() && !k.contains('\0') && !v.contains('\0') => {
+                    env.push((k.to_owned(), v.to_owned()))
+                }
                 _ => bail!("--env {pair}: expected KEY=VALUE"),
             }
         }
@@ -318,10 +316,8 @@ fn cache_dir(flag: Option<PathBuf>) -> Result<PathBuf> {
 fn default_cache_dir() -> Result<PathBuf> {
     let base = match std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
         Some(x) => PathBuf::from(x),
-        None => PathBuf::from(
-            std::env::var_os("HOME").context("no HOME or XDG_CACHE_HOME: pass --cache-dir")?,
-        )
-        .join(".cache"),
+        None => PathBuf::from(std::env::var_os("HOME").context("no HOME or XDG_CACHE_HOME: pass --cache-dir")?)
+            .join(".cache"),
     };
     Ok(base.join("wsgi-wasm"))
 }
@@ -336,7 +332,13 @@ mod tests {
         let m = Mount::parse(&format!("{}:/data/", tmp.display())).unwrap();
         assert_eq!((m.guest.as_str(), m.writable), ("/data", false));
         assert!(Mount::parse(&format!("{}:/data:rw", tmp.display())).unwrap().writable);
-        for bad in ["/nonexistent-dir:/x", "relative", &format!("{}:data", tmp.display()), &format!("{}:/a/../b", tmp.display()), &format!("{}:/x:wx", tmp.display())] {
+        for bad in [
+            "/nonexistent-dir:/x",
+            "relative",
+            &format!("{}:data", tmp.display()),
+            &format!("{}:/a/../b", tmp.display()),
+            &format!("{}:/x:wx", tmp.display()),
+        ] {
             assert!(Mount::parse(bad).is_err(), "{bad}");
         }
     }

@@ -57,13 +57,12 @@ impl LoadedApp {
     pub fn load(path: &Path, cache_dir: &Path, limits: &Limits) -> Result<Self> {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         let digest = bundle::hex(&Sha256::digest(&bytes));
-        let payload = bundle::find(&bytes)
-            .with_context(|| format!("{} is not a wsgi-wasm app", path.display()))?;
+        let payload = bundle::find(&bytes).with_context(|| format!("{} is not a wsgi-wasm app", path.display()))?;
         let tree_dir = cache_dir.join("trees").join(&digest);
         let roots = bundle::unpack(payload, &tree_dir)?;
 
-        let needed = initial_memory_bytes(&bytes)
-            .with_context(|| format!("{} is not a valid component", path.display()))?;
+        let needed =
+            initial_memory_bytes(&bytes).with_context(|| format!("{} is not a valid component", path.display()))?;
         if needed > limits.memory_bytes as u64 {
             bail!(
                 "the app needs {} MiB of memory just to start (its snapshot); raise --memory to at least that",
@@ -73,9 +72,7 @@ impl LoadedApp {
         let engine = new_engine(limits)?;
         let mut compat = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut compat);
-        let compiled = cache_dir
-            .join("compiled")
-            .join(format!("{digest}-{:016x}.cwasm", compat.finish()));
+        let compiled = cache_dir.join("compiled").join(format!("{digest}-{:016x}.cwasm", compat.finish()));
         let component = load_or_compile(&engine, &bytes, &compiled)
             .with_context(|| format!("{} is not a valid component", path.display()))?;
         let ticker = EpochTicker::start(engine.clone());

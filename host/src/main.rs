@@ -18,9 +18,7 @@ use wsgi_wasm::{build, server, shutdown};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("WSGI_WASM_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
+        .with_env_filter(EnvFilter::try_from_env("WSGI_WASM_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
@@ -43,10 +41,8 @@ fn run(args: RunArgs) -> Result<()> {
     let app = LoadedApp::load(&config.app, &config.cache_dir, &config.limits)?;
     let grants = Grants { mounts: config.mounts.clone(), env: config.env.clone() };
     let sandbox = Arc::new(Sandbox::new(app, config.limits.clone(), grants)?);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     runtime.block_on(async {
         sandbox.check().await?;
         let listeners = server::bind(&config.http, &config.uwsgi).await?;

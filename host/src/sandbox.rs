@@ -222,9 +222,7 @@ impl Sandbox {
         let mut store = self.new_store(req.req_id, io).map_err(SandboxError::Instantiate)?;
         let wsgi = match self.pre.instantiate_async(&mut store).await {
             Ok(wsgi) => wsgi,
-            Err(err) => {
-                return Err(self.classify(store.data(), err, |e| self.trapped(e, SandboxError::Instantiate)))
-            }
+            Err(err) => return Err(self.classify(store.data(), err, |e| self.trapped(e, SandboxError::Instantiate))),
         };
         let timing = Timing { queue, instantiate: started.elapsed(), ..Timing::default() };
         let app_started = Instant::now();
@@ -278,8 +276,7 @@ impl Sandbox {
         // every stat and read of every import. Set before the preopens,
         // which capture it.
         wasi.allow_blocking_current_thread(true);
-        wasi.stdout(stdio::GuestLog::new(req_id, "stdout"))
-            .stderr(stdio::GuestLog::new(req_id, "stderr"));
+        wasi.stdout(stdio::GuestLog::new(req_id, "stdout")).stderr(stdio::GuestLog::new(req_id, "stderr"));
         // One preopen for the whole tree, at `/`, rather than one per root:
         // each is an `openat` and a `close` per request, and an app has six
         // roots. The guest sees the same paths; `/` lists only the roots.
@@ -293,9 +290,7 @@ impl Sandbox {
             wasi: wasi.build(),
             table: ResourceTable::new(),
             limiter: Limiter {
-                inner: StoreLimitsBuilder::new()
-                    .memory_size(self.limits.memory_bytes)
-                    .build(),
+                inner: StoreLimitsBuilder::new().memory_size(self.limits.memory_bytes).build(),
                 memory_hit: false,
             },
             io,
@@ -342,23 +337,13 @@ struct Limiter {
 }
 
 impl ResourceLimiter for Limiter {
-    fn memory_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
         let ok = self.inner.memory_growing(current, desired, maximum)?;
         self.memory_hit |= !ok;
         Ok(ok)
     }
 
-    fn table_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
         self.inner.table_growing(current, desired, maximum)
     }
 
@@ -447,7 +432,11 @@ impl HostState {
         }
         let len = chunk.len() as u64;
         if self.stats.body_bytes + len > self.max_response_bytes {
-            tracing::error!(req_id = self.req_id, limit = self.max_response_bytes, "response too large; cutting it off");
+            tracing::error!(
+                req_id = self.req_id,
+                limit = self.max_response_bytes,
+                "response too large; cutting it off"
+            );
             return Err(self.fail(Fault::ResponseTooLarge, "the response exceeds the server's limit"));
         }
         if self.io.chunks.send(Bytes::from(chunk)).await.is_err() {

@@ -75,11 +75,12 @@ pub async fn bind(http: &[SocketAddr], uwsgi: &UwsgiConfig) -> Result<Vec<Listen
     }
     for addr in &uwsgi.addrs {
         listeners.push(match addr {
-            UwsgiAddr::Tcp(a) => Listener::UwsgiTcp(
-                TcpListener::bind(a).await.with_context(|| format!("cannot listen on --uwsgi {a}"))?,
-            ),
+            UwsgiAddr::Tcp(a) => {
+                Listener::UwsgiTcp(TcpListener::bind(a).await.with_context(|| format!("cannot listen on --uwsgi {a}"))?)
+            }
             UwsgiAddr::Unix(path) => {
-                let (l, f) = bind_unix(path, uwsgi.socket_mode).with_context(|| format!("cannot listen on --uwsgi unix:{}", path.display()))?;
+                let (l, f) = bind_unix(path, uwsgi.socket_mode)
+                    .with_context(|| format!("cannot listen on --uwsgi unix:{}", path.display()))?;
                 Listener::UwsgiUnix(l, f)
             }
         });

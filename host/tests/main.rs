@@ -73,9 +73,7 @@ fn streamed_chunks_reach_the_client_as_they_are_yielded() {
     let server = fixture_server();
     let mut stream = TcpStream::connect(server.addr).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    stream
-        .write_all(b"GET /stream?n=4&delay=0.3 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        .unwrap();
+    stream.write_all(b"GET /stream?n=4&delay=0.3 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
     let started = Instant::now();
     let mut arrivals = Vec::new();
     let mut seen = Vec::new();
@@ -129,7 +127,9 @@ fn a_1_mib_upload_echoes_with_content_length_and_chunked() {
         assert!(got == data, "mode {mode}: {} bytes back", got.len());
     }
     // Chunked, from a stream of unknown length.
-    let mut request = b"POST /echo?mode=chunks HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
+    let mut request =
+        b"POST /echo?mode=chunks HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+            .to_vec();
     for piece in data.chunks(100_000) {
         request.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
         request.extend_from_slice(piece);
@@ -272,11 +272,7 @@ fn an_exception_before_start_response_is_a_500_without_the_traceback() {
 #[test]
 fn an_exception_after_the_headers_cuts_the_connection() {
     let server = fixture_server();
-    let reply = raw_exchange(
-        server.addr,
-        b"GET /raise-after HTTP/1.1\r\nHost: t\r\n\r\n",
-        Duration::from_secs(30),
-    );
+    let reply = raw_exchange(server.addr, b"GET /raise-after HTTP/1.1\r\nHost: t\r\n\r\n", Duration::from_secs(30));
     let text = String::from_utf8_lossy(&reply);
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.contains("first part"), "{text}");
@@ -304,17 +300,29 @@ fn write_callable_file_wrapper_exc_info_and_validator() {
 #[test]
 fn a_small_complete_body_gets_a_content_length_and_a_custom_reason_is_kept() {
     let server = fixture_server();
-    let reply = raw_exchange(server.addr, b"GET /list HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", Duration::from_secs(30));
+    let reply = raw_exchange(
+        server.addr,
+        b"GET /list HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(30),
+    );
     let text = String::from_utf8_lossy(&reply).to_lowercase();
     assert!(text.contains("content-length: 4\r\n") && !text.contains("transfer-encoding"), "{text}");
-    let reply = raw_exchange(server.addr, b"GET /status?code=418 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", Duration::from_secs(30));
+    let reply = raw_exchange(
+        server.addr,
+        b"GET /status?code=418 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(30),
+    );
     assert!(String::from_utf8_lossy(&reply).starts_with("HTTP/1.1 418 I'm a teapot\r\n"));
 }
 
 #[test]
 fn an_injected_header_never_reaches_the_wire() {
     let server = fixture_server();
-    let reply = raw_exchange(server.addr, b"GET /bad-header HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", Duration::from_secs(30));
+    let reply = raw_exchange(
+        server.addr,
+        b"GET /bad-header HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(30),
+    );
     let text = String::from_utf8_lossy(&reply);
     assert!(text.starts_with("HTTP/1.1 500"), "{text}");
     assert!(!text.contains("pwned") && !text.contains("should never be seen"), "{text}");
@@ -323,7 +331,11 @@ fn an_injected_header_never_reaches_the_wire() {
 #[test]
 fn head_204_and_304_have_no_body() {
     let server = fixture_server();
-    let reply = raw_exchange(server.addr, b"HEAD /big?size=1000 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", Duration::from_secs(30));
+    let reply = raw_exchange(
+        server.addr,
+        b"HEAD /big?size=1000 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(30),
+    );
     let text = String::from_utf8_lossy(&reply);
     assert!(text.starts_with("HTTP/1.1 200") && text.ends_with("\r\n\r\n"), "{text:?}");
     for code in ["204", "304"] {
@@ -511,7 +523,17 @@ fn warm_up_requests_run_before_the_snapshot_and_a_failing_one_fails_the_build() 
     let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("apps/warm.wasm");
     let _ = std::fs::remove_file(&out);
     let build = common::build_cmd(
-        &["fixture:app", "--path", apps.to_str().unwrap(), "--warmup", "/counter?warm", "--warmup", "POST /echo", "-o", out.to_str().unwrap()],
+        &[
+            "fixture:app",
+            "--path",
+            apps.to_str().unwrap(),
+            "--warmup",
+            "/counter?warm",
+            "--warmup",
+            "POST /echo",
+            "-o",
+            out.to_str().unwrap(),
+        ],
         &common::repo(),
     );
     let stderr = String::from_utf8_lossy(&build.stderr);
@@ -527,10 +549,26 @@ fn warm_up_requests_run_before_the_snapshot_and_a_failing_one_fails_the_build() 
         assert_eq!(v["cache"], 5, "{v}");
     }
 
-    let err = failing_build(&["fixture:app", "--path", apps.to_str().unwrap(), "--warmup", "/raise-before", "-o", out.to_str().unwrap()]);
+    let err = failing_build(&[
+        "fixture:app",
+        "--path",
+        apps.to_str().unwrap(),
+        "--warmup",
+        "/raise-before",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
     assert!(err.contains("the warm-up request GET /raise-before failed"), "{err}");
     assert!(err.contains("secret-traceback-marker"), "{err}");
-    let err = failing_build(&["fixture:app", "--path", apps.to_str().unwrap(), "--warmup", "nope", "-o", out.to_str().unwrap()]);
+    let err = failing_build(&[
+        "fixture:app",
+        "--path",
+        apps.to_str().unwrap(),
+        "--warmup",
+        "nope",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
     assert!(err.contains("--warmup \"nope\""), "{err}");
 }
 

@@ -10,9 +10,7 @@
 
 use std::time::Duration;
 
-use wasmtime::{
-    Engine, Global, GlobalType, Instance, Linker, Module, Mutability, Store, Table, Val, ValType,
-};
+use wasmtime::{Engine, Global, GlobalType, Instance, Linker, Module, Mutability, Store, Table, Val, ValType};
 use wsgi_wasm::config::Limits;
 
 fn engine() -> Engine {
@@ -48,9 +46,7 @@ const MAIN: &str = r#"
 /// A dynamically linked library: places its functions at an imported base,
 /// the form the patch applies lazily. `{n}` is the first value they return.
 fn library(n: i32, count: i32) -> String {
-    let funcs: String = (0..count)
-        .map(|i| format!("(func $f{i} (result i32) i32.const {})\n", n + i))
-        .collect();
+    let funcs: String = (0..count).map(|i| format!("(func $f{i} (result i32) i32.const {})\n", n + i)).collect();
     let names: String = (0..count).map(|i| format!(" $f{i}")).collect();
     format!(
         r#"(module
@@ -88,12 +84,8 @@ impl World {
     fn link(&mut self, wat_text: &str, base: i32) -> wasmtime::Result<Instance> {
         let engine = self.store.engine().clone();
         let module = Module::new(&engine, wat(wat_text)).unwrap();
-        let global = Global::new(
-            &mut self.store,
-            GlobalType::new(ValType::I32, Mutability::Const),
-            Val::I32(base),
-        )
-        .unwrap();
+        let global =
+            Global::new(&mut self.store, GlobalType::new(ValType::I32, Mutability::Const), Val::I32(base)).unwrap();
         let mut linker = self.linker.clone();
         linker.allow_shadowing(true).define(&self.store, "env", "base", global).unwrap();
         linker.instantiate(&mut self.store, &module)

@@ -53,25 +53,15 @@ pub fn native_dists(site: &Path) -> Result<Vec<NativeDist>> {
             continue;
         }
         let Ok(record) = std::fs::read_to_string(dir.join("RECORD")) else { continue };
-        let paths: Vec<&str> = record
-            .lines()
-            .filter_map(|line| line.rsplitn(3, ',').nth(2))
-            .map(|p| p.trim_matches('"'))
-            .collect();
-        let files: Vec<String> = paths
-            .iter()
-            .filter(|p| is_native(p))
-            .map(|p| (*p).to_owned())
-            .collect();
+        let paths: Vec<&str> =
+            record.lines().filter_map(|line| line.rsplitn(3, ',').nth(2)).map(|p| p.trim_matches('"')).collect();
+        let files: Vec<String> = paths.iter().filter(|p| is_native(p)).map(|p| (*p).to_owned()).collect();
         if files.is_empty() {
             continue;
         }
         let metadata = std::fs::read_to_string(dir.join("METADATA")).unwrap_or_default();
         let field = |key: &str| {
-            metadata
-                .lines()
-                .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_owned()))
-                .unwrap_or_default()
+            metadata.lines().find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_owned())).unwrap_or_default()
         };
         let modules = match std::fs::read_to_string(dir.join("top_level.txt")) {
             Ok(top) => top.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect(),
@@ -95,8 +85,7 @@ fn top_level_modules(paths: &[&str]) -> Vec<String> {
         .filter_map(|p| {
             let first = p.split('/').next()?;
             let name = first.split('.').next()?;
-            (p.contains('/') || first.ends_with(".py") || is_native(first))
-                .then(|| name.to_owned())
+            (p.contains('/') || first.ends_with(".py") || is_native(first)).then(|| name.to_owned())
         })
         .filter(|n| !n.is_empty() && n != "__pycache__" && n.chars().all(|c| c == '_' || c.is_alphanumeric()))
         .collect();

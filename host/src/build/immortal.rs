@@ -107,9 +107,9 @@ fn memory_segments(component: &[u8]) -> Result<Vec<Segment>> {
     let mut owners = Vec::new();
     for payload in Parser::new(0).parse_all(component) {
         match payload.context("parsing the component")? {
-            Payload::Version { encoding, .. } => stack.push(
-                (encoding == Encoding::Module).then(|| Module { has_memory: false, segments: Vec::new() }),
-            ),
+            Payload::Version { encoding, .. } => {
+                stack.push((encoding == Encoding::Module).then(|| Module { has_memory: false, segments: Vec::new() }))
+            }
             Payload::MemorySection(reader) => {
                 if let Some(Some(module)) = stack.last_mut() {
                     module.has_memory |= reader.count() > 0;

@@ -66,17 +66,16 @@ impl Toolchain {
     /// A `componentize-py` command line, ready for arguments.
     pub fn componentize_py(&self) -> Command {
         let mut cmd = Command::new(&self.python);
-        cmd.env("PYTHONPATH", &self.site)
-            .env("PYTHONNOUSERSITE", "1")
-            .args(["-c", "import sys; sys.argv[0] = 'componentize-py'; from componentize_py import script; sys.exit(script())"]);
+        cmd.env("PYTHONPATH", &self.site).env("PYTHONNOUSERSITE", "1").args([
+            "-c",
+            "import sys; sys.argv[0] = 'componentize-py'; from componentize_py import script; sys.exit(script())",
+        ]);
         cmd
     }
 }
 
 fn check_python(python: &Path) -> Result<()> {
-    let out = Command::new(python)
-        .args(["-c", "import sys, pip; print('%d.%d' % sys.version_info[:2])"])
-        .output();
+    let out = Command::new(python).args(["-c", "import sys, pip; print('%d.%d' % sys.version_info[:2])"]).output();
     match out {
         Err(err) => bail!(
             "`wsgi-wasm build` needs Python 3.9+ with pip on the build machine (to install \

@@ -81,7 +81,11 @@ enum State {
     /// In a Content-Length body: this many bytes to go.
     Body(u64),
     /// In a chunk-size line: the size so far, and whether an extension began.
-    ChunkSize { size: u64, digits: u8, ext: bool },
+    ChunkSize {
+        size: u64,
+        digits: u8,
+        ext: bool,
+    },
     /// Chunk data: this many bytes to go, then CRLF.
     ChunkData(u64),
     /// Expecting the CR, then the LF, that end a chunk's data.
@@ -180,7 +184,11 @@ impl Scanner {
                         Framing::Unknown => State::Off,
                     };
                 }
-                if self.head.len() > self.max_head { State::Off } else { State::Head }
+                if self.head.len() > self.max_head {
+                    State::Off
+                } else {
+                    State::Head
+                }
             }
             State::ChunkSize { size, digits, ext } => match b {
                 b'\n' if digits > 0 => {
@@ -210,7 +218,11 @@ impl Scanner {
             State::Trailers => {
                 let empty_line = b == b'\n' && self.line_len == 1;
                 self.line_len = if b == b'\n' { 0 } else { self.line_len + 1 };
-                if empty_line { self.next_head() } else { State::Trailers }
+                if empty_line {
+                    self.next_head()
+                } else {
+                    State::Trailers
+                }
             }
             _ => State::Off,
         }

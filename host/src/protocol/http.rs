@@ -45,10 +45,7 @@ pub async fn serve_connection(
         .header_read_timeout(limits.header_timeout)
         .max_buf_size(limits.max_header_bytes)
         .max_headers(limits.max_headers)
-        .serve_connection(
-            TokioIo::new(StrictLines::new(stream, limits.max_header_bytes, limits.max_headers)),
-            service,
-        );
+        .serve_connection(TokioIo::new(StrictLines::new(stream, limits.max_header_bytes, limits.max_headers)), service);
     tokio::pin!(connection);
     let result = tokio::select! {
         result = connection.as_mut() => result,

@@ -31,9 +31,8 @@ const MAX_BYTES: u64 = wasmtime_wasi::random::DEFAULT_MAX_SIZE;
 /// Fails if the function cannot be defined.
 pub fn add_bulk_get_random_bytes<T: 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
     linker.allow_shadowing(true);
-    let added = linker
-        .instance(INTERFACE)?
-        .func_wrap("get-random-bytes", |_, (len,): (u64,)| Ok((random_bytes(len)?,)));
+    let added =
+        linker.instance(INTERFACE)?.func_wrap("get-random-bytes", |_, (len,): (u64,)| Ok((random_bytes(len)?,)));
     linker.allow_shadowing(false);
     added
 }
@@ -75,14 +74,13 @@ mod tests {
         config.wasm_component_model(true);
         let engine = wasmtime::Engine::new(&config).unwrap();
         let mut linker = Linker::<State>::new(&engine);
-        wasmtime_wasi::p2::bindings::random::random::add_to_linker::<State, WasiRandom>(&mut linker, |s| {
-            &mut s.random
-        })
-        .unwrap();
+        wasmtime_wasi::p2::bindings::random::random::add_to_linker::<State, WasiRandom>(&mut linker, |s| &mut s.random)
+            .unwrap();
         // Without shadowing, defining it again must clash with wasmtime-wasi's.
-        let clash = linker.instance(INTERFACE).unwrap().func_wrap("get-random-bytes", |_, (_,): (u64,)| {
-            Ok((Vec::<u8>::new(),))
-        });
+        let clash = linker
+            .instance(INTERFACE)
+            .unwrap()
+            .func_wrap("get-random-bytes", |_, (_,): (u64,)| Ok((Vec::<u8>::new(),)));
         assert!(clash.is_err(), "{INTERFACE} is not where wasmtime-wasi defines get-random-bytes");
         add_bulk_get_random_bytes(&mut linker).unwrap();
     }

@@ -186,9 +186,15 @@ pub fn from_uwsgi(vars: Vec<(Vec<u8>, Vec<u8>)>, conn: Option<ConnInfo>) -> Resu
     out.push("SCRIPT_NAME", script);
 
     if out.get("SERVER_NAME").is_none() || out.get("SERVER_PORT").is_none() {
-        let host = out.get("HTTP_HOST").and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| h.parse::<http::uri::Authority>().ok());
+        let host = out
+            .get("HTTP_HOST")
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| h.parse::<http::uri::Authority>().ok());
         let (name, port) = match (host, conn) {
-            (Some(a), _) => (a.host().trim_start_matches('[').trim_end_matches(']').to_owned(), a.port_u16().map_or_else(|| "80".into(), |p| p.to_string())),
+            (Some(a), _) => (
+                a.host().trim_start_matches('[').trim_end_matches(']').to_owned(),
+                a.port_u16().map_or_else(|| "80".into(), |p| p.to_string()),
+            ),
             (None, Some(c)) => (c.local.ip().to_string(), c.local.port().to_string()),
             (None, None) => ("localhost".into(), "80".into()),
         };
@@ -201,7 +207,10 @@ pub fn from_uwsgi(vars: Vec<(Vec<u8>, Vec<u8>)>, conn: Option<ConnInfo>) -> Resu
     }
 
     let on = |name: &str, yes: &[&[u8]]| out.get(name).is_some_and(|v| yes.iter().any(|y| v.eq_ignore_ascii_case(y)));
-    let scheme = if on("UWSGI_SCHEME", &[b"https"]) || (out.get("UWSGI_SCHEME").is_none() && (on("HTTPS", &[b"on", b"1", b"yes"]) || on("REQUEST_SCHEME", &[b"https"]))) {
+    let scheme = if on("UWSGI_SCHEME", &[b"https"])
+        || (out.get("UWSGI_SCHEME").is_none()
+            && (on("HTTPS", &[b"on", b"1", b"yes"]) || on("REQUEST_SCHEME", &[b"https"])))
+    {
         "https"
     } else {
         "http"

@@ -88,10 +88,7 @@ impl Body for ResponseBody {
     type Data = Bytes;
     type Error = BodyAborted;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BodyAborted>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyAborted>>> {
         match &mut self.0 {
             Kind::Empty => Poll::Ready(None),
             Kind::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
@@ -233,11 +230,8 @@ impl Dispatcher {
 
         match head_rx.await {
             Ok(head) => {
-                let body = if head.bodyless {
-                    Kind::Empty
-                } else {
-                    Kind::Stream { chunks: chunk_rx, outcome: outcome_rx }
-                };
+                let body =
+                    if head.bodyless { Kind::Empty } else { Kind::Stream { chunks: chunk_rx, outcome: outcome_rx } };
                 WsgiResponse { head, body: ResponseBody(body) }
             }
             // The run ended without a head: it failed, and the task knows how.
@@ -252,12 +246,8 @@ impl Dispatcher {
 /// A `Server-Timing` value: milliseconds per phase until the head was sent.
 fn server_timing(t: &crate::sandbox::Timing) -> HeaderValue {
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
-    let value = format!(
-        "queue;dur={:.3}, instantiate;dur={:.3}, app;dur={:.3}",
-        ms(t.queue),
-        ms(t.instantiate),
-        ms(t.app)
-    );
+    let value =
+        format!("queue;dur={:.3}, instantiate;dur={:.3}, app;dur={:.3}", ms(t.queue), ms(t.instantiate), ms(t.app));
     HeaderValue::from_str(&value).expect("digits, letters and punctuation only")
 }
 

@@ -53,8 +53,8 @@ pub fn validate(raw: &RawHead, method: &Method) -> Result<ResponseHead, String> 
             return Err(format!("hop-by-hop header {name} is not allowed"));
         }
         // Refuses CR, LF, NUL and the other control bytes but HTAB.
-        let value = HeaderValue::from_bytes(value)
-            .map_err(|_| format!("header {name} has a control byte in its value"))?;
+        let value =
+            HeaderValue::from_bytes(value).map_err(|_| format!("header {name} has a control byte in its value"))?;
         headers.append(name, value);
     }
     let mut lengths = headers.get_all(CONTENT_LENGTH).iter();
@@ -64,9 +64,7 @@ pub fn validate(raw: &RawHead, method: &Method) -> Result<ResponseHead, String> 
             return Err(format!("invalid or conflicting Content-Length {first:?}"));
         }
     }
-    let bodyless = method == Method::HEAD
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED;
+    let bodyless = method == Method::HEAD || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
     if let (Some(len), false, false) = (raw.complete_len, bodyless, headers.contains_key(CONTENT_LENGTH)) {
         headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
     }

@@ -115,8 +115,8 @@ pub fn refused_run(wasm: &Path, args: &[&str]) -> String {
 /// `out` is newer than everything it is made from.
 pub fn build_component(app_dir: &Path, target: &str, requirements: Option<&Path>, out: &Path) -> PathBuf {
     let inputs = [app_dir.to_path_buf(), repo().join("guest-sdk"), PathBuf::from(BIN)];
-    let fresh = out.exists()
-        && inputs.iter().all(|i| newest_mtime(i) < std::fs::metadata(out).unwrap().modified().unwrap());
+    let fresh =
+        out.exists() && inputs.iter().all(|i| newest_mtime(i) < std::fs::metadata(out).unwrap().modified().unwrap());
     if !fresh {
         std::fs::create_dir_all(out.parent().unwrap()).unwrap();
         let mut args = vec![target.to_owned(), "--path".into(), app_dir.display().to_string()];

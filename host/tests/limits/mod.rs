@@ -85,7 +85,15 @@ fn a_memory_bomb_fails_alone_and_the_host_stays_flat() {
     let rss = || {
         let pid = server.pid();
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        let kb: u64 = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+        let kb: u64 = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .unwrap()
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
         kb / 1024
     };
     still_serves(&server);
@@ -156,7 +164,10 @@ fn a_sandbox_reaches_no_file_network_or_environment_unless_granted() {
     std::fs::write(ro.join("hello.txt"), "host file\n").unwrap();
     let _ = std::fs::remove_file(rw.join("out.txt"));
     let (ro_spec, rw_spec) = (format!("{}:/data", ro.display()), format!("{}:/scratch:rw", rw.display()));
-    let granted = Server::start(fixture(), &["--mount", &ro_spec, "--mount", &rw_spec, "--env", "GREETING=hi", "--env", "EMPTY="]);
+    let granted = Server::start(
+        fixture(),
+        &["--mount", &ro_spec, "--mount", &rw_spec, "--env", "GREETING=hi", "--env", "EMPTY="],
+    );
     let v = json(client().get(granted.url("/capabilities?read=/data/hello.txt&write=/data/nope.txt")).send().unwrap());
     assert_eq!(v["read"], serde_json::json!({"ok": true, "value": "host file\n"}), "{v}");
     assert_eq!(v["write"]["ok"], false, "read-only mount was writable: {v}");
@@ -229,7 +240,8 @@ fn oversized_bodies_and_headers_are_refused_before_the_app() {
     assert!(status_line(&reply).starts_with("HTTP/1.1 413"), "{}", String::from_utf8_lossy(&reply));
     assert!(!server.log().contains("req_id="), "the refused request reached a sandbox: {}", server.log());
     // Chunked, so no length up front: the app reads it, and it is cut at the limit.
-    let mut chunked = b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
+    let mut chunked =
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
     for _ in 0..20 {
         chunked.extend_from_slice(format!("{:x}\r\n", 100_000).as_bytes());
         chunked.extend_from_slice(&[b'x'; 100_000]);
@@ -259,11 +271,23 @@ fn oversized_bodies_and_headers_are_refused_before_the_app() {
 fn request_smuggling_shapes_never_reach_the_app() {
     let server = Server::start(fixture(), &[]);
     let cases: &[(&str, &[u8])] = &[
-        ("conflicting Content-Length", b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!"),
+        (
+            "conflicting Content-Length",
+            b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+        ),
         ("Content-Length list", b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5, 6\r\n\r\nhello!"),
-        ("chunked not last", b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked, gzip\r\n\r\n5\r\nhello\r\n0\r\n\r\n"),
-        ("unknown coding", b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: xchunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"),
-        ("bad chunk size", b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"),
+        (
+            "chunked not last",
+            b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked, gzip\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        ),
+        (
+            "unknown coding",
+            b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: xchunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        ),
+        (
+            "bad chunk size",
+            b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+        ),
         ("space before colon", b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length : 5\r\n\r\nhello"),
         ("obs-fold", b"GET /counter HTTP/1.1\r\nHost: t\r\nX-A: a\r\n b\r\n\r\n"),
     ];

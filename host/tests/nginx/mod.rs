@@ -24,7 +24,10 @@ fn ensure_nginx() {
         }
         eprintln!("installing Debian's nginx for the uwsgi tests");
         let ok = Command::new("sh")
-            .args(["-c", "apt-get update -qq && RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx"])
+            .args([
+                "-c",
+                "apt-get update -qq && RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx",
+            ])
             .status()
             .is_ok_and(|s| s.success());
         assert!(ok && Path::new(NGINX).exists(), "could not install nginx with apt-get (are we root?)");
@@ -73,7 +76,11 @@ impl Nginx {
             .expect("starting nginx");
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "nginx did not start: {}", std::fs::read_to_string(dir.join("error.log")).unwrap_or_default());
+            assert!(
+                Instant::now() < deadline,
+                "nginx did not start: {}",
+                std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         Self { child, port, dir }
@@ -93,7 +100,10 @@ impl Drop for Nginx {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
-            eprintln!("---- nginx error.log ----\n{}", std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default());
+            eprintln!(
+                "---- nginx error.log ----\n{}",
+                std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
+            );
         }
     }
 }
@@ -135,7 +145,11 @@ fn nginx_get_head_and_post_reach_the_app() {
 
     // Raw UTF-8 in the query, as some clients send it: passed through as
     // bytes, seen by the app as latin-1 characters.
-    let reply = raw_exchange(nginx.addr(), "GET /environ?name=café HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".as_bytes(), Duration::from_secs(30));
+    let reply = raw_exchange(
+        nginx.addr(),
+        "GET /environ?name=café HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".as_bytes(),
+        Duration::from_secs(30),
+    );
     let env = crate::common::body_json(&reply);
     assert_eq!(env["QUERY_STRING"], "name=caf\u{c3}\u{a9}");
 
@@ -152,7 +166,8 @@ fn nginx_get_head_and_post_reach_the_app() {
 #[test]
 fn nginx_converts_a_chunked_upload_and_streams_10_mib_back() {
     let (_server, nginx) = fixture_behind_nginx("chunked");
-    let mut request = b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
+    let mut request =
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
     for piece in [&b"hello, "[..], b"chunked ", b"world"] {
         request.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
         request.extend_from_slice(piece);
@@ -217,7 +232,8 @@ fn nginx_passes_to_a_unix_socket_that_is_removed_on_shutdown() {
     assert!(sock.exists());
     let spec = format!("unix:{}", sock.display());
     let mut server = Server::start_with(fixture(), &["--uwsgi", &spec]);
-    let nginx = Nginx::start("unix", &format!("    location / {{ include /etc/nginx/uwsgi_params; uwsgi_pass {spec}; }}"));
+    let nginx =
+        Nginx::start("unix", &format!("    location / {{ include /etc/nginx/uwsgi_params; uwsgi_pass {spec}; }}"));
     let env = json(client().get(nginx.url("/environ?via=unix")).send().unwrap());
     assert_eq!(env["QUERY_STRING"], "via=unix");
     assert_eq!(env["REMOTE_ADDR"], "127.0.0.1");
@@ -232,7 +248,11 @@ fn nginx_passes_to_a_unix_socket_that_is_removed_on_shutdown() {
         .arg(crate::common::cache_dir())
         .output()
         .unwrap();
-    assert!(String::from_utf8_lossy(&out.stderr).contains("another server is listening"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("another server is listening"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     server.terminate();
     assert!(server.wait(Duration::from_secs(20)).is_some_and(|s| s.success()));
@@ -297,7 +317,12 @@ fn malformed_uwsgi_packets_are_refused_and_never_reach_the_app() {
 #[test]
 fn a_uwsgi_body_is_read_exactly_up_to_content_length() {
     let server = Server::start_with(fixture(), &["--uwsgi", "127.0.0.1:0"]);
-    let mut bytes = packet(&[("REQUEST_METHOD", "POST"), ("PATH_INFO", "/echo"), ("QUERY_STRING", "mode=read"), ("CONTENT_LENGTH", "5")]);
+    let mut bytes = packet(&[
+        ("REQUEST_METHOD", "POST"),
+        ("PATH_INFO", "/echo"),
+        ("QUERY_STRING", "mode=read"),
+        ("CONTENT_LENGTH", "5"),
+    ]);
     bytes.extend_from_slice(b"helloEXTRA-BYTES-NOT-PART-OF-THE-BODY");
     let reply = String::from_utf8(uwsgi_raw(server.uwsgi_addr(), &bytes)).unwrap();
     assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");

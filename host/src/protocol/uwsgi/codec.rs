@@ -34,7 +34,9 @@ impl fmt::Display for CodecError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::UnsupportedModifier(m) => write!(f, "unsupported uwsgi modifier1 {m} (only 0, WSGI, is served)"),
-            Self::TooLarge { size, limit } => write!(f, "uwsgi vars block of {size} bytes exceeds the limit of {limit}"),
+            Self::TooLarge { size, limit } => {
+                write!(f, "uwsgi vars block of {size} bytes exceeds the limit of {limit}")
+            }
             Self::Malformed(why) => write!(f, "malformed uwsgi vars block: {why}"),
         }
     }
@@ -109,7 +111,8 @@ pub fn encode(vars: &[(&[u8], &[u8])]) -> Result<Vec<u8>, CodecError> {
     let mut block = Vec::new();
     for (key, value) in vars {
         for part in [key, value] {
-            let len = u16::try_from(part.len()).map_err(|_| CodecError::Malformed("a key or value over 65535 bytes"))?;
+            let len =
+                u16::try_from(part.len()).map_err(|_| CodecError::Malformed("a key or value over 65535 bytes"))?;
             block.extend_from_slice(&len.to_le_bytes());
             block.extend_from_slice(part);
         }
@@ -131,7 +134,8 @@ mod tests {
 
     #[test]
     fn round_trips_and_keeps_order_and_repeats() {
-        let vars: &[(&[u8], &[u8])] = &[(b"REQUEST_METHOD", b"GET"), (b"HTTP_ACCEPT", b"a"), (b"HTTP_ACCEPT", b"b"), (b"EMPTY", b"")];
+        let vars: &[(&[u8], &[u8])] =
+            &[(b"REQUEST_METHOD", b"GET"), (b"HTTP_ACCEPT", b"a"), (b"HTTP_ACCEPT", b"b"), (b"EMPTY", b"")];
         let packet = encode(vars).unwrap();
         assert_eq!(check(&packet, LIMIT), Ok(Some(packet.len())));
         let parsed = parse(&packet, LIMIT).unwrap();
