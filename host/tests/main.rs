@@ -549,26 +549,21 @@ fn warm_up_requests_run_before_the_snapshot_and_a_failing_one_fails_the_build() 
         assert_eq!(v["cache"], 5, "{v}");
     }
 
-    let err = failing_build(&[
-        "fixture:app",
-        "--path",
-        apps.to_str().unwrap(),
-        "--warmup",
-        "/raise-before",
-        "-o",
-        out.to_str().unwrap(),
-    ]);
+    let failing_warmup = |warmup: &str| {
+        failing_build(&[
+            "fixture:app",
+            "--path",
+            apps.to_str().unwrap(),
+            "--warmup",
+            warmup,
+            "-o",
+            out.to_str().unwrap(),
+        ])
+    };
+    let err = failing_warmup("/raise-before");
     assert!(err.contains("the warm-up request GET /raise-before failed"), "{err}");
     assert!(err.contains("secret-traceback-marker"), "{err}");
-    let err = failing_build(&[
-        "fixture:app",
-        "--path",
-        apps.to_str().unwrap(),
-        "--warmup",
-        "nope",
-        "-o",
-        out.to_str().unwrap(),
-    ]);
+    let err = failing_warmup("nope");
     assert!(err.contains("--warmup \"nope\""), "{err}");
 }
 

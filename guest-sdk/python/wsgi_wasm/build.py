@@ -427,8 +427,10 @@ def _code_parts(code):
 # The bytes are not zeros: the snapshot stores zero runs as gaps, and too
 # many gaps exceed the limit on data segments.
 _HOLE_FILLERS = (
-    *((chunk, lambda n=chunk - 21: b"\x01" * n) for chunk in (1 << k for k in range(16, 10, -1))),
-    *((chunk, lambda n=chunk - 21: b"\x01" * n) for chunk in range(2040, 16, -8)),
+    *(
+        (chunk, lambda n=chunk - 21: b"\x01" * n)
+        for chunk in (*(1 << k for k in range(16, 10, -1)), *range(2040, 16, -8))
+    ),
     (16, object),
 )
 # Malloc hands out a free chunk of the exact size before anything else, the
