@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tracing::Instrument;
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::filesystem::WasiFilesystemCtx;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::bindings::{self, Header, WsgiPre};
@@ -117,6 +118,9 @@ pub struct Sandbox {
     limits: Limits,
     /// Directories and environment the operator grants.
     grants: Grants,
+    /// The app's tree and the mounts, opened once: every store gets a copy,
+    /// which shares the open directories instead of opening them again.
+    preopens: WasiFilesystemCtx,
     /// One permit per live instance: `--max-instances`.
     slots: Arc<Semaphore>,
 }
@@ -149,7 +153,8 @@ impl Sandbox {
             .map_err(anyhow::Error::from)
             .context("the component does not export the wsgi-wasm `wsgi` world")?;
         let slots = Arc::new(Semaphore::new(limits.max_instances));
-        Ok(Self { app, pre, limits, grants, slots })
+        let preopens = open_preopens(&app, &grants)?;
+        Ok(Self { app, pre, limits, grants, slots, preopens })
     }
 
     /// The SHA-256 of the loaded `app.wasm`.
@@ -271,23 +276,11 @@ impl Sandbox {
 
     fn new_store(&self, req_id: u64, io: GuestIo) -> anyhow::Result<Store<HostState>> {
         let mut wasi = WasiCtxBuilder::new();
-        // The mounted tree is read-only and stays in the page cache: doing its
-        // file operations inline beats a round trip to the blocking pool for
-        // every stat and read of every import. Set before the preopens,
-        // which capture it.
-        wasi.allow_blocking_current_thread(true);
         wasi.stdout(stdio::GuestLog::new(req_id, "stdout")).stderr(stdio::GuestLog::new(req_id, "stderr"));
-        // One preopen for the whole tree, at `/`, rather than one per root:
-        // each is an `openat` and a `close` per request, and an app has six
-        // roots. The guest sees the same paths; `/` lists only the roots.
-        // A mount's longer guest path wins over `/` for the files under it.
-        wasi.preopened_dir(&self.app.tree_dir, "/", FsPerms::ReadOnly)?;
-        for mount in &self.grants.mounts {
-            let perms = if mount.writable { FsPerms::ReadWrite } else { FsPerms::ReadOnly };
-            wasi.preopened_dir(&mount.host, &mount.guest, perms)?;
-        }
+        let mut wasi = wasi.build();
+        *wasi.filesystem() = self.preopens.clone();
         let state = HostState {
-            wasi: wasi.build(),
+            wasi,
             table: ResourceTable::new(),
             limiter: Limiter {
                 inner: StoreLimitsBuilder::new().memory_size(self.limits.memory_bytes).build(),
@@ -320,6 +313,36 @@ impl Sandbox {
         store.set_epoch_deadline(1);
         Ok(store)
     }
+}
+
+/// Opens the app's file tree and the operator's mounts, for every store to
+/// share (see [`Sandbox::preopens`]).
+///
+/// Sharing the descriptors shares nothing a guest can change: they are
+/// directories, every file a guest opens under them gets its own descriptor,
+/// and listing a directory opens it anew (cap-std does not `dup`, whose
+/// position would be shared). A request's own descriptors are closed with
+/// its store.
+fn open_preopens(app: &LoadedApp, grants: &Grants) -> anyhow::Result<WasiFilesystemCtx> {
+    let mut wasi = WasiCtxBuilder::new();
+    // The mounted tree is read-only and stays in the page cache: doing its
+    // file operations inline beats a round trip to the blocking pool for
+    // every stat and read of every import. Set before the preopens, which
+    // capture it.
+    wasi.allow_blocking_current_thread(true);
+    // One preopen for the whole tree, at `/`, rather than one per root; the
+    // guest sees the same paths, and `/` lists only the roots. A mount's
+    // longer guest path wins over `/` for the files under it.
+    wasi.preopened_dir(&app.tree_dir, "/", FsPerms::ReadOnly)
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("cannot open the app's file tree {}", app.tree_dir.display()))?;
+    for mount in &grants.mounts {
+        let perms = if mount.writable { FsPerms::ReadWrite } else { FsPerms::ReadOnly };
+        wasi.preopened_dir(&mount.host, &mount.guest, perms)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("cannot open --mount {}", mount.host.display()))?;
+    }
+    Ok(wasi.build().filesystem().clone())
 }
 
 /// Whether one absolute guest path is the other or lies under it.

@@ -148,12 +148,17 @@ fn a_sandbox_reaches_no_file_network_or_environment_unless_granted() {
         assert_eq!(v[key]["ok"], false, "{key}: {v}");
     }
     // Only the app's own read-only tree is visible.
-    if v["list_root"]["ok"] == true {
-        for entry in v["list_root"]["value"].as_array().unwrap() {
-            let e = entry.as_str().unwrap();
-            assert!(e == "python" || e == "bundled" || e == "world" || e.parse::<u32>().is_ok(), "{v}");
-        }
+    assert_eq!(v["list_root"]["ok"], true, "{v}");
+    let roots = v["list_root"]["value"].as_array().unwrap();
+    assert!(roots.iter().any(|e| e == "python"), "{v}");
+    for entry in roots {
+        let e = entry.as_str().unwrap();
+        assert!(e == "python" || e == "bundled" || e == "world" || e.parse::<u32>().is_ok(), "{v}");
     }
+    // Every store shares the tree's open directory: a listing must not move
+    // a position the next request would start from.
+    let again = json(client().get(server.url("/capabilities")).send().unwrap());
+    assert_eq!(again["list_root"], v["list_root"], "{again}");
     assert_eq!(v["environ"], serde_json::json!({}), "{v}");
 
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("grants");
