@@ -102,8 +102,10 @@ def server_cmd(server, app, port):
     module = APPS[app][0]
     py = VENV / "bin"
     pin = ["taskset", "-c", SERVER_CPU]
+    # No server writes an access log: Gunicorn and Granian log none by
+    # default, uWSGI is given --disable-logging, wsgi-wasm --no-access-log.
     if server == "wsgi-wasm":
-        return pin + [str(WSGI_WASM), "run", str(WASMS[app]), "--http", f"127.0.0.1:{port}"]
+        return pin + [str(WSGI_WASM), "run", str(WASMS[app]), "--http", f"127.0.0.1:{port}", "--no-access-log"]
     if server == "gunicorn-sync":
         return pin + [str(py / "gunicorn"), "-w", "1", "-k", "sync", "-b", f"127.0.0.1:{port}", "--chdir", str(HERE / "apps"), module]
     if server == "gunicorn-gthread":

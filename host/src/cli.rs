@@ -175,6 +175,12 @@ pub struct RunArgs {
     #[arg(long)]
     pub timing: bool,
 
+    /// Log no line per request, like uWSGI's --disable-logging (Gunicorn
+    /// logs none unless given --access-logfile). Warnings and errors are
+    /// still logged. Same as WSGI_WASM_LOG=info,wsgi_wasm::access=off.
+    #[arg(long)]
+    pub no_access_log: bool,
+
     #[command(flatten)]
     pub cache: CacheArgs,
 }

@@ -17,8 +17,12 @@ use wsgi_wasm::{build, server, shutdown};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let mut filter = EnvFilter::try_from_env("WSGI_WASM_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    if matches!(&cli.command, Command::Run(args) if args.no_access_log) {
+        filter = filter.add_directive("wsgi_wasm::access=off".parse().expect("a valid directive"));
+    }
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("WSGI_WASM_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();

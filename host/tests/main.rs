@@ -373,6 +373,20 @@ fn app_output_and_access_log_go_to_the_server_log() {
 }
 
 #[test]
+fn no_access_log_keeps_the_app_output_and_drops_the_request_lines() {
+    let server = Server::start(fixture(), &["--no-access-log"]);
+    assert_eq!(client().get(server.url("/log?x=2")).send().unwrap().status(), 200);
+    assert!(server.wait_for_log("a line for wsgi.errors", Duration::from_secs(5)), "{}", server.log());
+    assert_eq!(client().get(server.url("/nope")).send().unwrap().status(), 404);
+    // An access line is written once its request is over, which can be just
+    // after the client has the response.
+    std::thread::sleep(Duration::from_millis(300));
+    let log = server.log();
+    assert!(log.contains("hello from print() in request x=2"), "{log}");
+    assert!(!log.contains("wsgi_wasm::access") && !log.contains("\"GET /log?x=2\""), "{log}");
+}
+
+#[test]
 fn sigterm_lets_the_request_in_flight_finish() {
     let mut server = fixture_server();
     let url = server.url("/sleep?s=1.5");
