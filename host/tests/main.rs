@@ -582,6 +582,34 @@ fn warm_up_requests_run_before_the_snapshot_and_a_failing_one_fails_the_build() 
 }
 
 #[test]
+fn headers_seen_at_warm_up_skip_the_checks_but_still_bind_the_response() {
+    let apps = common::repo().join("tests/apps");
+    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("apps/learned.wasm");
+    let _ = std::fs::remove_file(&out);
+    let args = ["fixture:app", "--path", apps.to_str().unwrap(), "--warmup", "/lying-length", "--warmup", "/status?code=418"];
+    let build = common::build_cmd(&[&args[..], &["-o", out.to_str().unwrap()]].concat(), &common::repo());
+    assert!(build.status.success(), "{}", String::from_utf8_lossy(&build.stderr));
+    let learned = Server::start(&out, &[]);
+    let plain = fixture_server();
+    for server in [&learned, &plain] {
+        // The declared Content-Length still cuts what the app writes past it.
+        let resp = client().get(server.url("/lying-length")).send().unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["content-length"], "5");
+        assert_eq!(resp.text().unwrap(), "01234");
+        let resp = client().get(server.url("/status?code=418")).send().unwrap();
+        assert_eq!(resp.status(), 418);
+        assert_eq!(resp.headers()["content-type"], "text/plain");
+        // A header no warm-up sent is checked as before.
+        assert_eq!(client().get(server.url("/bad-header")).send().unwrap().status(), 500);
+    }
+    assert!(learned.wait_for_log("more than its Content-Length", Duration::from_secs(5)), "{}", learned.log());
+    let known = json(client().get(learned.url("/known-headers")).send().unwrap());
+    assert!(known.as_array().unwrap().contains(&serde_json::json!(["Content-Length", "5"])), "{known}");
+    assert_eq!(json(client().get(plain.url("/known-headers")).send().unwrap()), serde_json::json!([]));
+}
+
+#[test]
 fn timing_reports_where_the_time_went() {
     let server = Server::start(fixture(), &["--timing"]);
     let resp = client().get(server.url("/list")).send().unwrap();

@@ -273,6 +273,18 @@ def bad_header(environ, start_response):
     return [b"should never be seen"]
 
 
+def lying_length(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "5")])
+    return [b"0123456789"]
+
+
+def known_headers(environ, start_response):
+    """The headers the adapter learned at warm-up (white box, for one test)."""
+    from wsgi_wasm import adapter
+
+    return _json(start_response, sorted(list(item) for item in adapter._KNOWN_HEADERS))
+
+
 def status_route(environ, start_response):
     code = _query(environ).get("code", "204")
     reasons = {"204": "No Content", "304": "Not Modified", "418": "I'm a teapot"}
@@ -400,6 +412,8 @@ ROUTES = {
     "/exc-info": exc_info_route,
     "/validate": validated,
     "/bad-header": bad_header,
+    "/lying-length": lying_length,
+    "/known-headers": known_headers,
     "/status": status_route,
     "/log": log_route,
     "/sleep": sleep_route,

@@ -61,6 +61,53 @@ class FileWrapper:
             yield block
 
 
+# The statuses and headers the warm-up requests sent, checked and encoded at
+# build time (see ``learn``): a request that sends one of them again skips the
+# checks. Read-only in a request, so these stay on shared snapshot pages.
+_KNOWN_STATUS = {}  # status -> its latin-1 bytes
+_KNOWN_HEADERS = {}  # (name, value) -> (host.Header, Content-Length or None)
+
+
+def _check_status(status):
+    """PEP 3333's status line, checked; returns it encoded."""
+    if type(status) is not str:
+        raise TypeError(f"status must be str, not {type(status).__name__}")
+    if not _STATUS.match(status):
+        raise ValueError(f"invalid status line {status!r}: want e.g. '200 OK'")
+    return status.encode("latin-1")
+
+
+def _check_header(item):
+    """One response header, checked; returns it encoded, and its value if it
+    is a Content-Length."""
+    if type(item) is not tuple or len(item) != 2:
+        raise TypeError(f"each header must be a (name, value) tuple, not {item!r}")
+    name, value = item
+    if type(name) is not str or type(value) is not str:
+        raise TypeError(f"header name and value must be str: {item!r}")
+    if not _TOKEN.match(name):
+        raise ValueError(f"invalid header name {name!r}")
+    if _BAD_VALUE.search(value):
+        raise ValueError(f"header {name!r} has a CR, LF or NUL in its value")
+    lower = name.lower()
+    if lower in HOP_BY_HOP:
+        raise AssertionError(f"hop-by-hop header {name!r} is not allowed in WSGI")
+    length = None
+    if lower == "content-length":
+        if not value.strip().isdigit():
+            raise ValueError(f"invalid Content-Length {value!r}")
+        length = int(value)
+    return host.Header(name.encode("latin-1"), value.encode("latin-1")), length
+
+
+def learn(status, headers):
+    """Checks what a warm-up request passed to ``start_response`` and keeps
+    the result, for requests that send the same again. Build time only."""
+    _KNOWN_STATUS[status] = _check_status(status)
+    for item in headers:
+        _KNOWN_HEADERS[item] = _check_header(item)
+
+
 class _Response:
     """State of one response: what ``start_response`` said and what was sent."""
 
@@ -83,33 +130,22 @@ class _Response:
         elif self.status is not None:
             raise AssertionError("start_response() called a second time without exc_info")
 
-        if type(status) is not str:
-            raise TypeError(f"status must be str, not {type(status).__name__}")
-        if not _STATUS.match(status):
-            raise ValueError(f"invalid status line {status!r}: want e.g. '200 OK'")
+        wire_status = _KNOWN_STATUS.get(status) if type(status) is str else None
+        if wire_status is None:
+            wire_status = _check_status(status)
         if type(headers) is not list:
             raise TypeError(f"headers must be a list, not {type(headers).__name__}")
         wire = []
         content_length = None
         for item in headers:
-            if type(item) is not tuple or len(item) != 2:
-                raise TypeError(f"each header must be a (name, value) tuple, not {item!r}")
-            name, value = item
-            if type(name) is not str or type(value) is not str:
-                raise TypeError(f"header name and value must be str: {item!r}")
-            if not _TOKEN.match(name):
-                raise ValueError(f"invalid header name {name!r}")
-            if _BAD_VALUE.search(value):
-                raise ValueError(f"header {name!r} has a CR, LF or NUL in its value")
-            lower = name.lower()
-            if lower in HOP_BY_HOP:
-                raise AssertionError(f"hop-by-hop header {name!r} is not allowed in WSGI")
-            if lower == "content-length":
-                if not value.strip().isdigit():
-                    raise ValueError(f"invalid Content-Length {value!r}")
-                content_length = int(value)
-            wire.append(host.Header(name.encode("latin-1"), value.encode("latin-1")))
-        self.status = status.encode("latin-1")
+            known = None
+            if type(item) is tuple and len(item) == 2 and type(item[0]) is str and type(item[1]) is str:
+                known = _KNOWN_HEADERS.get(item)
+            header, length = known or _check_header(item)
+            if length is not None:
+                content_length = length
+            wire.append(header)
+        self.status = wire_status
         self.headers = wire
         self.content_length = content_length
         return self.write
@@ -149,23 +185,25 @@ class _Response:
             self.send(data)
 
 
+# The environ entries that are the same in every request.
+_WSGI_FIXED = {
+    "wsgi.version": (1, 0),
+    # Our input ends exactly at the end of the body, chunked or not.
+    "wsgi.input_terminated": True,
+    "wsgi.multithread": False,
+    "wsgi.multiprocess": True,
+    "wsgi.run_once": True,
+    "wsgi.file_wrapper": FileWrapper,
+}
+
+
 def _environ(url_scheme, pairs):
     environ = {name: value.decode("latin-1") for name, value in pairs}
     length = environ.get("CONTENT_LENGTH", "")
-    environ.update(
-        {
-            "wsgi.version": (1, 0),
-            "wsgi.url_scheme": url_scheme,
-            "wsgi.input": Input(int(length) if length.isdigit() else None),
-            # Our input ends exactly at the end of the body, chunked or not.
-            "wsgi.input_terminated": True,
-            "wsgi.errors": ErrorStream(),
-            "wsgi.multithread": False,
-            "wsgi.multiprocess": True,
-            "wsgi.run_once": True,
-            "wsgi.file_wrapper": FileWrapper,
-        }
-    )
+    environ.update(_WSGI_FIXED)
+    environ["wsgi.url_scheme"] = url_scheme
+    environ["wsgi.input"] = Input(int(length) if length.isdigit() else None)
+    environ["wsgi.errors"] = ErrorStream()
     return environ
 
 

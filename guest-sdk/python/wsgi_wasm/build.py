@@ -194,6 +194,8 @@ def _warm_up(app, plan):
 
         def start_response(s, headers, exc_info=None):
             status[:] = [s]
+            # Checked now, so that requests sending the same skip the checks.
+            adapter.learn(s, headers)
             return lambda data: None
 
         try:
