@@ -213,7 +213,10 @@ impl Sandbox {
         let waited = queued.elapsed();
 
         let timeout = self.limits.timeout;
-        let span = tracing::info_span!("sandbox", req_id = req.req_id);
+        // Debug level: every event of ours names its request already, and an
+        // enabled span costs a registry entry and a formatted field per
+        // request. At debug it tags wasmtime-wasi's own events too.
+        let span = tracing::debug_span!("sandbox", req_id = req.req_id);
         let outcome = tokio::time::timeout(timeout, self.call(req, io, waited).instrument(span)).await;
         match outcome {
             Ok(result) => result,
