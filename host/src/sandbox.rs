@@ -1,7 +1,8 @@
 //! One fresh, isolated instance per request.
 //!
 //! [`Sandbox`] holds what is shared and immutable: the linked `InstancePre`,
-//! the limits and the slot semaphore. [`Sandbox::run`] gives each request a
+//! the limits, the slot semaphore and the directories every store mounts
+//! (opened once, at startup). [`Sandbox::run`] gives each request a
 //! new `Store` with a new WASI context (no environment, no arguments, no
 //! network, the app's own file tree mounted read-only), a memory limiter and
 //! an epoch deadline, instantiates the component, calls `handle` once and
