@@ -87,7 +87,8 @@ pub struct GuestIo {
 pub struct GuestRequest {
     pub req_id: u64,
     pub url_scheme: &'static str,
-    pub environ: Vec<(String, Vec<u8>)>,
+    /// Values as PEP 3333's native strings (latin-1, one character per byte).
+    pub environ: Vec<(String, String)>,
 }
 
 /// What a finished run reports, for the access log.

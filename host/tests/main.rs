@@ -586,7 +586,8 @@ fn headers_seen_at_warm_up_skip_the_checks_but_still_bind_the_response() {
     let apps = common::repo().join("tests/apps");
     let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("apps/learned.wasm");
     let _ = std::fs::remove_file(&out);
-    let args = ["fixture:app", "--path", apps.to_str().unwrap(), "--warmup", "/lying-length", "--warmup", "/status?code=418"];
+    let args =
+        ["fixture:app", "--path", apps.to_str().unwrap(), "--warmup", "/lying-length", "--warmup", "/status?code=418"];
     let build = common::build_cmd(&[&args[..], &["-o", out.to_str().unwrap()]].concat(), &common::repo());
     assert!(build.status.success(), "{}", String::from_utf8_lossy(&build.stderr));
     let learned = Server::start(&out, &[]);

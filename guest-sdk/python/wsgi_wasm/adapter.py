@@ -198,7 +198,8 @@ _WSGI_FIXED = {
 
 
 def _environ(url_scheme, pairs):
-    environ = {name: value.decode("latin-1") for name, value in pairs}
+    # The host sends the values as native strings already (latin-1).
+    environ = dict(pairs)
     length = environ.get("CONTENT_LENGTH", "")
     environ.update(_WSGI_FIXED)
     environ["wsgi.url_scheme"] = url_scheme

@@ -241,15 +241,15 @@ def _warm_adapter():
         return [b"ok"]
 
     cgi = [
-        ("REQUEST_METHOD", b"GET"),
-        ("SCRIPT_NAME", b""),
-        ("PATH_INFO", b"/"),
-        ("QUERY_STRING", b""),
-        ("SERVER_NAME", b"localhost"),
-        ("SERVER_PORT", b"80"),
-        ("SERVER_PROTOCOL", b"HTTP/1.1"),
-        ("REMOTE_ADDR", b"127.0.0.1"),
-        ("HTTP_HOST", b"localhost"),
+        ("REQUEST_METHOD", "GET"),
+        ("SCRIPT_NAME", ""),
+        ("PATH_INFO", "/"),
+        ("QUERY_STRING", ""),
+        ("SERVER_NAME", "localhost"),
+        ("SERVER_PORT", "80"),
+        ("SERVER_PROTOCOL", "HTTP/1.1"),
+        ("REMOTE_ADDR", "127.0.0.1"),
+        ("HTTP_HOST", "localhost"),
     ]
     real = adapter.host
     adapter.host = _StandInHost

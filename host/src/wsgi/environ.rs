@@ -1,6 +1,7 @@
 //! Pure functions from a request's parts to its CGI variables (PEP 3333).
 //!
-//! Values are raw bytes; the guest decodes them as latin-1, so a path with
+//! Values are raw bytes until they cross to the guest, where each becomes
+//! PEP 3333's native string, latin-1 ([`CgiVars::into_native`]): a path with
 //! bytes that are not UTF-8 reaches the app as PEP 3333 prescribes.
 
 use std::net::SocketAddr;
@@ -37,6 +38,13 @@ impl CgiVars {
             Some((_, v)) => *v = value.into(),
             None => self.push(name, value),
         }
+    }
+
+    /// The variables with each value as PEP 3333's native string: every byte
+    /// becomes the character with the same code (latin-1), which is what the
+    /// guest would get from `value.decode("latin-1")`, without its decoding.
+    pub fn into_native(self) -> Vec<(String, String)> {
+        self.0.into_iter().map(|(name, value)| (name, value.iter().map(|&b| char::from(b)).collect())).collect()
     }
 
     /// Adds `name` only if it is not there yet.
@@ -248,6 +256,17 @@ mod tests {
 
     fn conn() -> ConnInfo {
         ConnInfo { local: "127.0.0.1:8000".parse().unwrap(), peer: "127.0.0.1:54321".parse().unwrap() }
+    }
+
+    #[test]
+    fn native_strings_are_latin1_one_character_per_byte() {
+        let mut v = CgiVars::default();
+        v.push("PATH_INFO", b"/caf\xe9/\x00\xff".to_vec());
+        v.push("EMPTY", Vec::new());
+        assert_eq!(
+            v.into_native(),
+            vec![("PATH_INFO".to_owned(), "/caf\u{e9}/\u{0}\u{ff}".to_owned()), ("EMPTY".to_owned(), String::new())]
+        );
     }
 
     fn vars(req: http::Request<()>) -> CgiVars {

@@ -186,7 +186,7 @@ impl Dispatcher {
                 Ok(accepted)
             })
         };
-        let guest_req = GuestRequest { req_id, url_scheme: req.url_scheme, environ: req.vars.0 };
+        let guest_req = GuestRequest { req_id, url_scheme: req.url_scheme, environ: req.vars.into_native() };
         let io = GuestIo { body: req.body, on_head, chunks: chunk_tx };
         let sandbox = Arc::clone(&self.sandbox);
         let (method, target) = (req.method, req.target);
