@@ -185,6 +185,10 @@ class _Response:
             self.send(data)
 
 
+# ``wsgi.errors``: one stream, made at build time. An instance serves one
+# request and starts from the snapshot, where nothing is pending.
+_ERRORS = ErrorStream()
+
 # The environ entries that are the same in every request.
 _WSGI_FIXED = {
     "wsgi.version": (1, 0),
@@ -204,7 +208,7 @@ def _environ(url_scheme, pairs):
     environ.update(_WSGI_FIXED)
     environ["wsgi.url_scheme"] = url_scheme
     environ["wsgi.input"] = Input(int(length) if length.isdigit() else None)
-    environ["wsgi.errors"] = ErrorStream()
+    environ["wsgi.errors"] = _ERRORS
     return environ
 
 
