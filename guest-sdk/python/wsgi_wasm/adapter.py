@@ -215,10 +215,6 @@ def _environ(url_scheme, pairs):
 def _run(app, environ, response):
     result = app(environ, response.start_response)
     try:
-        if type(result) is list and len(result) == 1 and type(result[0]) is bytes and not response.head_sent:
-            # The common case, without a generator: one chunk, the whole body.
-            response.send(result[0], complete=True)
-            return
         if isinstance(result, (list, tuple)) and all(type(c) is bytes for c in result):
             # The whole body is already here: let the host frame it with a length.
             if not response.head_sent:
