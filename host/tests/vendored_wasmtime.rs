@@ -6,7 +6,8 @@
 //! where the patch must still behave as the spec says: overlapping segments,
 //! a later eager write, a copy out of a lazy range, a segment out of bounds;
 //! functions linked between a component's core instances, re-exported or
-//! later referenced as values; and globals linked the same way.
+//! later referenced as values; globals linked the same way; and a memory
+//! image that a pool slot keeps resident maps only the pages touched.
 
 use std::time::Duration;
 
@@ -14,7 +15,11 @@ use wasmtime::{Engine, Global, GlobalType, Instance, Linker, Module, Mutability,
 use wsgi_wasm::config::Limits;
 
 fn engine() -> Engine {
-    let limits = Limits {
+    Engine::new(&wsgi_wasm::engine::engine_config(&limits(), false)).unwrap()
+}
+
+fn limits() -> Limits {
+    Limits {
         timeout: Duration::from_secs(5),
         memory_bytes: 16 << 20,
         fuel: None,
@@ -27,8 +32,7 @@ fn engine() -> Engine {
         body_timeout: Duration::from_secs(1),
         max_header_bytes: 1024,
         max_headers: 10,
-    };
-    Engine::new(&wsgi_wasm::engine::engine_config(&limits, false)).unwrap()
+    }
 }
 
 /// Defines the shared table, as `$main` does in a componentize-py app, and
@@ -294,4 +298,66 @@ fn globals_linked_between_core_instances_share_one_storage() {
         // m = 12 + 7, n = 112 + 19.
         assert_eq!(call("run"), 19 * 1000 + 131);
     });
+}
+
+/// A memory image of 64 host pages of `a`, and functions to read and write
+/// single bytes.
+fn paged_image() -> String {
+    let data = "a".repeat(64 * 4096);
+    format!(
+        r#"(module
+          (memory (export "memory") 4)
+          (data (i32.const 0) "{data}")
+          (func (export "peek") (param i32) (result i32) (i32.load8_u (local.get 0)))
+          (func (export "poke") (param i32 i32) (i32.store8 (local.get 0) (local.get 1))))"#
+    )
+}
+
+/// Resident size of the mapping that contains `addr`, in host pages.
+fn resident_pages_at(addr: usize) -> usize {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let mut inside = false;
+    for line in smaps.lines() {
+        let range = line.split(' ').next().unwrap_or("");
+        if let Some((start, end)) = range.split_once('-') {
+            if let (Ok(start), Ok(end)) = (usize::from_str_radix(start, 16), usize::from_str_radix(end, 16)) {
+                inside = (start..end).contains(&addr);
+                continue;
+            }
+        }
+        if let Some(kb) = line.strip_prefix("Rss:").filter(|_| inside) {
+            return kb.trim().trim_end_matches(" kB").parse::<usize>().unwrap() / 4;
+        }
+    }
+    panic!("no mapping contains {addr:#x}");
+}
+
+#[test]
+fn a_resident_slot_maps_only_the_image_pages_touched_and_resets_what_was_written() {
+    // The server's settings: memory kept resident, reset by PAGEMAP_SCAN.
+    let engine = Engine::new(&wsgi_wasm::engine::engine_config(&limits(), true)).unwrap();
+    let module = Module::new(&engine, wat(&paged_image())).unwrap();
+    let page = 4096;
+    let mut image_at = 0;
+    for round in 0..2 {
+        let mut store = Store::new(&engine, ());
+        store.set_epoch_deadline(1);
+        let instance = Instance::new(&mut store, &module, &[]).unwrap();
+        let peek = instance.get_typed_func::<i32, i32>(&mut store, "peek").unwrap();
+        let poke = instance.get_typed_func::<(i32, i32), ()>(&mut store, "poke").unwrap();
+        // What the first round wrote is gone: the reset copied the image back.
+        assert_eq!(peek.call(&mut store, page).unwrap(), i32::from(b'a'), "round {round}");
+        for i in [0, 16, 32, 48] {
+            assert_eq!(peek.call(&mut store, i * page).unwrap(), i32::from(b'a'));
+        }
+        poke.call(&mut store, (page, i32::from(b'z'))).unwrap();
+        assert_eq!(peek.call(&mut store, page).unwrap(), i32::from(b'z'));
+        let memory = instance.get_memory(&mut store, "memory").unwrap();
+        image_at = memory.data_ptr(&store) as usize;
+    }
+    // Pages 0, 1, 16, 32 and 48 were touched. With the kernel's fault-around
+    // each read would have mapped 16 pages, all 64 in all, and every reset's
+    // scan would inspect each of them.
+    let resident = resident_pages_at(image_at);
+    assert!((5..=8).contains(&resident), "{resident} of the image's 64 pages are mapped");
 }

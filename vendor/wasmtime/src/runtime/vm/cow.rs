@@ -346,6 +346,13 @@ pub struct MemoryImageSlot {
     /// `mmap` resets the affected pages back to the default key 0 which is
     /// accessible from every stripe.
     pkey: Option<ProtectionKey>,
+
+    // wsgi-wasm patch: see `vendor/README.md`.
+    /// Whether an image mapped here should map only the pages that fault,
+    /// without the kernel's fault-around (see
+    /// `PageMap::map_only_touched_pages`). Set by a pool that keeps memory
+    /// resident and scans it with `PAGEMAP_SCAN`.
+    map_only_touched: bool,
 }
 
 impl fmt::Debug for MemoryImageSlot {
@@ -381,7 +388,14 @@ impl MemoryImageSlot {
             image: None,
             dirty: false,
             pkey,
+            map_only_touched: false,
         }
+    }
+
+    // wsgi-wasm patch: see `vendor/README.md`.
+    /// Asks images mapped from now on to map only the pages that fault.
+    pub(crate) fn set_map_only_touched(&mut self, yes: bool) {
+        self.map_only_touched = yes;
     }
 
     pub(crate) fn set_heap_limit(&mut self, size_bytes: usize) -> Result<()> {
@@ -505,6 +519,16 @@ impl MemoryImageSlot {
                     // this slot's key so the image is not left accessible to
                     // every other stripe.
                     self.reapply_pkey(image.linear_memory_offset, image.len, true)?;
+                    // wsgi-wasm patch: see `vendor/README.md`. Best effort:
+                    // if the kernel refuses, only the scans get slower.
+                    if self.map_only_touched {
+                        unsafe {
+                            PageMap::map_only_touched_pages(
+                                self.base.as_mut_ptr().add(image.linear_memory_offset.byte_count()),
+                                image.len.byte_count(),
+                            );
+                        }
+                    }
                 }
             }
             self.image = maybe_image.cloned();

@@ -9,6 +9,12 @@ impl PageMap {
     pub fn new() -> Option<PageMap> {
         None
     }
+
+    // wsgi-wasm patch: see `sys/unix/pagemap.rs`; without it, nothing to do.
+    #[allow(dead_code, reason = "not used on linux64")]
+    pub unsafe fn map_only_touched_pages(_ptr: *mut u8, _len: usize) -> bool {
+        false
+    }
 }
 
 /// Resets `ptr` for `len` bytes.

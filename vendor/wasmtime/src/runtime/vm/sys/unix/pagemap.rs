@@ -119,6 +119,99 @@ impl PageMap {
     }
 }
 
+// wsgi-wasm patch: stop the kernel from faulting around in memory images,
+// so that a slot maps only the pages its instances touched. See
+// `vendor/README.md`.
+#[cfg(feature = "pooling-allocator")]
+impl PageMap {
+    /// Makes a read fault in `len` bytes at `ptr` (a private mapping of a
+    /// memory image) map only the page it touched.
+    ///
+    /// By default a read fault in a file mapping also maps up to 15 of its
+    /// neighbours that are in the page cache ("fault-around"). Those stay
+    /// mapped in a pool slot kept resident, and every reset's
+    /// `PAGEMAP_SCAN` then inspects each of them. The kernel skips
+    /// fault-around in areas registered with a userfaultfd for write
+    /// protection. This registers the range in asynchronous mode
+    /// (`UFFD_FEATURE_WP_ASYNC`, Linux 6.7) and never write-protects a page,
+    /// so no fault ever reaches user space and writes behave as before.
+    ///
+    /// Best effort: returns `false` when the kernel (or a seccomp policy)
+    /// refuses, in which case nothing changed.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` must be the start of `len` bytes mapped by this allocator.
+    pub unsafe fn map_only_touched_pages(ptr: *mut u8, len: usize) -> bool {
+        use rustix::fd::AsRawFd;
+
+        /// `_IOWR(0xAA, 0x00, struct uffdio_register)`.
+        const UFFDIO_REGISTER: libc::c_ulong = 0xc020_aa00;
+        const UFFDIO_REGISTER_MODE_WP: u64 = 1 << 1;
+
+        #[repr(C)]
+        struct UffdioRegister {
+            start: u64,
+            len: u64,
+            mode: u64,
+            ioctls: u64,
+        }
+
+        let Some(uffd) = PROCESS_USERFAULTFD.as_ref() else {
+            return false;
+        };
+        let mut register = UffdioRegister {
+            start: ptr as u64,
+            len: len as u64,
+            mode: UFFDIO_REGISTER_MODE_WP,
+            ioctls: 0,
+        };
+        // SAFETY: the argument is a valid `struct uffdio_register`, and
+        // registering only changes how the kernel handles faults in the range.
+        unsafe { libc::ioctl(uffd.as_raw_fd(), UFFDIO_REGISTER, &raw mut register) == 0 }
+    }
+}
+
+/// This process's userfaultfd in asynchronous write-protect mode, if the
+/// kernel allows one. It must stay open: closing it would unregister every
+/// range. A child after `fork` does not inherit the registrations.
+#[cfg(feature = "pooling-allocator")]
+static PROCESS_USERFAULTFD: std::sync::LazyLock<Option<std::os::fd::OwnedFd>> =
+    std::sync::LazyLock::new(|| {
+        use std::os::fd::{FromRawFd, OwnedFd};
+
+        const UFFD_API: u64 = 0xaa;
+        /// Asks only for faults taken in user mode, which unprivileged
+        /// processes may do even with `vm.unprivileged_userfaultfd = 0`.
+        const UFFD_USER_MODE_ONLY: libc::c_int = 1;
+        const UFFD_FEATURE_WP_ASYNC: u64 = 1 << 15;
+        /// `_IOWR(0xAA, 0x3F, struct uffdio_api)`.
+        const UFFDIO_API: libc::c_ulong = 0xc018_aa3f;
+
+        #[repr(C)]
+        struct UffdioApi {
+            api: u64,
+            features: u64,
+            ioctls: u64,
+        }
+
+        let flags = libc::O_CLOEXEC | libc::O_NONBLOCK | UFFD_USER_MODE_ONLY;
+        // SAFETY: `userfaultfd` takes only flags and returns a new descriptor.
+        let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) };
+        let fd = libc::c_int::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+        // SAFETY: `fd` was just returned by the kernel and is owned by no one else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut api = UffdioApi {
+            api: UFFD_API,
+            features: UFFD_FEATURE_WP_ASYNC,
+            ioctls: 0,
+        };
+        // SAFETY: the argument is a valid `struct uffdio_api`; the kernel
+        // fails the call if it lacks a requested feature.
+        let rc = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&fd), UFFDIO_API, &raw mut api) };
+        (rc == 0).then_some(fd)
+    });
+
 /// Resets `ptr` for `len` bytes.
 ///
 /// This function is a dual implementation of this function in the

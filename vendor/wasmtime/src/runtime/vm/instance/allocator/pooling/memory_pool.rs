@@ -137,6 +137,12 @@ pub struct MemoryPool {
     /// Only applicable on Linux.
     pub(super) keep_resident: HostAlignedByteCount,
 
+    // wsgi-wasm patch: see `vendor/README.md`.
+    /// Whether slots map only the image pages that fault: worth it when
+    /// memory is kept resident and `PAGEMAP_SCAN` inspects every mapped page
+    /// at each reset.
+    map_only_touched: bool,
+
     /// Keep track of protection keys handed out to initialized stores; this
     /// allows us to round-robin the assignment of stores to stripes.
     next_available_pkey: AtomicUsize,
@@ -284,6 +290,8 @@ impl MemoryPool {
             keep_resident: HostAlignedByteCount::new_rounded_up(
                 config.linear_memory_keep_resident,
             )?,
+            map_only_touched: config.linear_memory_keep_resident > 0
+                && config.pagemap_scan != crate::Enabled::No,
             next_available_pkey: AtomicUsize::new(0),
         };
 
@@ -636,6 +644,8 @@ impl MemoryPool {
                 self.pkey_for_slot(allocation_index),
             )
         });
+        // wsgi-wasm patch: see `vendor/README.md`.
+        slot.set_map_only_touched(self.map_only_touched);
 
         // For `Unknown` slots it means that `slot` is brand new and isn't
         // actually tracking the state of the previous slot, so reset it
