@@ -30,10 +30,10 @@ class Input:
 
     # -- the host side -----------------------------------------------------
 
-    def _pull(self, want):
-        """Appends up to ``want`` more bytes to the buffer; False at the end."""
+    def _fetch(self, want):
+        """Up to ``want`` more bytes from the host; empty at the end."""
         if self._eof:
-            return False
+            return b""
         if self._remaining is not None:
             want = min(want, self._remaining)
         try:
@@ -43,13 +43,18 @@ class Input:
             raise ClientDisconnected(f"request body: {e.value}") from None
         if not data:
             self._eof = True
-            return False
+            return b""
         if self._remaining is not None:
             self._remaining -= len(data)
             if self._remaining <= 0:
                 self._eof = True
+        return data
+
+    def _pull(self, want):
+        """Appends up to ``want`` more bytes to the buffer; False at the end."""
+        data = self._fetch(want)
         self._buf += data
-        return True
+        return bool(data)
 
     def _take(self, n):
         out = bytes(self._buf[:n])
@@ -60,12 +65,33 @@ class Input:
 
     def read(self, size=-1):
         if size is None or size < 0:
+            size = None
+        if not self._buf:
+            return self._read_unbuffered(size)
+        if size is None:
             while self._pull(CHUNK):
                 pass
             return self._take(len(self._buf))
         while len(self._buf) < size and self._pull(size - len(self._buf)):
             pass
         return self._take(size)
+
+    def _read_unbuffered(self, size):
+        """``read`` with nothing buffered: the host's chunks, joined once.
+
+        A body that arrives in one chunk is returned as the host delivered
+        it; otherwise each byte is copied once, not into the buffer and then
+        out of it again.
+        """
+        parts = []
+        got = 0
+        while size is None or got < size:
+            data = self._fetch(CHUNK if size is None else size - got)
+            if not data:
+                break
+            parts.append(data)
+            got += len(data)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def readline(self, size=-1):
         limit = None if size is None or size < 0 else size
