@@ -637,15 +637,17 @@ impl MemoryPool {
             }
         };
         let mut slot = maybe_slot.unwrap_or_else(|| {
-            MemoryImageSlot::create(
+            let mut slot = MemoryImageSlot::create(
                 self.get_base(allocation_index),
                 HostAlignedByteCount::ZERO,
                 self.layout.max_memory_bytes.byte_count(),
                 self.pkey_for_slot(allocation_index),
-            )
+            );
+            // wsgi-wasm patch: see `vendor/README.md`. A slot keeps the
+            // setting for as long as it is reused.
+            slot.set_map_only_touched(self.map_only_touched);
+            slot
         });
-        // wsgi-wasm patch: see `vendor/README.md`.
-        slot.set_map_only_touched(self.map_only_touched);
 
         // For `Unknown` slots it means that `slot` is brand new and isn't
         // actually tracking the state of the previous slot, so reset it
