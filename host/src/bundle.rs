@@ -7,9 +7,15 @@
 //! time [`unpack`] finds the section and extracts it once into the cache; the
 //! sandbox then mounts each top-level directory read-only at the same guest
 //! path, so that imports at request time find exactly what the build saw.
+//!
+//! An `app.wasm` is untrusted input: on a shared host, tenants upload their
+//! own. The tree is checked whole before anything is written: at most
+//! [`MAX_TREE_ENTRIES`] entries and [`MAX_TREE_BYTES`] bytes once
+//! decompressed (a gzip bomb stops there), regular files and directories
+//! only (no symlink, hard link or device), and plain relative paths.
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use wasm_encoder::Encode;
@@ -17,6 +23,13 @@ use wasmparser::BinaryReader;
 
 /// Name of the custom section; bump the suffix if the payload format changes.
 pub const SECTION: &str = "wsgi-wasm:tree/v1";
+
+/// Most entries (files and directories) in an app's tree. CPython's standard
+/// library with its bytecode is about 2,000; Django with it, about 7,000.
+pub const MAX_TREE_ENTRIES: u64 = 100_000;
+
+/// Most bytes an app's tree may unpack to, tar headers included.
+pub const MAX_TREE_BYTES: u64 = 1 << 30;
 
 /// Appends `tree_dir`, packed, to `component` as the [`SECTION`] custom section.
 ///
@@ -79,16 +92,24 @@ pub fn find(bytes: &[u8]) -> Result<&[u8]> {
 /// the tree is mounted at the guest's `/`, so these are its roots.
 ///
 /// # Errors
-/// Fails on a corrupt payload or an unwritable cache.
+/// Fails on a corrupt payload, one past the limits or with an entry other
+/// than a file or directory (see the module docs), or an unwritable cache.
 pub fn unpack(payload: &[u8], dest: &Path) -> Result<Vec<String>> {
     if !dest.is_dir() {
+        // Checked whole first, so that a refused tree writes nothing.
+        for_each_entry(payload, |_| Ok(()))?;
         let parent = dest.parent().context("cache path has no parent")?;
         std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
         let tmp = tempdir_in(parent)?;
-        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(payload));
-        archive.set_preserve_permissions(false);
-        // `unpack` refuses entries that would land outside `tmp` (`..`, absolute paths).
-        archive.unpack(&tmp).context("the embedded file tree is corrupt")?;
+        let written = for_each_entry(payload, |entry| {
+            // `unpack_in` also refuses a path that would land outside `tmp`.
+            entry.unpack_in(&tmp)?;
+            Ok(())
+        });
+        if let Err(err) = written {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(err);
+        }
         match std::fs::rename(&tmp, dest) {
             Ok(()) => {}
             // Another process won the race: its copy is as good as ours.
@@ -106,6 +127,56 @@ pub fn unpack(payload: &[u8], dest: &Path) -> Result<Vec<String>> {
     }
     roots.sort();
     Ok(roots)
+}
+
+/// Reads the tree payload, checking each entry against the limits, and hands
+/// every one to `visit`.
+fn for_each_entry(payload: &[u8], mut visit: impl FnMut(&mut tar::Entry<'_, Capped<'_>>) -> Result<()>) -> Result<()> {
+    let mut archive = tar::Archive::new(Capped { inner: flate2::read::GzDecoder::new(payload), left: MAX_TREE_BYTES });
+    archive.set_preserve_permissions(false);
+    archive.set_preserve_mtime(false);
+    let corrupt = "the embedded file tree is corrupt (or larger than 1 GiB unpacked)";
+    let mut count = 0u64;
+    let mut declared = 0u64;
+    for entry in archive.entries().context(corrupt)? {
+        let mut entry = entry.context(corrupt)?;
+        count += 1;
+        if count > MAX_TREE_ENTRIES {
+            bail!("the embedded file tree has more than {MAX_TREE_ENTRIES} entries");
+        }
+        let path = entry.path().context(corrupt)?.into_owned();
+        let kind = entry.header().entry_type();
+        if !(kind.is_file() || kind.is_dir()) {
+            bail!(
+                "the embedded file tree holds {} as a {kind:?}: only files and directories are allowed",
+                path.display()
+            );
+        }
+        if !path.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir)) {
+            bail!("the embedded file tree has an entry outside it: {}", path.display());
+        }
+        declared = declared.saturating_add(entry.header().size().context(corrupt)?);
+        if declared > MAX_TREE_BYTES {
+            bail!("the embedded file tree is larger than {} MiB unpacked", MAX_TREE_BYTES >> 20);
+        }
+        visit(&mut entry).with_context(|| format!("unpacking {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// A reader that fails once it has yielded `left` bytes: whatever the tar
+/// headers claim, decompression stops there.
+struct Capped<'a> {
+    inner: flate2::read::GzDecoder<&'a [u8]>,
+    left: u64,
+}
+
+impl Read for Capped<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.left = self.left.checked_sub(n as u64).ok_or_else(|| std::io::Error::other("unpacks past the limit"))?;
+        Ok(n)
+    }
 }
 
 fn tempdir_in(parent: &Path) -> Result<PathBuf> {
@@ -144,6 +215,31 @@ mod tests {
         assert_eq!(std::fs::read(dest.join("python/json/__init__.py")).unwrap(), b"x = 1\n");
         std::fs::remove_dir_all(&src).unwrap();
         std::fs::remove_dir_all(&dest).unwrap();
+    }
+
+    #[test]
+    fn a_refused_tree_writes_nothing() {
+        // A good file first, then a symlink: the check of the whole tree
+        // comes before the first write.
+        let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
+        let mut file = tar::Header::new_gnu();
+        file.set_path("python/ok.py").unwrap();
+        file.set_size(2);
+        file.set_cksum();
+        tar.append(&file, &b"x\n"[..]).unwrap();
+        let mut link = tar::Header::new_gnu();
+        link.set_entry_type(tar::EntryType::Symlink);
+        link.set_path("python/etc").unwrap();
+        link.set_link_name("/etc").unwrap();
+        link.set_size(0);
+        link.set_cksum();
+        tar.append(&link, std::io::empty()).unwrap();
+        let payload = tar.into_inner().unwrap().finish().unwrap();
+        let parent = std::env::temp_dir().join(format!("wsgi-wasm-refused-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&parent);
+        let err = format!("{:#}", unpack(&payload, &parent.join("tree")).unwrap_err());
+        assert!(err.contains("python/etc as a Symlink"), "{err}");
+        assert!(!parent.exists(), "nothing is created for a refused tree");
     }
 
     #[test]

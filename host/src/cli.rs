@@ -131,6 +131,26 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", default_value_t = 100)]
     pub max_headers: usize,
 
+    /// Most open files, directories and other WASI handles one request may
+    /// hold at once. Each open file or directory holds one host descriptor,
+    /// so --max-instances times this, plus --max-connections, must fit in
+    /// the process's descriptor limit: checked at startup, which raises the
+    /// soft limit as far as the hard one allows. A request past it fails
+    /// with a 500.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub max_open_files: usize,
+
+    /// Most bytes one request may write to the log (stdout, stderr and
+    /// wsgi.errors together). Each line is also cut at 16 KiB. Past the
+    /// budget the output is dropped, and one line at the end of the request
+    /// says how much.
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
+    pub max_log_bytes: u64,
+
+    /// Most lines one request may write to the log; as --max-log-bytes.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub max_log_lines: u64,
+
     /// Give every sandbox a host directory: HOST_DIR:GUEST_DIR, read-only, or
     /// HOST_DIR:GUEST_DIR:rw to allow writes. Repeat for more. By default a
     /// sandbox sees no host file at all.

@@ -152,6 +152,14 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Most header fields in one HTTP request.
     pub max_headers: usize,
+    /// Most WASI handles (open files, directories, streams) one request holds
+    /// at once; each open file or directory is one host descriptor.
+    pub max_open_files: usize,
+    /// Most bytes of guest output (stdout, stderr, `wsgi.errors`) one
+    /// request may log.
+    pub max_log_bytes: u64,
+    /// Most lines of guest output one request may log.
+    pub max_log_lines: u64,
 }
 
 /// A host directory granted to every sandbox.
@@ -271,6 +279,9 @@ impl RunConfig {
         if args.max_headers == 0 {
             bail!("--max-headers 0: a request needs at least a Host header");
         }
+        if !(16..=65_536).contains(&args.max_open_files) {
+            bail!("--max-open-files {}: must be between 16 and 65536", args.max_open_files);
+        }
         let http = if args.http.is_empty() && args.uwsgi.is_empty() {
             vec![SocketAddr::from(([127, 0, 0, 1], 8000))]
         } else {
@@ -294,6 +305,9 @@ impl RunConfig {
                 body_timeout: seconds("--body-timeout", args.body_timeout)?,
                 max_header_bytes: args.max_header_bytes,
                 max_headers: args.max_headers,
+                max_open_files: args.max_open_files,
+                max_log_bytes: args.max_log_bytes,
+                max_log_lines: args.max_log_lines,
             },
             mounts,
             env,

@@ -5,6 +5,11 @@
 //! per possible live sandbox, reserved at startup, so a request's instance
 //! costs no mmap or munmap and its memory is reset to the snapshot in place.
 //!
+//! An `app.wasm` is untrusted input. Before anything is compiled, its size is
+//! capped ([`MAX_APP_BYTES`]), its file tree is checked as it is unpacked
+//! (see `bundle`), and every import it names must be one this host provides
+//! ([`check_imports`]).
+//!
 //! Compiling an 18–30 MB Python component takes seconds, so the compiled code
 //! is cached on disk, keyed by the file's SHA-256 and by the engine's own
 //! compatibility hash (wasmtime version and every setting that affects code).
@@ -55,14 +60,19 @@ impl LoadedApp {
     /// memory than `limits` allow, the sandbox pool for `limits` cannot be
     /// reserved, or the cache directory is not writable.
     pub fn load(path: &Path, cache_dir: &Path, limits: &Limits) -> Result<Self> {
+        let size = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?.len();
+        if size > MAX_APP_BYTES {
+            bail!("{} is {} MiB; an app.wasm may be at most {} MiB", path.display(), size >> 20, MAX_APP_BYTES >> 20);
+        }
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         let digest = bundle::hex(&Sha256::digest(&bytes));
         let payload = bundle::find(&bytes).with_context(|| format!("{} is not a wsgi-wasm app", path.display()))?;
         let tree_dir = cache_dir.join("trees").join(&digest);
-        let roots = bundle::unpack(payload, &tree_dir)?;
+        let roots = bundle::unpack(payload, &tree_dir).with_context(|| format!("{} is refused", path.display()))?;
 
-        let needed =
-            initial_memory_bytes(&bytes).with_context(|| format!("{} is not a valid component", path.display()))?;
+        let shape = inspect(&bytes).with_context(|| format!("{} is not a valid component", path.display()))?;
+        check_imports(&shape.imports).with_context(|| format!("{} is refused", path.display()))?;
+        let needed = shape.initial_memory;
         if needed > limits.memory_bytes as u64 {
             bail!(
                 "the app needs {} MiB of memory just to start (its snapshot); raise --memory to at least that",
@@ -80,20 +90,66 @@ impl LoadedApp {
     }
 }
 
-/// The largest initial linear memory of the component's core modules: the
-/// snapshot's size, which every instance starts with.
-fn initial_memory_bytes(component: &[u8]) -> Result<u64> {
-    let mut largest = 0;
+/// The largest `app.wasm` accepted. Flask with its dependencies is about
+/// 28 MB, Django about 34 MB.
+pub const MAX_APP_BYTES: u64 = 256 << 20;
+
+/// What a component asks of the host, read without compiling it.
+struct Shape {
+    /// The largest initial linear memory of its core modules: the snapshot's
+    /// size, which every instance starts with.
+    initial_memory: u64,
+    /// The names of its top-level imports (`wasi:io/streams@0.2.0`, ...).
+    imports: Vec<String>,
+}
+
+fn inspect(component: &[u8]) -> Result<Shape> {
+    use wasmparser::Payload;
+    let mut shape = Shape { initial_memory: 0, imports: Vec::new() };
+    // Nested modules and components come inline; only depth 0 is the
+    // component's own interface to the host.
+    let mut depth = 0usize;
     for payload in wasmparser::Parser::new(0).parse_all(component) {
-        if let wasmparser::Payload::MemorySection(reader) = payload? {
-            for memory in reader {
-                let memory = memory?;
-                let page = 1u64 << memory.page_size_log2.unwrap_or(16);
-                largest = largest.max(memory.initial.saturating_mul(page));
+        match payload? {
+            Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
+            Payload::End(_) => depth = depth.saturating_sub(1),
+            Payload::ComponentImportSection(reader) if depth == 0 => {
+                for import in reader {
+                    shape.imports.push(import?.name.name.to_owned());
+                }
             }
+            Payload::MemorySection(reader) => {
+                for memory in reader {
+                    let memory = memory?;
+                    let page = 1u64 << memory.page_size_log2.unwrap_or(16);
+                    shape.initial_memory = shape.initial_memory.max(memory.initial.saturating_mul(page));
+                }
+            }
+            _ => {}
         }
     }
-    Ok(largest)
+    Ok(shape)
+}
+
+/// The interfaces this host provides: WASI 0.2's (as wasmtime-wasi links
+/// them) and our own world's.
+const PROVIDED: &[&str] =
+    &["wasi:cli/", "wasi:clocks/", "wasi:filesystem/", "wasi:io/", "wasi:random/", "wasi:sockets/"];
+
+/// Refuses a component that imports anything the host does not provide,
+/// before it is compiled. The linker checks the types too, after.
+fn check_imports(imports: &[String]) -> Result<()> {
+    for name in imports {
+        let wasi = PROVIDED.iter().any(|p| name.starts_with(p)) && name.contains("@0.2.");
+        let ours = name == crate::bindings::HOST_INTERFACE || name == crate::bindings::LOG_INTERFACE;
+        if !(wasi || ours) {
+            bail!(
+                "it imports `{name}`, which this host does not provide; it was built for another host, or by another \
+                 version of wsgi-wasm (rebuild it with this one's `wsgi-wasm build`)"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Memory each pool slot keeps mapped after its request. Only the pages the

@@ -24,6 +24,10 @@ pub enum SandboxError {
     /// The guest asked for more linear memory than `--memory` allows.
     #[error("the app hit the memory limit of {0} MiB")]
     MemoryExceeded(usize),
+    /// The guest held more open files, directories and streams at once than
+    /// `--max-open-files` allows.
+    #[error("the app hit the limit of {0} open files and other handles")]
+    TooManyHandles(usize),
     /// The app raised; the string is its traceback.
     #[error("the app raised an exception:\n{0}")]
     App(String),
@@ -60,6 +64,7 @@ impl SandboxError {
             Self::Instantiate(_)
             | Self::Trap(_)
             | Self::MemoryExceeded(_)
+            | Self::TooManyHandles(_)
             | Self::App(_)
             | Self::ResponseTooLarge(_)
             | Self::GuestProtocol(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -18,12 +18,14 @@
 //! | [`bundle`] | the guest file tree inside `app.wasm` |
 //! | [`bindings`] | code generated from `guest-sdk/wit/wsgi.wit` |
 //! | [`error`] | typed errors and the one error → status mapping |
+//! | [`descriptors`] | the descriptor budget, checked against `RLIMIT_NOFILE` |
 
 pub mod bindings;
 pub mod build;
 pub mod bundle;
 pub mod cli;
 pub mod config;
+pub mod descriptors;
 pub mod engine;
 pub mod error;
 pub mod protocol;

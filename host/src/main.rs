@@ -41,6 +41,7 @@ fn main() -> ExitCode {
 
 fn run(args: RunArgs) -> Result<()> {
     let config = RunConfig::from_args(args)?;
+    wsgi_wasm::descriptors::ensure(&config.limits)?;
     // Everything that can be wrong with the app is found before listening.
     let app = LoadedApp::load(&config.app, &config.cache_dir, &config.limits)?;
     let grants = Grants { mounts: config.mounts.clone(), env: config.env.clone() };

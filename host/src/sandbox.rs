@@ -21,7 +21,7 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use tokio::sync::{mpsc, Semaphore};
 use tracing::Instrument;
-use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::component::{HasSelf, Linker, ResourceTable, ResourceTableError, WasmStr};
 use wasmtime::{ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::filesystem::WasiFilesystemCtx;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
@@ -31,8 +31,8 @@ use crate::config::{Limits, Mount};
 use crate::engine::LoadedApp;
 use crate::error::SandboxError;
 
+mod output;
 mod random;
-mod stdio;
 
 /// Errors a request body may fail with.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -68,6 +68,10 @@ pub struct Timing {
 pub struct HeadAccepted {
     /// The response carries no body (HEAD, 204, 304): drop what the app writes.
     pub discard_body: bool,
+    /// The body's length as the head declares it: the guest must send
+    /// exactly this many bytes. Past it the body is cut and the request
+    /// fails; short of it, the request fails when the guest returns.
+    pub length: Option<u64>,
 }
 
 /// Validates a head and passes it on; an `Err` is the reason it was refused.
@@ -147,6 +151,7 @@ impl Sandbox {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         random::add_bulk_get_random_bytes(&mut linker)?;
         bindings::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+        add_log_to_linker(&mut linker)?;
         let pre = linker
             .instantiate_pre(&app.component)
             .map_err(anyhow::Error::from)
@@ -240,38 +245,61 @@ impl Sandbox {
         store.data_mut().app_started = app_started;
         let result = wsgi.call_handle(&mut store, req.url_scheme, &req.environ, &self.grants.env).await;
         let app = app_started.elapsed();
-        let state = store.data();
+        let state = store.data_mut();
         let outcome = match result {
-            Ok(Ok(())) => Ok(state.stats),
-            Ok(Err(traceback)) => Err(self.classify(state, traceback, SandboxError::App)),
+            // A fault the guest chose to ignore still fails the request: a
+            // response the host cut must not end as if it were whole.
+            // (A guest that caught a MemoryError and answered did not fail.)
+            Ok(Ok(())) => {
+                state.check_body_length();
+                self.host_fault(state).map_or(Ok(state.stats), Err)
+            }
+            Ok(Err(traceback)) => {
+                Err(self.classify(state, traceback, |tb| SandboxError::App(output::cut(&tb, MAX_TRACEBACK))))
+            }
             Err(err) => Err(self.classify(state, err, |e| self.trapped(e, SandboxError::Trap))),
         };
+        let log = Arc::clone(&state.log);
         let dropped = Instant::now();
         drop(store);
         let teardown = dropped.elapsed();
+        log.finish();
         outcome.map(|stats| RunStats { timing: Timing { app, teardown, ..timing }, ..stats })
     }
 
     /// Names a failure by its first cause: what the host saw go wrong beats
     /// the exception or trap the guest ended with.
     fn classify<E>(&self, state: &HostState, err: E, otherwise: impl FnOnce(E) -> SandboxError) -> SandboxError {
-        match &state.fault {
-            Some(Fault::Protocol(msg)) => SandboxError::GuestProtocol(msg.clone()),
-            Some(Fault::ClientGone(why)) => SandboxError::ClientGone(why.clone()),
-            Some(Fault::BodyTooLarge) => SandboxError::BodyTooLarge(self.limits.max_body_bytes),
-            Some(Fault::BodyTimeout) => SandboxError::BodyTimeout(self.limits.body_timeout),
-            Some(Fault::ResponseTooLarge) => SandboxError::ResponseTooLarge(self.limits.max_response_bytes),
+        match self.host_fault(state) {
+            Some(fault) => fault,
             None if state.limiter.memory_hit => SandboxError::MemoryExceeded(self.limits.memory_bytes >> 20),
             None => otherwise(err),
         }
     }
 
-    /// A wasmtime error from the guest: out of fuel, or `otherwise`.
+    /// What the host saw go wrong, if anything did.
+    fn host_fault(&self, state: &HostState) -> Option<SandboxError> {
+        Some(match state.fault.as_ref()? {
+            Fault::Protocol(msg) => SandboxError::GuestProtocol(msg.clone()),
+            Fault::ClientGone(why) => SandboxError::ClientGone(why.clone()),
+            Fault::BodyTooLarge => SandboxError::BodyTooLarge(self.limits.max_body_bytes),
+            Fault::BodyTimeout => SandboxError::BodyTimeout(self.limits.body_timeout),
+            Fault::ResponseTooLarge => SandboxError::ResponseTooLarge(self.limits.max_response_bytes),
+        })
+    }
+
+    /// A wasmtime error from the guest: out of fuel, out of handles, or
+    /// `otherwise`.
     fn trapped(&self, err: wasmtime::Error, otherwise: fn(anyhow::Error) -> SandboxError) -> SandboxError {
-        match self.out_of_fuel(&err) {
-            Some(fuel) => SandboxError::FuelExhausted(fuel),
-            None => otherwise(anyhow::Error::from(err)),
+        if let Some(fuel) = self.out_of_fuel(&err) {
+            return SandboxError::FuelExhausted(fuel);
         }
+        // wasmtime-wasi traps when the resource table is full: WASI 0.2 has
+        // no error code for "too many open files" to return instead.
+        if matches!(err.downcast_ref(), Some(ResourceTableError::Full)) {
+            return SandboxError::TooManyHandles(self.limits.max_open_files);
+        }
+        otherwise(anyhow::Error::from(err))
     }
 
     /// The `--fuel` budget, if `err` is the guest running out of it.
@@ -280,13 +308,20 @@ impl Sandbox {
     }
 
     fn new_store(&self, req_id: u64, io: GuestIo) -> anyhow::Result<Store<HostState>> {
+        let log = output::LogBudget::new(req_id, self.limits.max_log_bytes, self.limits.max_log_lines);
         let mut wasi = WasiCtxBuilder::new();
-        wasi.stdout(stdio::GuestLog::new(req_id, "stdout")).stderr(stdio::GuestLog::new(req_id, "stderr"));
+        wasi.stdout(output::GuestLog::new(Arc::clone(&log), "stdout"))
+            .stderr(output::GuestLog::new(Arc::clone(&log), "stderr"));
         let mut wasi = wasi.build();
         *wasi.filesystem() = self.preopens.clone();
+        // Every file or directory the guest opens is a handle in this table
+        // and holds one host descriptor: the cap bounds both, per request.
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(self.limits.max_open_files);
         let state = HostState {
             wasi,
-            table: ResourceTable::new(),
+            table,
+            log,
             limiter: Limiter {
                 inner: StoreLimitsBuilder::new().memory_size(self.limits.memory_bytes).build(),
                 memory_hit: false,
@@ -294,6 +329,7 @@ impl Sandbox {
             io,
             pending: Bytes::new(),
             discard_body: false,
+            length: None,
             head: HeadState::Waiting,
             stats: RunStats::default(),
             fault: None,
@@ -400,8 +436,10 @@ enum HeadState {
 pub struct HostState {
     /// This instance's WASI context: its own stdio, clocks, random, preopens.
     wasi: WasiCtx,
-    /// WASI resources the guest holds.
+    /// WASI resources the guest holds, at most `--max-open-files`.
     table: ResourceTable,
+    /// What the guest may still write to the log.
+    log: Arc<output::LogBudget>,
     /// `--memory`, and whether the guest ran into it.
     limiter: Limiter,
     /// The request body and where the response goes.
@@ -410,6 +448,8 @@ pub struct HostState {
     pending: Bytes,
     /// Set when the head was for a response without a body.
     discard_body: bool,
+    /// The body length the accepted head declares, if it declares one.
+    length: Option<u64>,
     /// Whether `start-response` was called.
     head: HeadState,
     /// What the access log reports.
@@ -454,9 +494,31 @@ impl HostState {
         msg.to_owned()
     }
 
+    /// Once the guest has returned: records a fault if it sent less of the
+    /// body than its head declared.
+    fn check_body_length(&mut self) {
+        let Some(declared) = self.length.filter(|_| !self.discard_body) else { return };
+        let sent = self.stats.body_bytes;
+        if sent < declared {
+            let msg = format!("the body ended after {sent} of the {declared} bytes its Content-Length declares");
+            self.fail(Fault::Protocol(msg.clone()), &msg);
+        }
+    }
+
     async fn send(&mut self, chunk: Vec<u8>) -> Result<(), String> {
         if self.discard_body || chunk.is_empty() {
             return Ok(());
+        }
+        let mut chunk = Bytes::from(chunk);
+        // Bytes past the declared length are never sent: on a uwsgi
+        // connection they would be read as the start of another response.
+        let mut overrun = 0;
+        if let Some(declared) = self.length {
+            let room = declared - self.stats.body_bytes;
+            if chunk.len() as u64 > room {
+                overrun = chunk.len() as u64 - room;
+                chunk.truncate(room as usize);
+            }
         }
         let len = chunk.len() as u64;
         if self.stats.body_bytes + len > self.max_response_bytes {
@@ -467,10 +529,17 @@ impl HostState {
             );
             return Err(self.fail(Fault::ResponseTooLarge, "the response exceeds the server's limit"));
         }
-        if self.io.chunks.send(Bytes::from(chunk)).await.is_err() {
+        if len > 0 && self.io.chunks.send(chunk).await.is_err() {
             return Err(self.fail(Fault::ClientGone("the client closed the connection".into()), "the client went away"));
         }
         self.stats.body_bytes += len;
+        if overrun > 0 {
+            let msg = format!(
+                "the body ran {overrun} bytes past the {} bytes its Content-Length declares; cut there",
+                self.stats.body_bytes
+            );
+            return Err(self.fail(Fault::Protocol(msg.clone()), &msg));
+        }
         Ok(())
     }
 }
@@ -513,6 +582,11 @@ impl bindings::Host for HostState {
             let msg = "start-response called twice";
             return Ok(Err(self.fail(Fault::Protocol(msg.into()), msg)));
         }
+        // After a refused call (a write before the head, say), the request
+        // has failed: its head must not go out either.
+        if self.fault.is_some() {
+            return Ok(Err("the request has already failed".into()));
+        }
         self.head = HeadState::Sent;
         let raw = RawHead {
             status,
@@ -524,6 +598,7 @@ impl bindings::Host for HostState {
         match on_head(raw) {
             Ok(accepted) => {
                 self.discard_body = accepted.discard_body;
+                self.length = accepted.length;
                 self.stats.head_sent = true;
                 Ok(self.send(body).await)
             }
@@ -541,11 +616,25 @@ impl bindings::Host for HostState {
         }
         Ok(self.send(chunk).await)
     }
+}
 
-    async fn log_error(&mut self, message: String) -> wasmtime::Result<()> {
-        tracing::warn!(target: "wsgi_wasm::guest", req_id = self.req_id, stream = "wsgi.errors", "{message}");
-        Ok(())
-    }
+/// The longest traceback logged whole; a longer one is cut.
+const MAX_TRACEBACK: usize = 64 * 1024;
+
+/// The WIT `log` interface, by hand rather than generated: the generated
+/// binding would copy the whole message out of guest memory first (100 MiB
+/// for a hostile one), where this reads it in place and keeps at most
+/// [`output::MAX_MESSAGE`] bytes of it.
+fn add_log_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
+    linker.instance(bindings::LOG_INTERFACE)?.func_wrap(
+        "log-error",
+        |store: wasmtime::StoreContextMut<'_, HostState>, (message,): (WasmStr,)| {
+            let text = message.to_str(&store)?;
+            store.data().log.emit_message(&text);
+            Ok(())
+        },
+    )?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ request ends. A single line is cut at ``MAX_LINE`` characters so a runaway
 writer cannot make the guest hold an unbounded buffer.
 """
 
-from wit_world.imports import host
+from wit_world.imports import log
 
 MAX_LINE = 16 * 1024
 
@@ -37,7 +37,7 @@ class ErrorStream:
             self._pending = ""
 
     def _emit(self, line):
-        host.log_error(line[:MAX_LINE])
+        log.log_error(line[:MAX_LINE])
 
     def writable(self):
         return True

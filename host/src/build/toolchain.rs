@@ -5,6 +5,8 @@
 //! is installed with `pip --require-hashes` into a directory named after the
 //! lock file's hash, and marked complete only after pip succeeded, so an
 //! interrupted install is redone and a changed pin gets a directory of its own.
+//! Builds that start at once (a CI job's parallel tests, two terminals) take
+//! turns through a file lock: one installs, the others then find it done.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -34,6 +36,12 @@ impl Toolchain {
         let dir = cache_dir.join("toolchain").join(&key[..16]);
         let site = dir.join("site");
         let done = dir.join(".complete");
+        std::fs::create_dir_all(dir.parent().expect("under the cache"))
+            .with_context(|| format!("creating {}", cache_dir.display()))?;
+        let lock_path = dir.with_extension("lock");
+        let lock = std::fs::File::create(&lock_path).with_context(|| format!("creating {}", lock_path.display()))?;
+        // Held until this function returns; the kernel drops it if we die.
+        lock.lock().with_context(|| format!("locking {}", lock_path.display()))?;
         if !done.is_file() {
             eprintln!(
                 "wsgi-wasm: provisioning the guest toolchain (componentize-py with CPython 3.14 \
@@ -42,14 +50,14 @@ impl Toolchain {
             );
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            let lock = dir.join("requirements.lock");
-            std::fs::write(&lock, LOCK)?;
+            let pins = dir.join("requirements.lock");
+            std::fs::write(&pins, LOCK)?;
             let status = Command::new(python)
                 .args(["-m", "pip", "install", "--disable-pip-version-check", "--no-input"])
                 .args(["--require-hashes", "--only-binary=:all:", "--no-deps", "--target"])
                 .arg(&site)
                 .arg("-r")
-                .arg(&lock)
+                .arg(&pins)
                 .status()
                 .context("running pip")?;
             if !status.success() {

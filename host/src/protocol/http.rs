@@ -6,7 +6,9 @@
 //! maps its requests to [`WsgiRequest`]s and [`WsgiResponse`]s back.
 
 use std::convert::Infallible;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH};
 use http_body_util::{BodyExt, Limited};
@@ -19,7 +21,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::bare_lf::StrictLines;
-use crate::wsgi::{environ, ConnInfo, Dispatcher, ResponseBody, WsgiRequest, WsgiResponse};
+use crate::wsgi::{environ, BodyAborted, ConnInfo, Dispatcher, ResponseBody, WsgiRequest, WsgiResponse};
 
 /// Serves one HTTP/1.1 connection until the client closes it or `shutdown`
 /// fires; on shutdown the request in flight finishes first.
@@ -30,6 +32,7 @@ pub async fn serve_connection(
     shutdown: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
+    let fd = stream.as_raw_fd();
     let limits = dispatcher.limits().clone();
     let service = service_fn(move |req| {
         let dispatcher = Arc::clone(&dispatcher);
@@ -55,8 +58,22 @@ pub async fn serve_connection(
         }
     };
     if let Err(err) = result {
+        if body_aborted(&err) {
+            // A response cut short (the app failed, or broke its own
+            // framing) ends in a reset, as on a uwsgi connection, so that no
+            // client or proxy can take what arrived for a whole response.
+            // SAFETY: `connection` still owns the stream, so `fd` is open and
+            // is this connection's socket.
+            let socket = unsafe { BorrowedFd::borrow_raw(fd) };
+            let _ = rustix::net::sockopt::set_socket_linger(socket, Some(Duration::ZERO));
+        }
         tracing::debug!(peer = %conn.peer, cause = %err, "connection ended with an error");
     }
+}
+
+/// Whether hyper gave up because the response body was aborted.
+fn body_aborted(err: &hyper::Error) -> bool {
+    std::iter::successors(std::error::Error::source(err), |e| e.source()).any(|e| e.is::<BodyAborted>())
 }
 
 async fn handle(dispatcher: &Dispatcher, conn: ConnInfo, req: Request<Incoming>) -> Response<ResponseBody> {

@@ -56,7 +56,7 @@ impl WsgiResponse {
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
         headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
         Self {
-            head: ResponseHead { status, reason: None, headers, bodyless: false },
+            head: ResponseHead { status, reason: None, headers, bodyless: false, length: Some(body.len() as u64) },
             body: ResponseBody(Kind::Full(Some(body))),
         }
     }
@@ -180,7 +180,7 @@ impl Dispatcher {
                 if timing {
                     head.headers.insert("server-timing", server_timing(&raw.timing));
                 }
-                let accepted = HeadAccepted { discard_body: head.bodyless };
+                let accepted = HeadAccepted { discard_body: head.bodyless, length: head.length };
                 status.store(head.status.as_u16(), Ordering::Relaxed);
                 head_tx.send(head).map_err(|_| "the client went away".to_owned())?;
                 Ok(accepted)

@@ -1,8 +1,10 @@
 //! Checking what the guest sent back, and deciding how to frame it.
 //!
 //! The guest SDK already refuses bad status lines and headers, but the guest
-//! is untrusted: everything is checked again here before a byte of it can
-//! reach the wire. A violation becomes a 500 and a log line.
+//! is untrusted (it can call the host imports itself, without the SDK):
+//! everything is checked again here before a byte of it can reach the wire.
+//! A violation becomes a 500 and a log line. The head's `Content-Length`, if
+//! any, is what the sandbox then holds the body to.
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH};
@@ -25,6 +27,15 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
+/// Most header fields in one response. More than any real app sends, and
+/// more than many clients accept (hyper's client stops at 100).
+pub const MAX_RESPONSE_HEADERS: usize = 500;
+
+/// Most bytes of status line and headers in one response: the size of the
+/// largest request head the server accepts by default. nginx's own limit
+/// (`uwsgi_buffer_size`) is 4 or 8 KiB.
+pub const MAX_RESPONSE_HEAD_BYTES: usize = 64 * 1024;
+
 /// A validated response head.
 #[derive(Debug)]
 pub struct ResponseHead {
@@ -34,6 +45,9 @@ pub struct ResponseHead {
     pub headers: HeaderMap,
     /// No body may follow (HEAD, 204, 304).
     pub bodyless: bool,
+    /// The body's length, when the head declares one: exactly this many
+    /// bytes must follow.
+    pub length: Option<u64>,
 }
 
 /// Validates a raw head for a response to `method`.
@@ -45,6 +59,13 @@ pub struct ResponseHead {
 /// A message naming the first thing wrong.
 pub fn validate(raw: &RawHead, method: &Method) -> Result<ResponseHead, String> {
     let (status, reason) = parse_status(&raw.status)?;
+    if raw.headers.len() > MAX_RESPONSE_HEADERS {
+        return Err(format!("{} header fields; at most {MAX_RESPONSE_HEADERS} are sent", raw.headers.len()));
+    }
+    let head_bytes = raw.status.len() + raw.headers.iter().map(|(n, v)| n.len() + v.len() + 4).sum::<usize>();
+    if head_bytes > MAX_RESPONSE_HEAD_BYTES {
+        return Err(format!("a head of {head_bytes} bytes; at most {MAX_RESPONSE_HEAD_BYTES} are sent"));
+    }
     let mut headers = HeaderMap::with_capacity(raw.headers.len() + 1);
     for (name, value) in &raw.headers {
         let name = HeaderName::from_bytes(name)
@@ -58,17 +79,20 @@ pub fn validate(raw: &RawHead, method: &Method) -> Result<ResponseHead, String> 
         headers.append(name, value);
     }
     let mut lengths = headers.get_all(CONTENT_LENGTH).iter();
+    let mut length = None;
     if let Some(first) = lengths.next() {
-        let valid = !first.is_empty() && first.as_bytes().iter().all(u8::is_ascii_digit);
-        if !valid || lengths.any(|other| other != first) {
+        let digits = !first.is_empty() && first.as_bytes().iter().all(u8::is_ascii_digit);
+        length = first.to_str().ok().and_then(|v| v.parse::<u64>().ok()).filter(|_| digits);
+        if length.is_none() || lengths.any(|other| other != first) {
             return Err(format!("invalid or conflicting Content-Length {first:?}"));
         }
     }
     let bodyless = method == Method::HEAD || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
-    if let (Some(len), false, false) = (raw.complete_len, bodyless, headers.contains_key(CONTENT_LENGTH)) {
+    if let (Some(len), false, None) = (raw.complete_len, bodyless, length) {
         headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
+        length = Some(len);
     }
-    Ok(ResponseHead { status, reason, headers, bodyless })
+    Ok(ResponseHead { status, reason, headers, bodyless, length })
 }
 
 fn parse_status(raw: &[u8]) -> Result<(StatusCode, Option<Bytes>), String> {
@@ -77,8 +101,9 @@ fn parse_status(raw: &[u8]) -> Result<(StatusCode, Option<Bytes>), String> {
         return Err(bad());
     }
     let status = StatusCode::from_bytes(&raw[..3]).map_err(|_| bad())?;
-    if status.is_informational() {
-        return Err(format!("{status} cannot be a final response status"));
+    // RFC 9110 section 15 defines 100 to 599; a 1xx is never a final status.
+    if !(200..=599).contains(&status.as_u16()) {
+        return Err(format!("{} is not a final response status (200 to 599)", status.as_u16()));
     }
     let reason = &raw[4..];
     if reason.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
@@ -114,7 +139,29 @@ mod tests {
         let h = validate(&raw("200 OK", &[("Content-Length", b"99")], Some(5)), &Method::GET).unwrap();
         assert_eq!(h.headers[CONTENT_LENGTH], "99");
         let h = validate(&raw("200 OK", &[], None), &Method::GET).unwrap();
-        assert!(!h.headers.contains_key(CONTENT_LENGTH));
+        assert!(!h.headers.contains_key(CONTENT_LENGTH) && h.length.is_none());
+    }
+
+    #[test]
+    fn the_declared_length_is_the_apps_or_the_complete_bodys() {
+        let h = validate(&raw("200 OK", &[("Content-Length", b"5")], Some(12)), &Method::GET).unwrap();
+        assert_eq!(h.length, Some(5));
+        let h = validate(&raw("200 OK", &[], Some(12)), &Method::GET).unwrap();
+        assert_eq!(h.length, Some(12));
+        let h = validate(&raw("200 OK", &[("Content-Length", b"5"), ("Content-Length", b"5")], None), &Method::GET);
+        assert_eq!(h.unwrap().length, Some(5));
+        // Past u64: refused, not wrapped.
+        assert!(validate(&raw("200 OK", &[("Content-Length", b"99999999999999999999")], None), &Method::GET).is_err());
+    }
+
+    #[test]
+    fn oversized_heads_are_refused() {
+        let many: Vec<(&str, &[u8])> = vec![("X-A", b"v"); MAX_RESPONSE_HEADERS + 1];
+        assert!(validate(&raw("200 OK", &many, None), &Method::GET).unwrap_err().contains("header fields"));
+        let huge = vec![b'v'; MAX_RESPONSE_HEAD_BYTES];
+        assert!(validate(&raw("200 OK", &[("X-A", &huge)], None), &Method::GET).unwrap_err().contains("bytes"));
+        let fine: Vec<(&str, &[u8])> = vec![("X-A", b"v"); MAX_RESPONSE_HEADERS];
+        assert!(validate(&raw("200 OK", &fine, None), &Method::GET).is_ok());
     }
 
     #[test]
@@ -131,6 +178,10 @@ mod tests {
             ("2000 OK", vec![]),
             ("abc OK", vec![]),
             ("100 Continue", vec![]),
+            ("199 Nope", vec![]),
+            ("600 Nope", vec![]),
+            ("999 WAT", vec![]),
+            ("000 Zero", vec![]),
             ("200 OK", vec![("X-A", &b"a\r\nSet-Cookie: x"[..])]),
             ("200 OK", vec![("X-A", &b"a\0b"[..])]),
             ("200 OK", vec![("X-A", &b"a\nb"[..])]),

@@ -33,13 +33,25 @@ pub trait Abort {
 impl Abort for tokio::net::tcp::OwnedWriteHalf {
     fn abort(self) {
         // A zero linger turns the close into a reset: nginx then fails the
-        // response instead of taking the cut body for a whole one.
+        // response instead of taking the cut body for a whole one. Dropping
+        // the write half would send a FIN first, which the peer reads as the
+        // end of the body before the reset arrives; `forget` leaves the
+        // close to the read half's drop, so the reset is all the peer sees.
         let _ = self.as_ref().set_zero_linger();
+        self.forget();
     }
 }
 
 impl Abort for tokio::net::unix::OwnedWriteHalf {
-    fn abort(self) {}
+    fn abort(self) {
+        // NB: a Unix stream socket has no reset. Its peer sees ECONNRESET
+        // only if this side closes with unread bytes queued, which a uwsgi
+        // peer that sent its whole request never leaves. So a cut response
+        // with a Content-Length is noticed by its length (nginx: "upstream
+        // prematurely closed connection"), and one without ends as if whole:
+        // use TCP where that matters (issue 22).
+        drop(self);
+    }
 }
 
 /// Serves the one request of a uwsgi connection.
