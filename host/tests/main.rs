@@ -2,6 +2,7 @@
 //! real components built from `tests/apps/` and `examples/`.
 
 mod common;
+mod hostile;
 mod limits;
 mod nginx;
 
@@ -148,35 +149,51 @@ fn a_1_mib_upload_echoes_with_content_length_and_chunked() {
 fn a_large_upload_streams_through_a_small_sandbox() {
     // 256 MiB through a guest capped at 64 MiB of memory: only possible if
     // neither the host nor the guest buffers the body whole.
+    use sha2::Digest as _;
     let server = Server::start(fixture(), &["--memory", "64"]);
+    let before = common::rss_mib(server.pid());
     let mut stream = TcpStream::connect(server.addr).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
     stream
         .write_all(b"POST /echo-digest HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
         .unwrap();
-    let block = payload(1 << 20);
-    let mut hasher_input_len = 0usize;
-    for _ in 0..256 {
+    let mut hasher = sha2::Sha256::new();
+    let mut sent = 0usize;
+    let mut peak = before;
+    for i in 0..256u32 {
+        // A different block each time, so that a reordered or repeated
+        // chunk changes the digest.
+        let block: Vec<u8> = payload(1 << 20).into_iter().map(|b| b ^ (i as u8)).collect();
         stream.write_all(format!("{:x}\r\n", block.len()).as_bytes()).unwrap();
         stream.write_all(&block).unwrap();
         stream.write_all(b"\r\n").unwrap();
-        hasher_input_len += block.len();
+        hasher.update(&block);
+        sent += block.len();
+        if i % 16 == 0 {
+            peak = peak.max(common::rss_mib(server.pid()));
+        }
     }
     stream.write_all(b"0\r\n\r\n").unwrap();
     let mut reply = String::new();
     stream.read_to_string(&mut reply).unwrap();
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
-    assert!(reply.contains(&format!("\"bytes\": {hasher_input_len}")), "{reply}");
+    let digest: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(common::body_json(reply.as_bytes()), serde_json::json!({"bytes": sent, "sha256": digest}));
+    // The host held no more of the body than the guest's 64 MiB could.
+    assert!(peak < before + 64 + 32, "RSS went from {before} MiB to {peak} MiB during a 256 MiB upload");
 }
 
 #[test]
 fn no_state_survives_between_requests_even_under_concurrency() {
-    let server = fixture_server();
+    // One slot, so that every request runs where the previous one did: a
+    // reset that left anything behind would show.
+    let one_slot = Server::start(fixture(), &["--max-instances", "1"]);
     for _ in 0..3 {
-        let v = json(client().get(server.url("/counter")).send().unwrap());
+        let v = json(client().get(one_slot.url("/counter")).send().unwrap());
         assert_eq!(v["counter"], 1);
         assert_eq!(v["cache"], 1);
     }
+    let server = fixture_server();
     let replies = common::get_json_concurrently(&server.url("/counter"), 64);
     assert_eq!(replies.len(), 64);
     for v in replies {
@@ -189,12 +206,16 @@ fn memory_written_in_hundreds_of_places_is_reset_before_the_next_request() {
     // Each request writes into 256 separate places of the snapshot's memory,
     // far more than one PAGEMAP_SCAN reports (32), and little enough that the
     // pool slot copies them all back rather than unmapping them: the path of
-    // the patch in vendor/wasmtime. Sequential requests reuse the same slot.
-    let server = fixture_server();
+    // the patch in vendor/wasmtime. With one slot, every request reuses it.
+    let one_slot = Server::start(fixture(), &["--max-instances", "1"]);
     for _ in 0..6 {
-        let v = json(client().get(server.url("/scatter")).send().unwrap());
+        let v = json(client().get(one_slot.url("/scatter")).send().unwrap());
         assert_eq!(v["written_before"], 0, "{v}");
     }
+    // The path under test is the one taken: memory is kept resident, which
+    // needs PAGEMAP_SCAN (the engine logs when it falls back without it).
+    assert!(!one_slot.log().contains("memory is not kept resident"), "{}", one_slot.log());
+    let server = fixture_server();
     for v in common::get_json_concurrently(&server.url("/scatter"), 32) {
         assert_eq!(v["written_before"], 0, "{v}");
     }
@@ -374,14 +395,13 @@ fn app_output_and_access_log_go_to_the_server_log() {
 
 #[test]
 fn no_access_log_keeps_the_app_output_and_drops_the_request_lines() {
-    let server = Server::start(fixture(), &["--no-access-log"]);
+    let mut server = Server::start(fixture(), &["--no-access-log"]);
     assert_eq!(client().get(server.url("/log?x=2")).send().unwrap().status(), 200);
     assert!(server.wait_for_log("a line for wsgi.errors", Duration::from_secs(5)), "{}", server.log());
     assert_eq!(client().get(server.url("/nope")).send().unwrap().status(), 404);
     // An access line is written once its request is over, which can be just
-    // after the client has the response.
-    std::thread::sleep(Duration::from_millis(300));
-    let log = server.log();
+    // after the client has the response: read the log whole, after the end.
+    let log = server.stop();
     assert!(log.contains("hello from print() in request x=2"), "{log}");
     assert!(!log.contains("wsgi_wasm::access") && !log.contains("\"GET /log?x=2\""), "{log}");
 }
@@ -391,7 +411,7 @@ fn sigterm_lets_the_request_in_flight_finish() {
     let mut server = fixture_server();
     let url = server.url("/sleep?s=1.5");
     let inflight = std::thread::spawn(move || client().get(url).send().unwrap());
-    std::thread::sleep(Duration::from_millis(500));
+    assert!(server.wait_for_log("sleep started", Duration::from_secs(30)), "{}", server.log());
     server.terminate();
     let resp = inflight.join().unwrap();
     assert_eq!(resp.status(), 200);
@@ -484,7 +504,7 @@ fn build_takes_a_cache_dir_relative_to_where_it_runs() {
     let tmp = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
     let out = tmp.join("apps/relative.wasm");
     let _ = std::fs::remove_file(&out);
-    let build = std::process::Command::new(common::BIN)
+    let build = common::wsgi_wasm()
         .args(["build", "fixture:app", "--path"])
         .arg(common::repo().join("tests/apps"))
         .args(["-o", "apps/relative.wasm", "--cache-dir", "cache"])

@@ -8,6 +8,12 @@ import os
 import sys
 import time
 
+import hostile
+
+# Requests under /raw/ bypass the guest SDK and call the host imports
+# directly, as a hostile app may (see hostile.py).
+hostile.install()
+
 # Module state: if anything survived from one request to the next, /counter
 # would count past 1.
 COUNTER = 0
@@ -300,12 +306,14 @@ def log_route(environ, start_response):
 
 
 def sleep_route(environ, start_response):
+    print("sleep started", flush=True)
     time.sleep(float(_query(environ).get("s", "1")))
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [b"slept\n"]
 
 
 def loop_forever(environ, start_response):
+    print("loop-forever started", flush=True)
     while True:
         pass
 

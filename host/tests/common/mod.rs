@@ -42,9 +42,21 @@ fn newest_mtime(path: &Path) -> SystemTime {
     newest
 }
 
+/// The binary, with none of the `WSGI_WASM_*` variables of the environment
+/// the tests run in: each test says what it wants.
+pub fn wsgi_wasm() -> Command {
+    let mut cmd = Command::new(BIN);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("WSGI_WASM_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
 /// Runs `wsgi-wasm build` with `args`; the output is captured.
 pub fn build_cmd(args: &[&str], cwd: &Path) -> Output {
-    Command::new(BIN)
+    wsgi_wasm()
         .args(["build"])
         .args(args)
         .arg("--cache-dir")
@@ -72,7 +84,7 @@ fn read_lines(
 /// instead is stopped at once and fails the test, rather than leaving it
 /// waiting for an exit that never comes.
 pub fn refused_run(wasm: &Path, args: &[&str]) -> String {
-    let mut child = Command::new(BIN)
+    let mut child = wsgi_wasm()
         .arg("run")
         .arg(wasm)
         .args(["--http", "127.0.0.1:0", "--cache-dir"])
@@ -157,6 +169,8 @@ pub struct Server {
     /// Every listener, as logged: `http://...`, `uwsgi://...`, `uwsgi://unix:...`.
     pub listening: Vec<String>,
     log: Arc<Mutex<Vec<String>>>,
+    /// The thread that reads the server's stderr into `log`.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Server {
@@ -170,7 +184,7 @@ impl Server {
     /// Starts serving `wasm` with exactly these arguments after `run APP`.
     pub fn start_with(wasm: &Path, args: &[&str]) -> Self {
         let expected = args.iter().filter(|a| **a == "--http" || **a == "--uwsgi").count().max(1);
-        let mut child = Command::new(BIN)
+        let mut child = wsgi_wasm()
             .arg("run")
             .arg(wasm)
             .arg("--cache-dir")
@@ -185,7 +199,7 @@ impl Server {
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
         let sink = Arc::clone(&log);
-        read_lines(child.stderr.take().unwrap(), move |line| {
+        let reader = read_lines(child.stderr.take().unwrap(), move |line| {
             if let Some(rest) = line.split("listening on ").nth(1) {
                 let _ = tx.send(rest.split_whitespace().next().unwrap_or_default().to_owned());
             }
@@ -205,7 +219,7 @@ impl Server {
             .iter()
             .find_map(|l| l.strip_prefix("http://"))
             .map_or_else(|| "0.0.0.0:9".parse().unwrap(), |a| a.parse().unwrap());
-        Self { child, addr, listening, log }
+        Self { child, addr, listening, log, reader: Some(reader) }
     }
 
     /// The address of the first uwsgi TCP listener.
@@ -249,6 +263,16 @@ impl Server {
         assert!(status.success());
     }
 
+    /// Stops the server with SIGTERM and returns its whole log, read to the
+    /// end: every line it wrote, for assertions about what it did not write.
+    pub fn stop(&mut self) -> String {
+        self.terminate();
+        let status = self.wait(Duration::from_secs(60)).expect("the server did not exit");
+        assert!(status.success(), "{status}: {}", self.log());
+        self.reader.take().expect("stopped once").join().unwrap();
+        self.log()
+    }
+
     /// Waits for the process to exit.
     pub fn wait(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + timeout;
@@ -272,6 +296,13 @@ impl Drop for Server {
     }
 }
 
+/// The resident memory of process `pid`, in MiB.
+pub fn rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() / 1024
+}
+
 pub fn client() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(60))
@@ -280,22 +311,80 @@ pub fn client() -> reqwest::blocking::Client {
         .unwrap()
 }
 
-/// A raw HTTP/1.1 exchange: writes `request` as is, reads until the server
-/// closes or `timeout` passes, and returns all bytes read.
-pub fn raw_exchange(addr: SocketAddr, request: &[u8], timeout: Duration) -> Vec<u8> {
-    let mut stream = TcpStream::connect(addr).unwrap();
+/// How the server ended a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// An orderly close (FIN).
+    Eof,
+    /// A reset (RST): the server cut the connection.
+    Reset,
+    /// Nothing for the whole timeout: the server neither answered nor closed.
+    Timeout,
+}
+
+/// Reads from `stream` until the server closes it, resets it, or sends
+/// nothing for `timeout`; returns every byte read and which of those ended it.
+pub fn read_reply(stream: &mut TcpStream, timeout: Duration) -> (Vec<u8>, End) {
     stream.set_read_timeout(Some(timeout)).unwrap();
-    stream.write_all(request).unwrap();
     let mut out = Vec::new();
     let mut buf = [0u8; 65536];
     loop {
         match stream.read(&mut buf) {
-            Ok(0) => break,
+            Ok(0) => return (out, End::Eof),
             Ok(n) => out.extend_from_slice(&buf[..n]),
-            Err(_) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return (out, End::Reset),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return (out, End::Timeout)
+            }
+            Err(e) => panic!("reading the reply: {e} (after {} bytes)", out.len()),
         }
     }
+}
+
+/// Writes `request` as is to a new connection and reads the reply with
+/// [`read_reply`].
+pub fn raw_reply(addr: SocketAddr, request: &[u8], timeout: Duration) -> (Vec<u8>, End) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.write_all(request).unwrap();
+    read_reply(&mut stream, timeout)
+}
+
+/// A raw HTTP/1.1 exchange whose server must close the connection (or
+/// reset it) within `timeout`; returns all bytes read. A server that just
+/// stops answering fails the test.
+pub fn raw_exchange(addr: SocketAddr, request: &[u8], timeout: Duration) -> Vec<u8> {
+    let (out, end) = raw_reply(addr, request, timeout);
+    assert_ne!(end, End::Timeout, "no close within {timeout:?}; got {:?}", String::from_utf8_lossy(&out));
     out
+}
+
+/// A uwsgi packet of these vars, with no body.
+pub fn uwsgi_packet(vars: &[(&str, &str)]) -> Vec<u8> {
+    let mut block = Vec::new();
+    for (k, v) in vars {
+        for part in [k.as_bytes(), v.as_bytes()] {
+            block.extend_from_slice(&(part.len() as u16).to_le_bytes());
+            block.extend_from_slice(part);
+        }
+    }
+    let mut p = vec![0];
+    p.extend_from_slice(&(block.len() as u16).to_le_bytes());
+    p.push(0);
+    p.extend_from_slice(&block);
+    p
+}
+
+/// A uwsgi GET of `path?query`, as nginx with `uwsgi_params` sends it.
+pub fn uwsgi_get(path: &str, query: &str) -> Vec<u8> {
+    let uri = if query.is_empty() { path.to_owned() } else { format!("{path}?{query}") };
+    uwsgi_packet(&[
+        ("REQUEST_METHOD", "GET"),
+        ("REQUEST_URI", &uri),
+        ("PATH_INFO", path),
+        ("QUERY_STRING", query),
+        ("SERVER_PROTOCOL", "HTTP/1.1"),
+        ("HTTP_HOST", "t"),
+    ])
 }
 
 pub fn json(resp: reqwest::blocking::Response) -> serde_json::Value {

@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use crate::common::{client, fixture, json, raw_exchange, refused_run, Server};
+use crate::common::{client, fixture, json, raw_exchange, refused_run, rss_mib, Server};
 
 /// A normal request still works.
 fn still_serves(server: &Server) {
@@ -20,8 +20,10 @@ fn status_line(reply: &[u8]) -> String {
 #[test]
 fn an_endless_loop_gets_a_504_and_does_not_hold_up_others() {
     let server = Server::start(fixture(), &["--timeout", "3"]);
-    // Two spinning guests: as many as this machine has cores.
-    let spinners: Vec<_> = (0..2)
+    // As many spinning guests as the server has worker threads (one per
+    // core): without the epoch yield they would hold every one of them.
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let spinners: Vec<_> = (0..workers)
         .map(|_| {
             let url = server.url("/loop-forever");
             std::thread::spawn(move || {
@@ -31,16 +33,20 @@ fn an_endless_loop_gets_a_504_and_does_not_hold_up_others() {
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(500));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.log().matches("loop-forever started").count() < workers {
+        assert!(Instant::now() < deadline, "the spinners did not all start: {}", server.log());
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let started = Instant::now();
     still_serves(&server);
     let normal = started.elapsed();
+    // Answered while every worker had a spinner, not after their deadline.
+    assert!(normal < Duration::from_secs(1), "a normal request took {normal:?} beside {workers} spinners");
     for s in spinners {
         let (status, took) = s.join().unwrap();
         assert_eq!(status, 504);
         assert!(took >= Duration::from_secs(3) && took < Duration::from_secs(10), "{took:?}");
-        // The normal request did not wait for the spinners to be stopped.
-        assert!(normal < took, "normal {normal:?}, spinner {took:?}");
     }
     assert!(server.wait_for_log("deadline", Duration::from_secs(5)), "{}", server.log());
     still_serves(&server);
@@ -81,21 +87,9 @@ fn a_long_sleep_and_a_stalled_body_end_at_their_limits() {
 
 #[test]
 fn a_memory_bomb_fails_alone_and_the_host_stays_flat() {
-    let server = Server::start(fixture(), &["--memory", "64"]);
-    let rss = || {
-        let pid = server.pid();
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        let kb: u64 = status
-            .lines()
-            .find(|l| l.starts_with("VmRSS:"))
-            .unwrap()
-            .split_whitespace()
-            .nth(1)
-            .unwrap()
-            .parse()
-            .unwrap();
-        kb / 1024
-    };
+    // One slot: every bomb goes off in the same place.
+    let server = Server::start(fixture(), &["--memory", "64", "--max-instances", "1"]);
+    let rss = || rss_mib(server.pid());
     still_serves(&server);
     let before = rss();
     for _ in 0..5 {
@@ -103,8 +97,10 @@ fn a_memory_bomb_fails_alone_and_the_host_stays_flat() {
     }
     let after = rss();
     assert!(server.wait_for_log("memory limit of 64 MiB", Duration::from_secs(5)), "{}", server.log());
-    // Five bombs of 64 MiB each; the instances are gone and so is their memory.
-    assert!(after < before + 64, "RSS grew from {before} MiB to {after} MiB");
+    // Five bombs of 64 MiB each; the instances are gone and so is their
+    // memory, but for what the slot keeps resident for the next request
+    // (4 MiB of memory, 1 MiB of tables) and the allocator's slack.
+    assert!(after <= before + 8, "RSS grew from {before} MiB to {after} MiB");
     still_serves(&server);
 }
 
@@ -187,7 +183,7 @@ fn past_the_instance_cap_requests_queue_then_get_a_503() {
     let server = Server::start(fixture(), &["--max-instances", "1", "--queue-timeout", "0.5"]);
     let url = server.url("/sleep?s=2");
     let busy = std::thread::spawn(move || client().get(url).send().unwrap().status());
-    std::thread::sleep(Duration::from_millis(300));
+    assert!(server.wait_for_log("sleep started", Duration::from_secs(30)), "{}", server.log());
     assert_eq!(client().get(server.url("/counter")).send().unwrap().status(), 503);
     assert_eq!(busy.join().unwrap(), 200);
     still_serves(&server);

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use crate::common::{client, fixture, json, raw_exchange, Server};
+use crate::common::{client, fixture, json, raw_exchange, uwsgi_packet, Server};
 
 const NGINX: &str = "/usr/sbin/nginx";
 
@@ -46,44 +46,62 @@ struct Nginx {
 }
 
 impl Nginx {
-    /// Starts nginx with `locations` inside its one `server` block.
+    /// Starts nginx with `locations` inside its one `server` block, and
+    /// waits until that nginx (not some other listener on the port) answers.
+    /// A port taken between `free_port` and nginx's bind makes nginx exit;
+    /// it is then tried again on another.
     fn start(name: &str, locations: &str) -> Self {
         ensure_nginx();
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("nginx-{name}"));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let port = free_port();
-        let d = dir.display();
-        // Workers must reach a root-owned 0660 socket when we run as root.
-        let user = if running_as_root() { "user root root;" } else { "" };
-        let conf = format!(
-            "daemon off;\nmaster_process off;\nworker_processes 1;\n{user}\npid {d}/nginx.pid;\n\
-             error_log {d}/error.log info;\nevents {{ worker_connections 512; }}\n\
-             http {{\n  access_log {d}/access.log;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
-             fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-             server {{\n    listen 127.0.0.1:{port};\n{locations}\n  }}\n}}\n"
-        );
-        std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-        let child = Command::new(NGINX)
-            .arg("-p")
-            .arg(&dir)
-            .arg("-c")
-            .arg(dir.join("nginx.conf"))
-            .arg("-e")
-            .arg(dir.join("error.log"))
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("starting nginx");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "nginx did not start: {}",
-                std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
+        for _attempt in 0..5 {
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            let port = free_port();
+            let d = dir.display();
+            // Workers must reach a root-owned 0660 socket when we run as root.
+            let user = if running_as_root() { "user root root;" } else { "" };
+            let conf = format!(
+                "daemon off;\nmaster_process off;\nworker_processes 1;\n{user}\npid {d}/nginx.pid;\n\
+                 error_log {d}/error.log info;\nevents {{ worker_connections 512; }}\n\
+                 http {{\n  access_log {d}/access.log;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+                 fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+                 server {{\n    listen 127.0.0.1:{port};\n    location = /__nginx_ready {{ return 204; }}\n{locations}\n  }}\n}}\n"
             );
-            std::thread::sleep(Duration::from_millis(20));
+            std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+            let mut child = Command::new(NGINX)
+                .arg("-p")
+                .arg(&dir)
+                .arg("-c")
+                .arg(dir.join("nginx.conf"))
+                .arg("-e")
+                .arg(dir.join("error.log"))
+                .stdin(Stdio::null())
+                .spawn()
+                .expect("starting nginx");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if child.try_wait().unwrap().is_some() {
+                    break; // most likely the port was taken: try another
+                }
+                let ready = TcpStream::connect(("127.0.0.1", port)).is_ok_and(|mut s| {
+                    let _ = s.write_all(b"GET /__nginx_ready HTTP/1.0\r\n\r\n");
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                    let mut reply = String::new();
+                    let _ = s.read_to_string(&mut reply);
+                    reply.starts_with("HTTP/1.1 204") && reply.contains("\r\nServer: nginx")
+                });
+                if ready {
+                    return Self { child, port, dir };
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "nginx did not start: {}",
+                    std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
-        Self { child, port, dir }
+        panic!("nginx exited at every start: {}", std::fs::read_to_string(dir.join("error.log")).unwrap_or_default());
     }
 
     fn url(&self, path: &str) -> String {
@@ -270,29 +288,14 @@ fn uwsgi_raw(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
     out
 }
 
-fn packet(vars: &[(&str, &str)]) -> Vec<u8> {
-    let mut block = Vec::new();
-    for (k, v) in vars {
-        for part in [k.as_bytes(), v.as_bytes()] {
-            block.extend_from_slice(&(part.len() as u16).to_le_bytes());
-            block.extend_from_slice(part);
-        }
-    }
-    let mut p = vec![0];
-    p.extend_from_slice(&(block.len() as u16).to_le_bytes());
-    p.push(0);
-    p.extend_from_slice(&block);
-    p
-}
-
 #[test]
 fn malformed_uwsgi_packets_are_refused_and_never_reach_the_app() {
     let server = Server::start_with(fixture(), &["--uwsgi", "127.0.0.1:0", "--uwsgi-buffer-size", "4096"]);
     let addr = server.uwsgi_addr();
-    let good = packet(&[("REQUEST_METHOD", "GET"), ("REQUEST_URI", "/counter"), ("PATH_INFO", "/counter")]);
+    let good = uwsgi_packet(&[("REQUEST_METHOD", "GET"), ("REQUEST_URI", "/counter"), ("PATH_INFO", "/counter")]);
     let mut foreign = good.clone();
     foreign[0] = 5;
-    let mut oversized = packet(&[("HTTP_X_BIG", &"x".repeat(5000))]);
+    let mut oversized = uwsgi_packet(&[("HTTP_X_BIG", &"x".repeat(5000))]);
     oversized[0] = 0;
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("truncated header", vec![0, 10]),
@@ -301,7 +304,7 @@ fn malformed_uwsgi_packets_are_refused_and_never_reach_the_app() {
         ("value past the block", vec![0, 6, 0, 0, 1, 0, b'A', 0xff, 0xff, b'v']),
         ("modifier1 5", foreign),
         ("oversized vars", oversized),
-        ("bad CONTENT_LENGTH", packet(&[("CONTENT_LENGTH", "-3")])),
+        ("bad CONTENT_LENGTH", uwsgi_packet(&[("CONTENT_LENGTH", "-3")])),
     ];
     for (name, bytes) in &cases {
         let reply = uwsgi_raw(addr, bytes);
@@ -317,7 +320,7 @@ fn malformed_uwsgi_packets_are_refused_and_never_reach_the_app() {
 #[test]
 fn a_uwsgi_body_is_read_exactly_up_to_content_length() {
     let server = Server::start_with(fixture(), &["--uwsgi", "127.0.0.1:0"]);
-    let mut bytes = packet(&[
+    let mut bytes = uwsgi_packet(&[
         ("REQUEST_METHOD", "POST"),
         ("PATH_INFO", "/echo"),
         ("QUERY_STRING", "mode=read"),
@@ -328,11 +331,11 @@ fn a_uwsgi_body_is_read_exactly_up_to_content_length() {
     assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
     assert!(reply.ends_with("\r\n\r\nhello"), "{reply}");
     // Over --max-body-bytes (1 GiB by default): refused before any body is read.
-    let huge = packet(&[("REQUEST_METHOD", "POST"), ("PATH_INFO", "/echo"), ("CONTENT_LENGTH", "10000000000")]);
+    let huge = uwsgi_packet(&[("REQUEST_METHOD", "POST"), ("PATH_INFO", "/echo"), ("CONTENT_LENGTH", "10000000000")]);
     let reply = String::from_utf8(uwsgi_raw(server.uwsgi_addr(), &huge)).unwrap();
     assert!(reply.starts_with("HTTP/1.1 413 Payload Too Large\r\n"), "{reply}");
     // HEAD: headers only.
-    let head = packet(&[("REQUEST_METHOD", "HEAD"), ("PATH_INFO", "/big"), ("QUERY_STRING", "size=100")]);
+    let head = uwsgi_packet(&[("REQUEST_METHOD", "HEAD"), ("PATH_INFO", "/big"), ("QUERY_STRING", "size=100")]);
     let reply = String::from_utf8(uwsgi_raw(server.uwsgi_addr(), &head)).unwrap();
     assert!(reply.starts_with("HTTP/1.1 200 OK\r\n") && reply.ends_with("\r\n\r\n"), "{reply:?}");
 }
