@@ -5,6 +5,7 @@ mod common;
 mod hostile;
 mod limits;
 mod nginx;
+mod readme;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

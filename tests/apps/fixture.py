@@ -341,6 +341,10 @@ def hard_exit(environ, start_response):
     os._exit(3)
 
 
+def sys_exit(environ, start_response):
+    sys.exit(0)
+
+
 def _attempt(fn):
     try:
         return {"ok": True, "value": fn()}
@@ -431,6 +435,7 @@ ROUTES = {
     "/recurse": recurse,
     "/deep-c-recursion": deep_c_recursion,
     "/exit": hard_exit,
+    "/sys-exit": sys_exit,
     "/capabilities": capabilities,
     "/endless": endless,
 }

@@ -8,7 +8,6 @@
 use std::convert::Infallible;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH};
 use http_body_util::{BodyExt, Limited};
@@ -64,8 +63,7 @@ pub async fn serve_connection(
             // client or proxy can take what arrived for a whole response.
             // SAFETY: `connection` still owns the stream, so `fd` is open and
             // is this connection's socket.
-            let socket = unsafe { BorrowedFd::borrow_raw(fd) };
-            let _ = rustix::net::sockopt::set_socket_linger(socket, Some(Duration::ZERO));
+            super::reset(unsafe { BorrowedFd::borrow_raw(fd) }).await;
         }
         tracing::debug!(peer = %conn.peer, cause = %err, "connection ended with an error");
     }

@@ -183,14 +183,21 @@ impl Server {
 
     /// Starts serving `wasm` with exactly these arguments after `run APP`.
     pub fn start_with(wasm: &Path, args: &[&str]) -> Self {
-        let expected = args.iter().filter(|a| **a == "--http" || **a == "--uwsgi").count().max(1);
-        let mut child = wsgi_wasm()
-            .arg("run")
-            .arg(wasm)
-            .arg("--cache-dir")
-            .arg(cache_dir())
-            .args(args)
-            .env("WSGI_WASM_LOG", "info")
+        let expected = args.iter().filter(|a| **a == "--http" || **a == "--uwsgi").count();
+        let mut cmd = wsgi_wasm();
+        cmd.arg("run").arg(wasm).arg("--cache-dir").arg(cache_dir()).args(args);
+        Self::spawn(cmd, expected)
+    }
+
+    /// Starts `cmd` (a `wsgi-wasm run`) and waits until it is listening on
+    /// `listeners` addresses (at least one). Logs at info unless `cmd` sets
+    /// `WSGI_WASM_LOG` itself.
+    pub fn spawn(mut cmd: Command, listeners: usize) -> Self {
+        let expected = listeners.max(1);
+        if !cmd.get_envs().any(|(k, _)| k == "WSGI_WASM_LOG") {
+            cmd.env("WSGI_WASM_LOG", "info");
+        }
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

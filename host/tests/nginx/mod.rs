@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use crate::common::{client, fixture, json, raw_exchange, uwsgi_packet, Server};
+use crate::common::{client, fixture, json, raw_exchange, raw_reply, uwsgi_packet, Server};
 
 const NGINX: &str = "/usr/sbin/nginx";
 
@@ -338,4 +338,48 @@ fn a_uwsgi_body_is_read_exactly_up_to_content_length() {
     let head = uwsgi_packet(&[("REQUEST_METHOD", "HEAD"), ("PATH_INFO", "/big"), ("QUERY_STRING", "size=100")]);
     let reply = String::from_utf8(uwsgi_raw(server.uwsgi_addr(), &head)).unwrap();
     assert!(reply.starts_with("HTTP/1.1 200 OK\r\n") && reply.ends_with("\r\n\r\n"), "{reply:?}");
+}
+
+#[test]
+fn nginx_passes_on_nothing_the_host_refused_and_notices_a_cut_response() {
+    // https://github.com/wsgi-wasm/wsgi-wasm/issues/22: the guest skips the SDK.
+    let (server, nginx) = fixture_behind_nginx("hostile");
+    let get = |target: &str| {
+        let request = format!("GET {target} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+        let (bytes, end) = raw_reply(nginx.addr(), request.as_bytes(), Duration::from_secs(30));
+        (String::from_utf8_lossy(&bytes).into_owned(), end)
+    };
+    // A header with CR LF in it: the host's 500, and no injected header.
+    let (reply, _) = get("/raw/header?name=X-A&value=a%0D%0ASet-Cookie:%20pwned=1");
+    assert!(reply.starts_with("HTTP/1.1 500 ") && !reply.contains("pwned"), "{reply}");
+    // A second response smuggled after a short body: only the declared bytes.
+    let (reply, _) = get("/raw/length?declared=5&head=short&smuggle=1&complete=1");
+    assert!(reply.starts_with("HTTP/1.1 200 OK\r\n") && reply.ends_with("\r\n\r\nshort"), "{reply}");
+    assert!(!reply.contains("Smuggled"), "{reply}");
+    // The app fails after its head: the reset on the uwsgi connection makes
+    // nginx end its own chunked reply without the last chunk.
+    // (The reset can overtake the last bytes, which nginx then never reads.)
+    let (reply, _) = get("/raise-after");
+    assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
+    assert!(!reply.ends_with("0\r\n\r\n"), "nginx took the cut body for a whole one: {reply:?}");
+    let errors = std::fs::read_to_string(nginx.dir.join("error.log")).unwrap();
+    assert!(errors.contains("Connection reset by peer) while reading upstream"), "{errors}");
+    // Streaming over uwsgi (nginx buffers it unless told `uwsgi_buffering
+    // off`): the chunks leave as the app yields them.
+    let mut stream = TcpStream::connect(server.uwsgi_addr()).unwrap();
+    stream.write_all(&crate::common::uwsgi_get("/stream", "n=3&delay=0.5")).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let started = Instant::now();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("chunk 0") {
+        let n = stream.read(&mut buf).unwrap();
+        assert!(n > 0, "closed before the first chunk");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let first = started.elapsed();
+    let _ = stream.read_to_end(&mut seen);
+    assert!(String::from_utf8_lossy(&seen).contains("chunk 2"));
+    let all = started.elapsed();
+    assert!(all - first >= Duration::from_millis(800), "first chunk at {first:?}, all at {all:?}");
 }

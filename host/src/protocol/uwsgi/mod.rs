@@ -10,6 +10,7 @@
 pub mod codec;
 
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -27,23 +28,23 @@ use crate::wsgi::{environ, ConnInfo, Dispatcher, WsgiRequest, WsgiResponse};
 /// The write side of a connection, and how to cut it so the peer notices.
 pub trait Abort {
     /// Closes the connection so that the peer sees an error, not an end.
-    fn abort(self);
+    fn abort(self) -> impl std::future::Future<Output = ()> + Send;
 }
 
 impl Abort for tokio::net::tcp::OwnedWriteHalf {
-    fn abort(self) {
-        // A zero linger turns the close into a reset: nginx then fails the
-        // response instead of taking the cut body for a whole one. Dropping
-        // the write half would send a FIN first, which the peer reads as the
-        // end of the body before the reset arrives; `forget` leaves the
-        // close to the read half's drop, so the reset is all the peer sees.
-        let _ = self.as_ref().set_zero_linger();
+    async fn abort(self) {
+        // The reset makes nginx fail the response instead of taking the cut
+        // body for a whole one. Dropping the write half would send a FIN
+        // first, which the peer reads as the end of the body before the
+        // reset arrives; `forget` leaves the close to the read half's drop,
+        // so the reset is all the peer sees after the data.
+        super::reset(self.as_ref().as_fd()).await;
         self.forget();
     }
 }
 
 impl Abort for tokio::net::unix::OwnedWriteHalf {
-    fn abort(self) {
+    async fn abort(self) {
         // NB: a Unix stream socket has no reset. Its peer sees ECONNRESET
         // only if this side closes with unread bytes queued, which a uwsgi
         // peer that sent its whole request never leaves. So a cut response
@@ -83,7 +84,7 @@ pub async fn serve_connection<R, W>(
     };
     if let Err(err) = write_response(&mut writer, response).await {
         match err {
-            WriteError::Aborted => writer.abort(),
+            WriteError::Aborted => writer.abort().await,
             WriteError::Io(err) => tracing::debug!(%peer, cause = %err, "uwsgi peer went away"),
         }
         return;
