@@ -155,6 +155,13 @@ fn a_sandbox_reaches_no_file_network_or_environment_unless_granted() {
     // a position the next request would start from.
     let again = json(client().get(server.url("/capabilities")).send().unwrap());
     assert_eq!(again["list_root"], v["list_root"], "{again}");
+    // The app's own tree is read-only: neither its code nor the stdlib.
+    for path in ["/0/fixture.py", "/0/new.py", "/python/new.py"] {
+        let w = json(client().get(server.url(&format!("/capabilities?write={path}"))).send().unwrap());
+        assert_eq!(w["write"]["ok"], false, "{path} was writable: {w}");
+    }
+    let read = json(client().get(server.url("/capabilities?read=/0/fixture.py")).send().unwrap());
+    assert!(read["read"]["value"].as_str().unwrap().starts_with("\"\"\"The WSGI app"), "{read}");
     assert_eq!(v["environ"], serde_json::json!({}), "{v}");
 
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("grants");
