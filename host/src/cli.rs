@@ -127,6 +127,17 @@ pub struct RunArgs {
     #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024)]
     pub max_header_bytes: usize,
 
+    /// Longest request line (method, target and version; for uwsgi, the
+    /// REQUEST_URI), in bytes; past it: 414. nginx's
+    /// large_client_header_buffers are 8 KiB.
+    #[arg(long, value_name = "BYTES", default_value_t = 8192)]
+    pub max_request_line: usize,
+
+    /// Longest single header field (name, colon, space and value; for
+    /// uwsgi, one HTTP_* var), in bytes; past it: 431.
+    #[arg(long, value_name = "BYTES", default_value_t = 8192)]
+    pub max_header_field: usize,
+
     /// Most header fields in one HTTP request; past it: 431.
     #[arg(long, value_name = "N", default_value_t = 100)]
     pub max_headers: usize,

@@ -152,6 +152,10 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Most header fields in one HTTP request.
     pub max_headers: usize,
+    /// Longest request line (HTTP) or `REQUEST_URI` (uwsgi), in bytes.
+    pub max_request_line: usize,
+    /// Longest single header field (`name: value`, or an `HTTP_*` var).
+    pub max_header_field: usize,
     /// Most WASI handles (open files, directories, streams) one request holds
     /// at once; each open file or directory is one host descriptor.
     pub max_open_files: usize,
@@ -279,6 +283,13 @@ impl RunConfig {
         if args.max_headers == 0 {
             bail!("--max-headers 0: a request needs at least a Host header");
         }
+        for (flag, value) in
+            [("--max-request-line", args.max_request_line), ("--max-header-field", args.max_header_field)]
+        {
+            if !(256..=args.max_header_bytes).contains(&value) {
+                bail!("{flag} {value}: must be between 256 and --max-header-bytes ({})", args.max_header_bytes);
+            }
+        }
         if !(16..=65_536).contains(&args.max_open_files) {
             bail!("--max-open-files {}: must be between 16 and 65536", args.max_open_files);
         }
@@ -305,6 +316,8 @@ impl RunConfig {
                 body_timeout: seconds("--body-timeout", args.body_timeout)?,
                 max_header_bytes: args.max_header_bytes,
                 max_headers: args.max_headers,
+                max_request_line: args.max_request_line,
+                max_header_field: args.max_header_field,
                 max_open_files: args.max_open_files,
                 max_log_bytes: args.max_log_bytes,
                 max_log_lines: args.max_log_lines,

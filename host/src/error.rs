@@ -40,6 +40,10 @@ pub enum SandboxError {
     /// No sandbox slot freed up within `--queue-timeout`.
     #[error("no sandbox free within {0:?}")]
     Overloaded(std::time::Duration),
+    /// The request body ended before its framing said it would, or its
+    /// framing was malformed (a bad chunk, a forbidden trailer).
+    #[error("the client sent a bad request body ({0})")]
+    BadBody(String),
     /// The request body grew past `--max-body-bytes`.
     #[error("the request body exceeded {0} bytes")]
     BodyTooLarge(u64),
@@ -58,6 +62,7 @@ impl SandboxError {
             Self::DeadlineExceeded(_) | Self::FuelExhausted(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BadBody(_) => StatusCode::BAD_REQUEST,
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             // Nobody is left to read it; the access log still wants a number.
             Self::ClientGone(_) => StatusCode::from_u16(499).expect("499 is a valid code"),

@@ -74,8 +74,17 @@ pub struct HeadAccepted {
     pub length: Option<u64>,
 }
 
-/// Validates a head and passes it on; an `Err` is the reason it was refused.
-pub type HeadHandler = Box<dyn FnOnce(RawHead) -> Result<HeadAccepted, String> + Send>;
+/// Why a head did not go out.
+#[derive(Debug)]
+pub enum HeadRefused {
+    /// The head breaks the protocol; the message says how.
+    Invalid(String),
+    /// Nobody is left to send it to.
+    ClientGone,
+}
+
+/// Validates a head and passes it on.
+pub type HeadHandler = Box<dyn FnOnce(RawHead) -> Result<HeadAccepted, HeadRefused> + Send>;
 
 /// Body chunks on their way to the client.
 pub type ChunkSender = mpsc::Sender<Bytes>;
@@ -183,7 +192,7 @@ impl Sandbox {
     pub async fn check(&self) -> anyhow::Result<()> {
         let io = GuestIo {
             body: http_body_util::Empty::new().map_err(|never| match never {}).boxed_unsync(),
-            on_head: Box::new(|_| Err("no request".into())),
+            on_head: Box::new(|_| Err(HeadRefused::Invalid("no request".into()))),
             chunks: mpsc::channel(1).0,
         };
         let mut store = self.new_store(0, io)?;
@@ -282,6 +291,7 @@ impl Sandbox {
         Some(match state.fault.as_ref()? {
             Fault::Protocol(msg) => SandboxError::GuestProtocol(msg.clone()),
             Fault::ClientGone(why) => SandboxError::ClientGone(why.clone()),
+            Fault::BadBody(why) => SandboxError::BadBody(why.clone()),
             Fault::BodyTooLarge => SandboxError::BodyTooLarge(self.limits.max_body_bytes),
             Fault::BodyTimeout => SandboxError::BodyTimeout(self.limits.body_timeout),
             Fault::ResponseTooLarge => SandboxError::ResponseTooLarge(self.limits.max_response_bytes),
@@ -475,6 +485,8 @@ enum Fault {
     Protocol(String),
     /// The client is gone.
     ClientGone(String),
+    /// The request body ended early or was malformed.
+    BadBody(String),
     BodyTooLarge,
     BodyTimeout,
     ResponseTooLarge,
@@ -556,9 +568,15 @@ impl bindings::Host for HostState {
                 Some(Err(err)) if err.is::<http_body_util::LengthLimitError>() => {
                     return Ok(Err(self.fail(Fault::BodyTooLarge, "the request body is too large")));
                 }
-                Some(Err(err)) => {
+                Some(Err(err)) if connection_lost(&*err) => {
                     let why = format!("reading the request body failed: {err}");
                     return Ok(Err(self.fail(Fault::ClientGone(why.clone()), &why)));
+                }
+                // Cut short (the client closed its side mid-body) or badly
+                // framed: the client's fault, and it may still be reading.
+                Some(Err(err)) => {
+                    let why = format!("the request body is incomplete or malformed: {err}");
+                    return Ok(Err(self.fail(Fault::BadBody(why.clone()), &why)));
                 }
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
@@ -594,7 +612,7 @@ impl bindings::Host for HostState {
             complete_len: complete.then_some(body.len() as u64),
             timing: Timing { app: self.app_started.elapsed(), ..self.timing },
         };
-        let on_head = std::mem::replace(&mut self.io.on_head, Box::new(|_| Err("unreachable".into())));
+        let on_head = std::mem::replace(&mut self.io.on_head, Box::new(|_| Err(HeadRefused::ClientGone)));
         match on_head(raw) {
             Ok(accepted) => {
                 self.discard_body = accepted.discard_body;
@@ -602,9 +620,13 @@ impl bindings::Host for HostState {
                 self.stats.head_sent = true;
                 Ok(self.send(body).await)
             }
-            Err(msg) => {
+            Err(HeadRefused::Invalid(msg)) => {
                 tracing::error!(req_id = self.req_id, "refused the app's response head: {msg}");
                 Ok(Err(self.fail(Fault::Protocol(msg.clone()), &msg)))
+            }
+            Err(HeadRefused::ClientGone) => {
+                let why = "the client closed the connection before the response".to_owned();
+                Ok(Err(self.fail(Fault::ClientGone(why), "the client went away")))
             }
         }
     }
@@ -616,6 +638,15 @@ impl bindings::Host for HostState {
         }
         Ok(self.send(chunk).await)
     }
+}
+
+/// Whether a body error is the connection itself failing (a reset), rather
+/// than a body that ended early or was malformed.
+fn connection_lost(err: &(dyn std::error::Error + 'static)) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+    std::iter::successors(Some(err), |e| e.source())
+        .filter_map(|e| e.downcast_ref::<std::io::Error>())
+        .any(|e| matches!(e.kind(), ConnectionReset | ConnectionAborted | BrokenPipe))
 }
 
 /// The longest traceback logged whole; a longer one is cut.

@@ -2,6 +2,7 @@
 //! real components built from `tests/apps/` and `examples/`.
 
 mod common;
+mod conformance;
 mod hostile;
 mod limits;
 mod nginx;

@@ -32,6 +32,8 @@ fn limits() -> Limits {
         body_timeout: Duration::from_secs(1),
         max_header_bytes: 1024,
         max_headers: 10,
+        max_request_line: 1024,
+        max_header_field: 1024,
         max_open_files: 16,
         max_log_bytes: 0,
         max_log_lines: 0,

@@ -399,6 +399,21 @@ def endless(environ, start_response):
     return gen()
 
 
+def header_case(environ, start_response):
+    # Names as an app writes them, not as HTTP/2 would (lowercase).
+    start_response(
+        "200 OK",
+        [
+            ("Content-Type", "text/plain"),
+            ("X-Forwarded-For", "foo, bar, bazz"),
+            ("X-XSS-Protection", "0"),
+            ("ETag", '"v1"'),
+            ("x-lower", "yes"),
+        ],
+    )
+    return [b"case\n"]
+
+
 def list_of_chunks(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [b"a", b"b", b"", b"c\n"]
@@ -432,6 +447,7 @@ ROUTES = {
     "/loop-forever": loop_forever,
     "/alloc-forever": alloc_forever,
     "/list": list_of_chunks,
+    "/case": header_case,
     "/recurse": recurse,
     "/deep-c-recursion": deep_c_recursion,
     "/exit": hard_exit,

@@ -1,9 +1,15 @@
-//! Refuses bare-LF line endings in HTTP/1.1 request heads, in front of hyper.
+//! Refuses bare-LF line endings in HTTP/1.1 request heads, and whitespace
+//! that ends a chunk-size line, in front of hyper.
 //!
 //! RFC 9112 §2.2 lets a server accept a bare LF as a line terminator, and
 //! hyper's parser (httparse) does, with no switch to refuse it. A proxy in
 //! front that reads the same bytes with CRLF alone sees a different request
-//! (the classic desync), so this server requires CRLF.
+//! (the classic desync), so this server requires CRLF. hyper also accepts a
+//! chunk size followed by whitespace and no extension (`0 \r\n`), which
+//! RFC 9112 §7.1 does not allow and other parsers read differently; that
+//! line is refused the same way, and so is a head with both Content-Length
+//! and Transfer-Encoding (RFC 9112 §6.3: "ought to be handled as an
+//! error"), which hyper would frame as chunked after dropping the length.
 //!
 //! [`StrictLines`] wraps the client's stream and follows the framing of each
 //! request as it streams by: the head (and chunk-size and trailer lines) are
@@ -80,11 +86,13 @@ enum State {
     Head,
     /// In a Content-Length body: this many bytes to go.
     Body(u64),
-    /// In a chunk-size line: the size so far, and whether an extension began.
+    /// In a chunk-size line: the size so far, whether an extension began,
+    /// and whether whitespace followed the size.
     ChunkSize {
         size: u64,
         digits: u8,
         ext: bool,
+        ws: bool,
     },
     /// Chunk data: this many bytes to go, then CRLF.
     ChunkData(u64),
@@ -95,6 +103,9 @@ enum State {
     Trailers,
     /// Not looking any more: hyper will refuse what comes and close.
     Off,
+    /// This byte makes the request invalid: it is made unparseable (NUL),
+    /// and the scanner stops.
+    Refuse,
 }
 
 /// Skips body bytes, not looked at: of `available`, how many belong to the
@@ -125,6 +136,8 @@ enum Framing {
     Chunked,
     /// Framing hyper refuses (or that this scanner does not follow).
     Unknown,
+    /// Both Content-Length and Transfer-Encoding: refused here.
+    Conflicting,
 }
 
 impl Scanner {
@@ -158,6 +171,11 @@ impl Scanner {
                         return;
                     }
                     self.state = self.line_byte(b);
+                    if self.state == State::Refuse {
+                        bytes[i] = 0;
+                        self.state = State::Off;
+                        return;
+                    }
                     self.prev = b;
                     i += 1;
                 }
@@ -182,6 +200,10 @@ impl Scanner {
                         Framing::Length(n) => State::Body(n),
                         Framing::Chunked => self.chunk_line(),
                         Framing::Unknown => State::Off,
+                        Framing::Conflicting => {
+                            tracing::debug!("refused a head with both Content-Length and Transfer-Encoding");
+                            State::Refuse
+                        }
                     };
                 }
                 if self.head.len() > self.max_head {
@@ -190,7 +212,7 @@ impl Scanner {
                     State::Head
                 }
             }
-            State::ChunkSize { size, digits, ext } => match b {
+            State::ChunkSize { size, digits, ext, ws } => match b {
                 b'\n' if digits > 0 => {
                     if size == 0 {
                         self.line_len = 0;
@@ -201,15 +223,21 @@ impl Scanner {
                 }
                 // A CR must be followed by the LF.
                 _ if self.prev == b'\r' => State::Off,
-                b'\r' if digits > 0 => State::ChunkSize { size, digits, ext },
-                _ if ext => State::ChunkSize { size, digits, ext },
-                b';' if digits > 0 => State::ChunkSize { size, digits, ext: true },
+                // `0 \r\n`: whitespace may only come before an extension.
+                b'\r' if digits > 0 && ws && !ext => {
+                    tracing::debug!("refused whitespace at the end of a chunk-size line");
+                    State::Refuse
+                }
+                b'\r' if digits > 0 => State::ChunkSize { size, digits, ext, ws },
+                _ if ext => State::ChunkSize { size, digits, ext, ws },
+                b';' if digits > 0 => State::ChunkSize { size, digits, ext: true, ws },
+                b' ' | b'\t' if digits > 0 => State::ChunkSize { size, digits, ext, ws: true },
+                _ if ws => State::Off,
                 _ => match (b as char).to_digit(16) {
                     Some(d) if digits < 16 => {
-                        State::ChunkSize { size: size << 4 | u64::from(d), digits: digits + 1, ext }
+                        State::ChunkSize { size: size << 4 | u64::from(d), digits: digits + 1, ext, ws }
                     }
-                    // Whitespace after the size, a 17th digit, anything
-                    // else: hyper's to judge.
+                    // A 17th digit, anything else: hyper's to judge.
                     _ => State::Off,
                 },
             },
@@ -229,7 +257,7 @@ impl Scanner {
     }
 
     fn chunk_line(&mut self) -> State {
-        State::ChunkSize { size: 0, digits: 0, ext: false }
+        State::ChunkSize { size: 0, digits: 0, ext: false, ws: false }
     }
 
     /// Resets for the next request on the connection.
@@ -247,6 +275,10 @@ impl Scanner {
             return Framing::Unknown;
         }
         let mut framing = Framing::None;
+        let has = |name: &str| req.headers.iter().any(|h| h.name.eq_ignore_ascii_case(name));
+        if has("transfer-encoding") && has("content-length") {
+            return Framing::Conflicting;
+        }
         for header in req.headers.iter() {
             if header.name.eq_ignore_ascii_case("transfer-encoding") {
                 // hyper uses chunked framing when chunked is last, and
@@ -320,6 +352,25 @@ mod tests {
         // In a chunk-size line and in a trailer.
         refused_at(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\nx\r\n0\r\n\r\n", 48);
         refused_at(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nA: b\n\r\n", 54);
+    }
+
+    #[test]
+    fn a_head_with_both_content_length_and_transfer_encoding_is_made_unparseable() {
+        let head = b"POST / HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        // The head's last LF: hyper never sees a complete head.
+        refused_at(head, 65);
+    }
+
+    #[test]
+    fn whitespace_ends_a_chunk_size_line_only_before_an_extension() {
+        let chunked = |line: &str| format!("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n{line}\r\n\r\n");
+        let at = chunked("").len() - 4;
+        refused_at(chunked("0 ").as_bytes(), at + 2);
+        refused_at(chunked("0\t\t").as_bytes(), at + 3);
+        // Uppercase hex, an extension after whitespace, a quoted one.
+        unchanged(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nA\r\n0123456789\r\n0\r\n\r\n");
+        unchanged(chunked("0 ;ext=1").as_bytes());
+        unchanged(chunked("0;name=\"a b;c\"").as_bytes());
     }
 
     #[test]

@@ -27,7 +27,7 @@ use tokio_util::task::TaskTracker;
 pub use self::environ::{CgiVars, ConnInfo};
 pub use self::response::ResponseHead;
 use crate::error::{error_body, SandboxError};
-use crate::sandbox::{GuestIo, GuestRequest, HeadAccepted, HeadHandler, RequestBody, Sandbox};
+use crate::sandbox::{GuestIo, GuestRequest, HeadAccepted, HeadHandler, HeadRefused, RequestBody, Sandbox};
 
 /// Body chunks buffered between a running guest and its client.
 const CHUNKS_IN_FLIGHT: usize = 4;
@@ -56,7 +56,14 @@ impl WsgiResponse {
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
         headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
         Self {
-            head: ResponseHead { status, reason: None, headers, bodyless: false, length: Some(body.len() as u64) },
+            head: ResponseHead {
+                status,
+                reason: None,
+                headers,
+                bodyless: false,
+                length: Some(body.len() as u64),
+                spelled: Vec::new(),
+            },
             body: ResponseBody(Kind::Full(Some(body))),
         }
     }
@@ -176,13 +183,13 @@ impl Dispatcher {
             let method = req.method.clone();
             let status = Arc::clone(&status);
             Box::new(move |raw| {
-                let mut head = response::validate(&raw, &method)?;
+                let mut head = response::validate(&raw, &method).map_err(HeadRefused::Invalid)?;
                 if timing {
                     head.headers.insert("server-timing", server_timing(&raw.timing));
                 }
                 let accepted = HeadAccepted { discard_body: head.bodyless, length: head.length };
                 status.store(head.status.as_u16(), Ordering::Relaxed);
-                head_tx.send(head).map_err(|_| "the client went away".to_owned())?;
+                head_tx.send(head).map_err(|_| HeadRefused::ClientGone)?;
                 Ok(accepted)
             })
         };
@@ -253,7 +260,7 @@ fn server_timing(t: &crate::sandbox::Timing) -> HeaderValue {
 
 fn log_failure(req_id: u64, err: &SandboxError) {
     match err {
-        SandboxError::ClientGone(_) => tracing::info!(req_id, "{err}"),
+        SandboxError::ClientGone(_) | SandboxError::BadBody(_) => tracing::info!(req_id, "{err}"),
         SandboxError::Overloaded(_) => tracing::warn!(req_id, "{err}"),
         _ => tracing::error!(req_id, "{err}"),
     }

@@ -48,6 +48,18 @@ pub struct ResponseHead {
     /// The body's length, when the head declares one: exactly this many
     /// bytes must follow.
     pub length: Option<u64>,
+    /// How the app spelled the names it sent, where that is not lowercase
+    /// (`headers` holds them lowercase): see [`ResponseHead::spelling`].
+    pub spelled: Vec<(HeaderName, Bytes)>,
+}
+
+impl ResponseHead {
+    /// `name` as the app wrote it, or lowercase if the app did not send it
+    /// (a header the host added). For writers that send the app's bytes
+    /// exactly, as uWSGI does.
+    pub fn spelling<'a>(&'a self, name: &'a HeaderName) -> &'a [u8] {
+        self.spelled.iter().find(|(n, _)| n == name).map_or(name.as_str().as_bytes(), |(_, s)| s)
+    }
 }
 
 /// Validates a raw head for a response to `method`.
@@ -67,9 +79,13 @@ pub fn validate(raw: &RawHead, method: &Method) -> Result<ResponseHead, String> 
         return Err(format!("a head of {head_bytes} bytes; at most {MAX_RESPONSE_HEAD_BYTES} are sent"));
     }
     let mut headers = HeaderMap::with_capacity(raw.headers.len() + 1);
-    for (name, value) in &raw.headers {
-        let name = HeaderName::from_bytes(name)
-            .map_err(|_| format!("invalid header name {:?}", String::from_utf8_lossy(name)))?;
+    let mut spelled = Vec::new();
+    for (raw_name, value) in &raw.headers {
+        let name = HeaderName::from_bytes(raw_name)
+            .map_err(|_| format!("invalid header name {:?}", String::from_utf8_lossy(raw_name)))?;
+        if name.as_str().as_bytes() != raw_name.as_slice() && !spelled.iter().any(|(n, _)| *n == name) {
+            spelled.push((name.clone(), Bytes::copy_from_slice(raw_name)));
+        }
         if HOP_BY_HOP.contains(&name.as_str()) {
             return Err(format!("hop-by-hop header {name} is not allowed"));
         }
@@ -92,7 +108,7 @@ pub fn validate(raw: &RawHead, method: &Method) -> Result<ResponseHead, String> 
         headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
         length = Some(len);
     }
-    Ok(ResponseHead { status, reason, headers, bodyless, length })
+    Ok(ResponseHead { status, reason, headers, bodyless, length, spelled })
 }
 
 fn parse_status(raw: &[u8]) -> Result<(StatusCode, Option<Bytes>), String> {
@@ -162,6 +178,20 @@ mod tests {
         assert!(validate(&raw("200 OK", &[("X-A", &huge)], None), &Method::GET).unwrap_err().contains("bytes"));
         let fine: Vec<(&str, &[u8])> = vec![("X-A", b"v"); MAX_RESPONSE_HEADERS];
         assert!(validate(&raw("200 OK", &fine, None), &Method::GET).is_ok());
+    }
+
+    #[test]
+    fn the_apps_spelling_of_each_name_is_kept() {
+        let h = validate(
+            &raw("200 OK", &[("X-Forwarded-For", b"a"), ("x-lower", b"b"), ("X-FORWARDED-FOR", b"c")], Some(1)),
+            &Method::GET,
+        )
+        .unwrap();
+        let name = HeaderName::from_static("x-forwarded-for");
+        assert_eq!(h.spelling(&name), b"X-Forwarded-For", "the first spelling wins");
+        assert_eq!(h.spelling(&HeaderName::from_static("x-lower")), b"x-lower");
+        assert_eq!(h.spelling(&CONTENT_LENGTH), b"content-length", "added by the host");
+        assert_eq!(h.spelled.len(), 1);
     }
 
     #[test]

@@ -383,3 +383,21 @@ fn nginx_passes_on_nothing_the_host_refused_and_notices_a_cut_response() {
     let all = started.elapsed();
     assert!(all - first >= Duration::from_millis(800), "first chunk at {first:?}, all at {all:?}");
 }
+
+#[test]
+fn r16_nginx_passes_header_names_in_the_apps_case() {
+    // https://github.com/wsgi-wasm/wsgi-wasm/issues/16, as nginx's own uwsgi
+    // tests expect: `X-Forwarded-For: foo, bar, bazz`, byte for byte.
+    let (_server, nginx) = fixture_behind_nginx("case");
+    let request = b"GET /case HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+    let (reply, _) = raw_reply(nginx.addr(), request, Duration::from_secs(30));
+    let reply = String::from_utf8_lossy(&reply);
+    for line in [
+        "\r\nX-Forwarded-For: foo, bar, bazz\r\n",
+        "\r\nX-XSS-Protection: 0\r\n",
+        "\r\nETag: \"v1\"\r\n",
+        "\r\nx-lower: yes\r\n",
+    ] {
+        assert!(reply.contains(line), "{line:?} in {reply:?}");
+    }
+}

@@ -17,11 +17,12 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::Method;
+use http::{Method, StatusCode};
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::config::Limits;
 use crate::sandbox::BoxError;
 use crate::wsgi::{environ, ConnInfo, Dispatcher, WsgiRequest, WsgiResponse};
 
@@ -70,17 +71,23 @@ pub async fn serve_connection<R, W>(
 {
     let peer = conn.map_or_else(|| "unix".to_owned(), |c| c.peer.to_string());
     let limits = dispatcher.limits();
-    let (request, declared) = match read_request(&mut reader, vars_limit, limits.header_timeout).await {
-        Ok(Some((packet, leftover))) => match into_request(packet, leftover, reader, conn) {
-            Ok(parsed) => parsed,
-            Err(err) => return tracing::error!(%peer, "refused uwsgi request: {err}"),
-        },
+    let packet = match read_request(&mut reader, vars_limit, limits.header_timeout).await {
+        Ok(Some(packet)) => packet,
         Ok(None) => return, // connected and closed without a request
         Err(err) => return tracing::error!(%peer, "refused uwsgi request: {err}"),
     };
-    let response = match dispatcher.refuse_declared_body(declared, &peer) {
-        Some(refused) => refused,
-        None => dispatcher.dispatch(request).await,
+    let response = if let Some((status, why)) = refuse_vars(&packet.0.vars, limits) {
+        tracing::warn!(%peer, "refused a uwsgi request: {why}");
+        WsgiResponse::error(status)
+    } else {
+        let (request, declared) = match into_request(packet.0, packet.1, reader, conn) {
+            Ok(parsed) => parsed,
+            Err(err) => return tracing::error!(%peer, "refused uwsgi request: {err}"),
+        };
+        match dispatcher.refuse_declared_body(declared, &peer) {
+            Some(refused) => refused,
+            None => dispatcher.dispatch(request).await,
+        }
     };
     if let Err(err) = write_response(&mut writer, response).await {
         match err {
@@ -117,6 +124,23 @@ async fn read_request<R: AsyncRead + Unpin>(
     let Some(total) = total else { return Ok(None) };
     let packet = codec::parse(&buf[..total], limit).map_err(|e| e.to_string())?;
     Ok(Some((packet, buf.split_off(total).freeze())))
+}
+
+/// `--max-request-line` (414) for `REQUEST_URI`, and `--max-header-field`
+/// (431) for each `HTTP_*` var as the header it stands for (`name: value`),
+/// before repeated ones are joined: the limits the HTTP listener applies.
+fn refuse_vars(vars: &[(Vec<u8>, Vec<u8>)], limits: &Limits) -> Option<(StatusCode, &'static str)> {
+    for (key, value) in vars {
+        if key == b"REQUEST_URI" && value.len() > limits.max_request_line {
+            return Some((StatusCode::URI_TOO_LONG, "REQUEST_URI is over --max-request-line"));
+        }
+        if let Some(name) = key.strip_prefix(b"HTTP_") {
+            if name.len() + 2 + value.len() > limits.max_header_field {
+                return Some((StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "a header var is over --max-header-field"));
+            }
+        }
+    }
+    None
 }
 
 /// Builds the request from a packet; also returns its body length
@@ -197,8 +221,9 @@ async fn write_response<W: AsyncWrite + Unpin>(writer: &mut W, response: WsgiRes
         None => out.extend_from_slice(head.status.canonical_reason().unwrap_or("").as_bytes()),
     }
     out.extend_from_slice(b"\r\n");
+    // The app's own spelling of each name, as uWSGI sends it.
     for (name, value) in &head.headers {
-        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(head.spelling(name));
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
