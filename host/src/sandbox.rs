@@ -518,6 +518,11 @@ impl HostState {
     }
 
     async fn send(&mut self, chunk: Vec<u8>) -> Result<(), String> {
+        // After a refusal nothing more goes out (and nothing waits for room
+        // in a channel that no client will drain).
+        if self.fault.is_some() {
+            return Err("the request has already failed".into());
+        }
         if self.discard_body || chunk.is_empty() {
             return Ok(());
         }

@@ -38,7 +38,10 @@ def _ignore(call, *args):
 
 
 def status(q):
-    _ignore(host.start_response, q.get("s", b"999 WAT"), [], b"status body\n", True)
+    _ignore(host.start_response, q.get("s", b"999 WAT"), [], b"status body\n", False)
+    # More body after a refused head: nothing may wait on it.
+    for _ in range(10):
+        _ignore(host.write_body, b"more body\n")
 
 
 def header(q):

@@ -242,10 +242,15 @@ impl Dispatcher {
                 WsgiResponse { head, body: ResponseBody(body) }
             }
             // The run ended without a head: it failed, and the task knows how.
-            Err(_) => match task.await {
-                Ok(Err(err)) => WsgiResponse::error(err.status()),
-                Ok(Ok(_)) | Err(_) => WsgiResponse::error(StatusCode::INTERNAL_SERVER_ERROR),
-            },
+            Err(_) => {
+                // No body will be read: a guest still writing must not wait
+                // for room in the channel.
+                drop(chunk_rx);
+                match task.await {
+                    Ok(Err(err)) => WsgiResponse::error(err.status()),
+                    Ok(Ok(_)) | Err(_) => WsgiResponse::error(StatusCode::INTERNAL_SERVER_ERROR),
+                }
+            }
         }
     }
 }
