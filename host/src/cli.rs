@@ -47,9 +47,16 @@ pub struct BuildArgs {
     /// for a GET, or `METHOD PATH[?QUERY]`; repeat for more. Each runs 4
     /// times, so CPython's bytecode specialization settles too. The app runs
     /// these for real: use paths without side effects. A warm-up request that
-    /// raises fails the build.
-    #[arg(long, value_name = "REQUEST")]
+    /// raises fails the build. These add to the automatic warm-up (a GET and
+    /// a HEAD of a path that 404s, and Django's URL resolver), which runs
+    /// unless --no-warmup is given.
+    #[arg(long, value_name = "REQUEST", conflicts_with = "no_warmup")]
     pub warmup: Vec<String>,
+
+    /// Run no warm-up at all, not even the automatic one: every sandbox then
+    /// does the app's first-request work itself.
+    #[arg(long)]
+    pub no_warmup: bool,
 
     /// Where to write the component.
     #[arg(long, short = 'o', value_name = "FILE", default_value = "app.wasm")]

@@ -68,8 +68,12 @@ pub struct BuildConfig {
     /// Absolute app directories, in `sys.path` order.
     pub paths: Vec<PathBuf>,
     pub requirements: Option<PathBuf>,
-    /// Requests to run at build time, as `(METHOD, PATH[?QUERY])`.
+    /// Requests to run at build time, as `(METHOD, PATH[?QUERY])`; one that
+    /// raises fails the build.
     pub warmup: Vec<(String, String)>,
+    /// The automatic warm-up requests (see [`auto_warmup`]); one that raises
+    /// is a warning. Empty with `--no-warmup`.
+    pub auto_warmup: Vec<(String, String)>,
     pub output: PathBuf,
     pub cache_dir: PathBuf,
     pub python: PathBuf,
@@ -118,11 +122,24 @@ impl BuildConfig {
             paths,
             requirements: args.requirements,
             warmup,
+            auto_warmup: if args.no_warmup { Vec::new() } else { auto_warmup(rand::random()) },
             output: args.output,
             cache_dir: cache_dir(args.cache.cache_dir)?,
             python: args.python,
         })
     }
+}
+
+/// Where the automatic warm-up requests go: a prefix no app routes, and a
+/// random name under it, so that the path is certain to 404.
+pub const WARMUP_PREFIX: &str = "/.wsgi-wasm-warmup/";
+
+/// The warm-up every build runs unless told not to: a GET and a HEAD of a
+/// path that 404s, which run an app's routing, middleware and error
+/// handling (and their lazy imports) with no side effect in any sane app.
+pub fn auto_warmup(nonce: u64) -> Vec<(String, String)> {
+    let target = format!("{WARMUP_PREFIX}{nonce:016x}");
+    vec![("GET".into(), target.clone()), ("HEAD".into(), target)]
 }
 
 /// Per-request limits that the sandbox and the listeners enforce.

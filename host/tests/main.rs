@@ -629,7 +629,48 @@ fn headers_seen_at_warm_up_skip_the_checks_but_still_bind_the_response() {
     assert!(learned.wait_for_log("more than its Content-Length", Duration::from_secs(5)), "{}", learned.log());
     let known = json(client().get(learned.url("/known-headers")).send().unwrap());
     assert!(known.as_array().unwrap().contains(&serde_json::json!(["Content-Length", "5"])), "{known}");
-    assert_eq!(json(client().get(plain.url("/known-headers")).send().unwrap()), serde_json::json!([]));
+    // The plain build ran only the automatic warm-up: its 404's header.
+    assert_eq!(
+        json(client().get(plain.url("/known-headers")).send().unwrap()),
+        serde_json::json!([["Content-Type", "text/plain"]])
+    );
+}
+
+#[test]
+fn r20_every_build_warms_up_on_a_404_unless_told_not_to() {
+    // https://github.com/wsgi-wasm/wsgi-wasm/issues/20
+    let apps = common::repo().join("tests/apps");
+    let tmp = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let build = |name: &str, target: &str, extra: &[&str]| {
+        let out = tmp.join(format!("apps/{name}.wasm"));
+        let mut args = vec![target, "--path", apps.to_str().unwrap(), "-o", out.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        (common::build_cmd(&args, &common::repo()), out)
+    };
+    // The fixture's 404 runs, as a GET and a HEAD, and the build says so.
+    let (out, _) = build("auto", "fixture:app", &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("warm-up (automatic) GET /.wsgi-wasm-warmup/"), "{stderr}");
+    assert!(stderr.contains("warm-up (automatic) HEAD /.wsgi-wasm-warmup/"), "{stderr}");
+    assert!(stderr.contains(": 404 Not Found"), "{stderr}");
+    // --no-warmup: none at all; with --warmup, a clear refusal.
+    let (out, wasm) = build("none", "fixture:app", &["--no-warmup"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !stderr.contains("warm-up"), "{stderr}");
+    let server = Server::start(&wasm, &[]);
+    assert_eq!(json(client().get(server.url("/known-headers")).send().unwrap()), serde_json::json!([]));
+    let (out, _) = build("both", "fixture:app", &["--no-warmup", "--warmup", "/list"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("--no-warmup"), "{stderr}");
+    // An app whose 404 raises: a warning, and the build goes on.
+    let (out, wasm) = build("raising", "raising_404:app", &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("warning: the automatic warm-up GET /.wsgi-wasm-warmup/"), "{stderr}");
+    assert!(stderr.contains("LookupError: no route"), "{stderr}");
+    let server = Server::start(&wasm, &[]);
+    assert_eq!(client().get(server.url("/ok")).send().unwrap().text().unwrap(), "ok\n");
 }
 
 #[test]

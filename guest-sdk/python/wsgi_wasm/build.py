@@ -9,9 +9,11 @@ module, in that single run:
 1. imports the app and checks that the named object is a WSGI callable;
 2. imports every dependency that ships native code, to prove it has a
    pure-Python fallback (a clear build error names the package if not);
-3. runs the ``--warmup`` requests, the adapter's own request path and the
-   runtime's reseeding of ``random``, a few times each, so that their
-   first-request work is in the snapshot;
+3. runs the automatic warm-up (a GET and a HEAD of a path that 404s, and
+   Django's URL resolver where Django is configured), the ``--warmup``
+   requests, the adapter's own request path and the runtime's reseeding of
+   ``random``, a few times each, so that their first-request work is in the
+   snapshot;
 4. copies every mounted directory into the export directory, with bytecode
    compiled for this exact interpreter, so the host can ship the tree inside
    ``app.wasm`` and mount it read-only at the same paths for every request;
@@ -163,11 +165,17 @@ class _LocalErrors:
 
 
 def _warm_up(app, plan):
-    """Runs the plan's warm-up requests through the app, before the snapshot."""
+    """Runs the plan's warm-up requests through the app, before the snapshot.
+
+    The automatic ones come first; one that raises is reported as a warning
+    and the build goes on. A ``--warmup`` request that raises fails it.
+    """
     from urllib.parse import unquote_to_bytes
 
     report = []
-    for method, target in plan.get("warmup", []):
+    requests = [(m, t, True) for m, t in plan.get("auto_warmup", [])]
+    requests += [(m, t, False) for m, t in plan.get("warmup", [])]
+    for method, target, automatic in requests:
         path, _, query = target.partition("?")
         environ = {
             "REQUEST_METHOD": method,
@@ -208,10 +216,38 @@ def _warm_up(app, plan):
                 finally:
                     if hasattr(result, "close"):
                         result.close()
+        except Exception as e:  # noqa: BLE001
+            if not automatic:
+                _fail(f"the warm-up request {method} {target} failed:\n{traceback.format_exc()}")
+            warning = traceback.format_exception_only(e)[-1].strip()
+            report.append({"request": f"{method} {target}", "automatic": True, "warning": warning})
+            continue
         except BaseException:  # noqa: BLE001
             _fail(f"the warm-up request {method} {target} failed:\n{traceback.format_exc()}")
-        report.append({"request": f"{method} {target}", "status": status[0] if status else None})
+        report.append({"request": f"{method} {target}", "automatic": automatic, "status": status[0] if status else None})
+    if plan.get("auto_warmup"):
+        report.extend(_warm_frameworks())
     return report
+
+
+def _warm_frameworks():
+    """Framework setup that public API offers and a first request would do:
+    Django's URL resolver imports the URLconf and every view module it names
+    (Django loads them lazily, by dotted path). Nothing an app must ask for."""
+    done = []
+    if "django" in sys.modules:
+        try:
+            from django.conf import settings
+
+            if settings.configured:
+                from django.urls import get_resolver
+
+                patterns = get_resolver().url_patterns
+                done.append({"request": "Django URL resolver", "automatic": True, "status": f"{len(patterns)} patterns"})
+        except Exception as e:  # noqa: BLE001
+            warning = traceback.format_exception_only(e)[-1].strip()
+            done.append({"request": "Django URL resolver", "automatic": True, "warning": warning})
+    return done
 
 
 class _StandInHost:

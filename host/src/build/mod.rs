@@ -68,6 +68,7 @@ pub fn build(cfg: &BuildConfig) -> Result<()> {
         "export_dir": format!("/{}", n + 1),
         "native": native,
         "warmup": cfg.warmup,
+        "auto_warmup": cfg.auto_warmup,
         "app_paths": cfg.paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
     });
     std::fs::write(sdk_dir.join(sdk::PLAN_FILE), serde_json::to_vec_pretty(&plan)?)?;
@@ -130,11 +131,12 @@ fn report(path: &std::path::Path) -> Result<()> {
     std::fs::remove_file(path)?;
     let report: serde_json::Value = serde_json::from_str(&text).context("reading the build report")?;
     for warm in report["warmup"].as_array().into_iter().flatten() {
-        eprintln!(
-            "wsgi-wasm: warm-up {}: {}",
-            warm["request"].as_str().unwrap_or("?"),
-            warm["status"].as_str().unwrap_or("no response")
-        );
+        let what = warm["request"].as_str().unwrap_or("?");
+        let auto = if warm["automatic"].as_bool() == Some(true) { " (automatic)" } else { "" };
+        match warm["warning"].as_str() {
+            Some(warning) => eprintln!("wsgi-wasm: warning: the automatic warm-up {what} failed; going on: {warning}"),
+            None => eprintln!("wsgi-wasm: warm-up{auto} {what}: {}", warm["status"].as_str().unwrap_or("no response")),
+        }
     }
     Ok(())
 }
