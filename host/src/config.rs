@@ -367,8 +367,31 @@ fn default_cache_dir() -> Result<PathBuf> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Limits like `run`'s defaults, for unit tests elsewhere.
+    pub(crate) fn limits() -> Limits {
+        Limits {
+            timeout: Duration::from_secs(30),
+            memory_bytes: 256 << 20,
+            fuel: None,
+            max_instances: 1,
+            queue_timeout: Duration::from_secs(5),
+            max_connections: 1,
+            max_body_bytes: 1 << 30,
+            max_response_bytes: 1 << 30,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+            max_header_bytes: 65536,
+            max_headers: 100,
+            max_request_line: 8192,
+            max_header_field: 8192,
+            max_open_files: 256,
+            max_log_bytes: 1 << 20,
+            max_log_lines: 1000,
+        }
+    }
 
     #[test]
     fn mounts_are_read_only_unless_asked() {

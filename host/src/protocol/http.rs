@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use http::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::request::Parts;
-use http::{Method, StatusCode};
+use http::{HeaderMap, Method, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -168,7 +168,9 @@ impl http_body::Body for TrailersChecked {
     ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
         let frame = std::task::ready!(std::pin::Pin::new(&mut self.0).poll_frame(cx));
         if let Some(Ok(trailers)) = frame.as_ref().map(|f| f.as_ref().map(http_body::Frame::trailers_ref)) {
-            if let Some(name) = trailers.and_then(|t| t.keys().find(|k| NOT_IN_TRAILERS.contains(&k.as_str()))) {
+            let forbidden =
+                trailers.into_iter().flat_map(HeaderMap::keys).find(|k| NOT_IN_TRAILERS.contains(&k.as_str()));
+            if let Some(name) = forbidden {
                 return std::task::Poll::Ready(Some(Err(format!("{name} is not allowed in a trailer").into())));
             }
         }
@@ -240,4 +242,36 @@ fn into_hyper(resp: WsgiResponse) -> Response<ResponseBody> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(request: http::request::Builder) -> Option<StatusCode> {
+        let limits = crate::config::tests::limits();
+        refuse_head(&request.body(()).unwrap().into_parts().0, &limits).map(|(status, _)| status)
+    }
+
+    #[test]
+    fn heads_hyper_accepts_but_a_front_line_server_refuses() {
+        let get = |uri: &str| http::Request::builder().method("GET").uri(uri);
+        assert_eq!(refused(get("/a?b")), None);
+        assert_eq!(refused(get("http://example.com/a")), None);
+        assert_eq!(refused(get("*")), Some(StatusCode::BAD_REQUEST));
+        assert_eq!(refused(http::Request::builder().method("OPTIONS").uri("*")), None);
+        assert_eq!(refused(get("example.com:443")), Some(StatusCode::BAD_REQUEST));
+        let connect = http::Request::builder().method("CONNECT").uri("example.com:443");
+        assert_eq!(refused(connect), Some(StatusCode::METHOD_NOT_ALLOWED));
+        let both = get("/").header("content-length", "1").header("transfer-encoding", "chunked");
+        assert_eq!(refused(both), Some(StatusCode::BAD_REQUEST));
+        // The limits in `config::tests::limits` are 8 KiB each.
+        assert_eq!(refused(get(&format!("/{}", "a".repeat(8192)))), Some(StatusCode::URI_TOO_LONG));
+        assert_eq!(refused(get(&format!("/{}", "a".repeat(8000)))), None);
+        assert_eq!(
+            refused(get("/").header("x-big", "b".repeat(8190))),
+            Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+        );
+        assert_eq!(refused(get("/").header("x-big", "b".repeat(8000))), None);
+    }
 }
