@@ -207,6 +207,14 @@ pub struct RunArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
     pub shutdown_timeout: f64,
 
+    /// Serve Prometheus metrics (OpenMetrics text) at http://ADDR/metrics,
+    /// on a listener of its own: requests by status, durations,
+    /// instantiation, live sandboxes, queue depth, limits hit, guest errors,
+    /// memory per request and open connections, each labelled with the app.
+    /// Off by default, and then nothing is recorded.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+
     /// Report where each request's time went: a `Server-Timing` response
     /// header (queue wait, instantiation, app time until the head) and the
     /// full breakdown, teardown included, in the access log.

@@ -242,6 +242,10 @@ pub struct RunConfig {
     pub shutdown_timeout: Duration,
     /// Report per-request timing (`--timing`).
     pub timing: bool,
+    /// Where to serve `/metrics`, if anywhere.
+    pub metrics: Option<SocketAddr>,
+    /// The app's name in metrics: the file's stem.
+    pub app_name: String,
 }
 
 impl RunConfig {
@@ -316,7 +320,7 @@ impl RunConfig {
             args.http
         };
         Ok(Self {
-            app: args.app,
+            app: args.app.clone(),
             http,
             uwsgi: UwsgiConfig { addrs: args.uwsgi, socket_mode, buffer_size: args.uwsgi_buffer_size },
             cache_dir: cache_dir(args.cache.cache_dir)?,
@@ -343,6 +347,8 @@ impl RunConfig {
             env,
             shutdown_timeout: seconds("--shutdown-timeout", args.shutdown_timeout)?,
             timing: args.timing,
+            metrics: args.metrics,
+            app_name: args.app.file_stem().map_or_else(|| "app".into(), |s| s.to_string_lossy().into_owned()),
         })
     }
 }

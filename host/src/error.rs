@@ -77,6 +77,35 @@ impl SandboxError {
     }
 }
 
+impl SandboxError {
+    /// The limit this failure hit, as `wsgi_wasm_limit_exceeded_total`
+    /// labels it; `None` if it hit none.
+    pub fn limit(&self) -> Option<&'static str> {
+        Some(match self {
+            Self::DeadlineExceeded(_) => "timeout",
+            Self::FuelExhausted(_) => "fuel",
+            Self::MemoryExceeded(_) => "memory",
+            Self::TooManyHandles(_) => "files",
+            Self::BodyTooLarge(_) | Self::BodyTimeout(_) => "body",
+            Self::ResponseTooLarge(_) => "response",
+            Self::Overloaded(_) => "queue",
+            _ => return None,
+        })
+    }
+
+    /// How the app itself failed, as `wsgi_wasm_guest_errors_total` labels
+    /// it: `exception`, `trap` or `exit` (`sys.exit()`, `os._exit()`).
+    pub fn guest_error_kind(&self) -> Option<&'static str> {
+        match self {
+            Self::App(traceback) if traceback.contains("SystemExit") => Some("exit"),
+            Self::App(_) => Some("exception"),
+            Self::Trap(err) if err.downcast_ref::<wasmtime_wasi::I32Exit>().is_some() => Some("exit"),
+            Self::Trap(_) | Self::Instantiate(_) => Some("trap"),
+            _ => None,
+        }
+    }
+}
+
 /// The fixed body for an error status: its canonical reason and nothing else.
 pub fn error_body(status: StatusCode) -> String {
     format!("{} {}\n", status.as_u16(), status.canonical_reason().unwrap_or("Error"))

@@ -19,6 +19,7 @@
 //! | [`bindings`] | code generated from `guest-sdk/wit/wsgi.wit` |
 //! | [`error`] | typed errors and the one error → status mapping |
 //! | [`descriptors`] | the descriptor budget, checked against `RLIMIT_NOFILE` |
+//! | [`metrics`] | Prometheus metrics per app (`--metrics`) |
 
 pub mod bindings;
 pub mod build;
@@ -28,6 +29,7 @@ pub mod config;
 pub mod descriptors;
 pub mod engine;
 pub mod error;
+pub mod metrics;
 pub mod protocol;
 pub mod sandbox;
 pub mod server;

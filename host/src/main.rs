@@ -45,14 +45,24 @@ fn run(args: RunArgs) -> Result<()> {
     // Everything that can be wrong with the app is found before listening.
     let app = LoadedApp::load(&config.app, &config.cache_dir, &config.limits)?;
     let grants = Grants { mounts: config.mounts.clone(), env: config.env.clone() };
-    let sandbox = Arc::new(Sandbox::new(app, config.limits.clone(), grants)?);
+    let metrics = config.metrics.map(|_| wsgi_wasm::metrics::Metrics::new().app(&config.app_name, &app.digest));
+    let sandbox = Arc::new(Sandbox::new(app, config.limits.clone(), grants, metrics)?);
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     runtime.block_on(async {
         sandbox.check().await?;
         let listeners = server::bind(&config.http, &config.uwsgi).await?;
+        let metrics = match config.metrics {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on --metrics {addr}"))?,
+            ),
+            None => None,
+        };
         let shutdown = shutdown::on_signals().context("installing signal handlers")?;
         let options = ServeOptions {
+            metrics,
             uwsgi_vars_limit: config.uwsgi.buffer_size,
             shutdown_timeout: config.shutdown_timeout,
             timing: config.timing,

@@ -30,6 +30,7 @@ use crate::bindings::{self, Header, WsgiPre};
 use crate::config::{Limits, Mount};
 use crate::engine::LoadedApp;
 use crate::error::SandboxError;
+use crate::metrics::AppMetrics;
 
 mod output;
 mod random;
@@ -138,6 +139,8 @@ pub struct Sandbox {
     preopens: WasiFilesystemCtx,
     /// One permit per live instance: `--max-instances`.
     slots: Arc<Semaphore>,
+    /// Where to count what each request costs, with `--metrics`.
+    metrics: Option<AppMetrics>,
 }
 
 impl Sandbox {
@@ -147,7 +150,7 @@ impl Sandbox {
     /// Fails if the component does not export the `wsgi` world, imports
     /// something the host does not provide, or a mount would shadow the
     /// app's own files.
-    pub fn new(app: LoadedApp, limits: Limits, grants: Grants) -> anyhow::Result<Self> {
+    pub fn new(app: LoadedApp, limits: Limits, grants: Grants, metrics: Option<AppMetrics>) -> anyhow::Result<Self> {
         for mount in &grants.mounts {
             if let Some(root) = app.roots.iter().find(|root| overlaps(&mount.guest, root)) {
                 anyhow::bail!(
@@ -170,7 +173,12 @@ impl Sandbox {
             .context("the component does not export the wsgi-wasm `wsgi` world")?;
         let slots = Arc::new(Semaphore::new(limits.max_instances));
         let preopens = open_preopens(&app, &grants)?;
-        Ok(Self { app, pre, limits, grants, slots, preopens })
+        Ok(Self { app, pre, limits, grants, slots, preopens, metrics })
+    }
+
+    /// This app's metrics, with `--metrics`.
+    pub fn metrics(&self) -> Option<&AppMetrics> {
+        self.metrics.as_ref()
     }
 
     /// The SHA-256 of the loaded `app.wasm`.
@@ -222,10 +230,13 @@ impl Sandbox {
     pub async fn run(&self, req: GuestRequest, io: GuestIo) -> Result<RunStats, SandboxError> {
         let queue = self.limits.queue_timeout;
         let queued = Instant::now();
+        let in_queue = self.metrics.as_ref().map(AppMetrics::queued);
         let _permit = tokio::time::timeout(queue, Arc::clone(&self.slots).acquire_owned())
             .await
             .map_err(|_| SandboxError::Overloaded(queue))?
             .expect("the slot semaphore is never closed");
+        drop(in_queue);
+        let _active = self.metrics.as_ref().map(AppMetrics::active);
         let waited = queued.elapsed();
 
         let timeout = self.limits.timeout;
@@ -249,6 +260,9 @@ impl Sandbox {
             Err(err) => return Err(self.classify(store.data(), err, |e| self.trapped(e, SandboxError::Instantiate))),
         };
         let timing = Timing { queue, instantiate: started.elapsed(), ..Timing::default() };
+        if let Some(m) = &self.metrics {
+            m.instantiated(timing.instantiate);
+        }
         let app_started = Instant::now();
         store.data_mut().timing = timing;
         store.data_mut().app_started = app_started;
@@ -269,6 +283,9 @@ impl Sandbox {
             Err(err) => Err(self.classify(state, err, |e| self.trapped(e, SandboxError::Trap))),
         };
         let log = Arc::clone(&state.log);
+        if let Some(m) = &self.metrics {
+            m.peak_memory(state.limiter.peak);
+        }
         let dropped = Instant::now();
         drop(store);
         let teardown = dropped.elapsed();
@@ -335,6 +352,7 @@ impl Sandbox {
             limiter: Limiter {
                 inner: StoreLimitsBuilder::new().memory_size(self.limits.memory_bytes).build(),
                 memory_hit: false,
+                peak: 0,
             },
             io,
             pending: Bytes::new(),
@@ -408,12 +426,17 @@ struct Limiter {
     inner: StoreLimits,
     /// Set when a memory grow was refused.
     memory_hit: bool,
+    /// The largest linear memory granted, in bytes.
+    peak: usize,
 }
 
 impl ResourceLimiter for Limiter {
     fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
         let ok = self.inner.memory_growing(current, desired, maximum)?;
         self.memory_hit |= !ok;
+        if ok {
+            self.peak = self.peak.max(desired);
+        }
         Ok(ok)
     }
 

@@ -107,8 +107,10 @@ fn bind_unix(path: &Path, mode: u32) -> Result<(UnixListener, SocketFile)> {
 }
 
 /// How [`run`] serves, beyond the sandbox's own limits.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ServeOptions {
+    /// Where `/metrics` is served (`--metrics`), on a listener of its own.
+    pub metrics: Option<TcpListener>,
     /// Largest uwsgi vars block.
     pub uwsgi_vars_limit: usize,
     /// How long to wait for requests in flight on shutdown.
@@ -128,8 +130,12 @@ pub async fn run(
     options: ServeOptions,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    let ServeOptions { uwsgi_vars_limit, shutdown_timeout, timing } = options;
+    let ServeOptions { metrics, uwsgi_vars_limit, shutdown_timeout, timing } = options;
     let tasks = TaskTracker::new();
+    if let (Some(listener), Some(m)) = (metrics, sandbox.metrics()) {
+        tracing::info!("serving metrics on http://{}/metrics", listener.local_addr()?);
+        tasks.spawn(serve_metrics(listener, Arc::clone(m.registry()), shutdown.clone()));
+    }
     let dispatcher = Arc::new(Dispatcher::new(Arc::clone(&sandbox), tasks.clone(), timing));
     let shared = Arc::new(Shared {
         dispatcher,
@@ -154,6 +160,44 @@ pub async fn run(
         tracing::info!("all requests finished; bye");
     }
     Ok(())
+}
+
+/// Answers `GET /metrics` with every metric, until `shutdown`; anything
+/// else gets a 404. Its own listener, never an app's.
+async fn serve_metrics(listener: TcpListener, metrics: Arc<crate::metrics::Metrics>, shutdown: CancellationToken) {
+    use http_body_util::Full;
+    use hyper::{Response, StatusCode};
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    tracing::warn!(cause = %err, "metrics accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => return,
+        };
+        let metrics = Arc::clone(&metrics);
+        let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            let metrics = Arc::clone(&metrics);
+            async move {
+                let resp = if req.uri().path() == "/metrics" {
+                    Response::builder()
+                        .header("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")
+                        .body(Full::new(bytes::Bytes::from(metrics.encode())))
+                } else {
+                    Response::builder().status(StatusCode::NOT_FOUND).body(Full::new(bytes::Bytes::from_static(b"")))
+                };
+                Ok::<_, std::convert::Infallible>(resp.expect("a valid response"))
+            }
+        });
+        tokio::spawn(async move {
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+        });
+    }
 }
 
 /// What every accept loop shares.
@@ -211,6 +255,7 @@ async fn accept_loop(listener: Listener, shared: Arc<Shared>) {
         let (dispatcher, shutdown, limit) =
             (Arc::clone(&shared.dispatcher), shared.shutdown.clone(), shared.uwsgi_vars_limit);
         let is_http = matches!(listener, Listener::Http(_));
+        let open = dispatcher.metrics().map(|m| m.registry().connection(if is_http { "http" } else { "uwsgi" }));
         shared.tasks.spawn(async move {
             match accepted {
                 Accepted::Tcp(stream, conn) if is_http => {
@@ -226,7 +271,7 @@ async fn accept_loop(listener: Listener, shared: Arc<Shared>) {
                     protocol::uwsgi::serve_connection(r, w, None, dispatcher, limit).await;
                 }
             }
-            drop(permit);
+            drop((permit, open));
         });
     }
 }

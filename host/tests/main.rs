@@ -6,6 +6,7 @@ mod conformance;
 mod hostile;
 mod limits;
 mod nginx;
+mod operations;
 mod readme;
 
 use std::io::{Read, Write};

@@ -97,6 +97,8 @@ async fn handle(dispatcher: &Dispatcher, conn: ConnInfo, req: Request<Incoming>)
     let (parts, body) = req.into_parts();
     if let Some((status, why)) = refuse_head(&parts, dispatcher.limits()) {
         tracing::warn!(peer = %conn.peer, method = %parts.method, "refused a request: {why}");
+        let limit = matches!(status, StatusCode::URI_TOO_LONG | StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+        dispatcher.refused(status, limit.then_some("header"));
         let mut resp = into_hyper(WsgiResponse::error(status));
         if status == StatusCode::METHOD_NOT_ALLOWED {
             resp.headers_mut().insert(ALLOW, HeaderValue::from_static(ALLOWED_METHODS));

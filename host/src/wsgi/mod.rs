@@ -166,7 +166,22 @@ impl Dispatcher {
             return None;
         }
         tracing::warn!(%peer, declared, max_body, "refused a request body over the limit");
-        Some(WsgiResponse::error(http::StatusCode::PAYLOAD_TOO_LARGE))
+        self.refused(StatusCode::PAYLOAD_TOO_LARGE, Some("body"));
+        Some(WsgiResponse::error(StatusCode::PAYLOAD_TOO_LARGE))
+    }
+
+    /// Counts a request the listener answered itself, before any sandbox,
+    /// and the limit it hit, if one.
+    pub fn refused(&self, status: StatusCode, limit: Option<&str>) {
+        if let Some(m) = self.sandbox.metrics() {
+            m.request(status.as_u16(), std::time::Duration::ZERO);
+            limit.into_iter().for_each(|limit| m.limit(limit));
+        }
+    }
+
+    /// The server's metrics, with `--metrics`.
+    pub fn metrics(&self) -> Option<&crate::metrics::AppMetrics> {
+        self.sandbox.metrics()
     }
 
     /// Runs `req` in a fresh sandbox; returns once the head is known.
@@ -215,6 +230,13 @@ impl Dispatcher {
                     }
                 }
             };
+            if let Some(m) = sandbox.metrics() {
+                m.request(code, started.elapsed());
+                if let Err(err) = &result {
+                    err.limit().into_iter().for_each(|limit| m.limit(limit));
+                    err.guest_error_kind().into_iter().for_each(|kind| m.guest_error(kind));
+                }
+            }
             let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
             let total = ms(started.elapsed());
             match (timing, &result) {

@@ -78,6 +78,7 @@ pub async fn serve_connection<R, W>(
     };
     let response = if let Some((status, why)) = refuse_vars(&packet.0.vars, limits) {
         tracing::warn!(%peer, "refused a uwsgi request: {why}");
+        dispatcher.refused(status, Some("header"));
         WsgiResponse::error(status)
     } else {
         let (request, declared) = match into_request(packet.0, packet.1, reader, conn) {
