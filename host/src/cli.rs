@@ -221,6 +221,12 @@ pub struct RunArgs {
     #[arg(long)]
     pub timing: bool,
 
+    /// How log lines are written: `text` for people, or `json`, one JSON
+    /// object per line (the access line's fields: req_id, app, status,
+    /// bytes_in, bytes_out, peak_memory, app_ms, and fuel when metered).
+    #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+
     /// Log no line per request, like uWSGI's --disable-logging (Gunicorn
     /// logs none unless given --access-logfile). Warnings and errors are
     /// still logged. Same as WSGI_WASM_LOG=info,wsgi_wasm::access=off.

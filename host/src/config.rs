@@ -244,7 +244,7 @@ pub struct RunConfig {
     pub timing: bool,
     /// Where to serve `/metrics`, if anywhere.
     pub metrics: Option<SocketAddr>,
-    /// The app's name in metrics: the file's stem.
+    /// The app's name in logs and metrics: the file's stem.
     pub app_name: String,
 }
 

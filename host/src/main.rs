@@ -21,11 +21,13 @@ fn main() -> ExitCode {
     if matches!(&cli.command, Command::Run(args) if args.no_access_log) {
         filter = filter.add_directive("wsgi_wasm::access=off".parse().expect("a valid directive"));
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if matches!(&cli.command, Command::Run(args) if args.log_format == "json") {
+        // Flat: each field is a key of the line's object, beside `message`.
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.with_ansi(std::io::stderr().is_terminal()).init();
+    }
     let result = match cli.command {
         Command::Build(args) => BuildConfig::from_args(args).and_then(|cfg| build::build(&cfg)),
         Command::Run(args) => run(args),
@@ -46,7 +48,7 @@ fn run(args: RunArgs) -> Result<()> {
     let app = LoadedApp::load(&config.app, &config.cache_dir, &config.limits)?;
     let grants = Grants { mounts: config.mounts.clone(), env: config.env.clone() };
     let metrics = config.metrics.map(|_| wsgi_wasm::metrics::Metrics::new().app(&config.app_name, &app.digest));
-    let sandbox = Arc::new(Sandbox::new(app, config.limits.clone(), grants, metrics)?);
+    let sandbox = Arc::new(Sandbox::new(app, config.app_name.clone(), config.limits.clone(), grants, metrics)?);
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     runtime.block_on(async {

@@ -110,6 +110,12 @@ pub struct GuestRequest {
 pub struct RunStats {
     /// Response body bytes the guest handed over (after the head).
     pub body_bytes: u64,
+    /// Request body bytes the guest read.
+    pub bytes_in: u64,
+    /// The largest linear memory the instance had, in bytes.
+    pub peak_memory: usize,
+    /// Fuel the request used, when `--fuel` meters it.
+    pub fuel: Option<u64>,
     /// Whether a head was accepted (and so went, or is going, to the client).
     pub head_sent: bool,
     pub timing: Timing,
@@ -128,6 +134,8 @@ pub struct Grants {
 pub struct Sandbox {
     /// The compiled component, its engine and its file tree.
     app: LoadedApp,
+    /// The app's name in log lines and metrics.
+    name: String,
     /// Linked once at startup; every request instantiates from it.
     pre: WsgiPre<HostState>,
     /// What every instance and listener enforces.
@@ -150,7 +158,13 @@ impl Sandbox {
     /// Fails if the component does not export the `wsgi` world, imports
     /// something the host does not provide, or a mount would shadow the
     /// app's own files.
-    pub fn new(app: LoadedApp, limits: Limits, grants: Grants, metrics: Option<AppMetrics>) -> anyhow::Result<Self> {
+    pub fn new(
+        app: LoadedApp,
+        name: String,
+        limits: Limits,
+        grants: Grants,
+        metrics: Option<AppMetrics>,
+    ) -> anyhow::Result<Self> {
         for mount in &grants.mounts {
             if let Some(root) = app.roots.iter().find(|root| overlaps(&mount.guest, root)) {
                 anyhow::bail!(
@@ -173,12 +187,17 @@ impl Sandbox {
             .context("the component does not export the wsgi-wasm `wsgi` world")?;
         let slots = Arc::new(Semaphore::new(limits.max_instances));
         let preopens = open_preopens(&app, &grants)?;
-        Ok(Self { app, pre, limits, grants, slots, preopens, metrics })
+        Ok(Self { app, name, pre, limits, grants, slots, preopens, metrics })
     }
 
     /// This app's metrics, with `--metrics`.
     pub fn metrics(&self) -> Option<&AppMetrics> {
         self.metrics.as_ref()
+    }
+
+    /// The app's name in log lines and metrics.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// The SHA-256 of the loaded `app.wasm`.
@@ -283,14 +302,16 @@ impl Sandbox {
             Err(err) => Err(self.classify(state, err, |e| self.trapped(e, SandboxError::Trap))),
         };
         let log = Arc::clone(&state.log);
+        let peak_memory = state.limiter.peak;
         if let Some(m) = &self.metrics {
-            m.peak_memory(state.limiter.peak);
+            m.peak_memory(peak_memory);
         }
+        let fuel = self.limits.fuel.and_then(|budget| Some(budget - store.get_fuel().ok()?));
         let dropped = Instant::now();
         drop(store);
         let teardown = dropped.elapsed();
         log.finish();
-        outcome.map(|stats| RunStats { timing: Timing { app, teardown, ..timing }, ..stats })
+        outcome.map(|stats| RunStats { timing: Timing { app, teardown, ..timing }, peak_memory, fuel, ..stats })
     }
 
     /// Names a failure by its first cause: what the host saw go wrong beats
@@ -614,6 +635,7 @@ impl bindings::Host for HostState {
             }
         }
         let n = max.min(self.pending.len());
+        self.stats.bytes_in += n as u64;
         Ok(Ok(self.pending.split_to(n).to_vec()))
     }
 

@@ -145,7 +145,7 @@ pub async fn run(
         uwsgi_vars_limit,
     });
     for listener in listeners {
-        tracing::info!(app = %sandbox.digest(), "listening on {}", listener.describe());
+        tracing::info!(app = %sandbox.name(), digest = %sandbox.digest(), "listening on {}", listener.describe());
         tasks.spawn(accept_loop(listener, Arc::clone(&shared)));
     }
 

@@ -239,21 +239,33 @@ impl Dispatcher {
             }
             let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
             let total = ms(started.elapsed());
-            match (timing, &result) {
-                (true, Ok(stats)) => {
-                    let t = stats.timing;
-                    tracing::info!(
-                        target: "wsgi_wasm::access",
-                        req_id,
-                        queue_ms = format!("{:.2}", ms(t.queue)),
-                        instantiate_ms = format!("{:.2}", ms(t.instantiate)),
-                        app_ms = format!("{:.2}", ms(t.app)),
-                        teardown_ms = format!("{:.2}", ms(t.teardown)),
-                        "\"{method} {target}\" {code} {bytes} {total:.1}ms",
-                    );
-                }
-                _ => tracing::info!(target: "wsgi_wasm::access", req_id, "\"{method} {target}\" {code} {bytes} {total:.1}ms"),
-            }
+            // What the request cost, as fields (one JSON key each with
+            // --log-format json); a failed run reports what is known.
+            let stats = result.as_ref().ok();
+            let app = sandbox.name();
+            let bytes_in = stats.map_or(0, |s| s.bytes_in);
+            let peak_memory = stats.map_or(0, |s| s.peak_memory);
+            // Milliseconds to two places, as numbers (JSON numbers too).
+            let ms2 = |d: std::time::Duration| (ms(d) * 100.0).round() / 100.0;
+            let app_ms = stats.map(|s| ms2(s.timing.app));
+            let fuel = stats.and_then(|s| s.fuel);
+            // The host's own phases, with --timing.
+            let t = stats.filter(|_| timing).map(|s| s.timing);
+            tracing::info!(
+                target: "wsgi_wasm::access",
+                req_id,
+                app = %app,
+                status = code,
+                bytes_in,
+                bytes_out = bytes,
+                peak_memory,
+                app_ms,
+                fuel,
+                queue_ms = t.map(|t| ms2(t.queue)),
+                instantiate_ms = t.map(|t| ms2(t.instantiate)),
+                teardown_ms = t.map(|t| ms2(t.teardown)),
+                "\"{method} {target}\" {code} {bytes} {total:.1}ms"
+            );
             result
         });
 

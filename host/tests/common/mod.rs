@@ -208,7 +208,9 @@ impl Server {
         let sink = Arc::clone(&log);
         let reader = read_lines(child.stderr.take().unwrap(), move |line| {
             if let Some(rest) = line.split("listening on ").nth(1) {
-                let _ = tx.send(rest.split_whitespace().next().unwrap_or_default().to_owned());
+                // A text line ends the address at a space, a JSON one at a quote.
+                let addr = rest.split(|c: char| c.is_whitespace() || c == '"').next().unwrap_or_default();
+                let _ = tx.send(addr.to_owned());
             }
             sink.lock().unwrap().push(line);
         });

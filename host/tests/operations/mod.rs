@@ -36,7 +36,7 @@ fn r19_metrics_count_known_traffic_exactly_per_app() {
     let resp = c.get(&url).send().unwrap();
     assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("application/openmetrics-text"));
     let text = resp.text().unwrap();
-    let digest = server.log().split("app=").nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
+    let digest = server.log().split("digest=").nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
     for line in [
         "wsgi_wasm_requests_total{app=\"fixture\",code=\"200\"} 2".to_owned(),
         "wsgi_wasm_requests_total{app=\"fixture\",code=\"504\"} 1".into(),
@@ -68,4 +68,36 @@ fn r19_metrics_count_known_traffic_exactly_per_app() {
     // The metrics listener is its own: the app's port has no /metrics.
     assert_eq!(c.get(server.url("/metrics")).send().unwrap().status(), 404);
     assert!(text.contains("wsgi_wasm_connections_active{protocol=\"http\"}"), "{text}");
+}
+
+#[test]
+fn r19_json_log_lines_parse_and_name_the_request_app_and_status() {
+    // https://github.com/wsgi-wasm/wsgi-wasm/issues/19
+    let mut server = Server::start(fixture(), &["--log-format", "json", "--memory", "64"]);
+    let c = client();
+    assert_eq!(c.get(server.url("/list")).send().unwrap().status(), 200);
+    assert_eq!(c.post(server.url("/echo")).body("twelve bytes").send().unwrap().status(), 200);
+    assert_eq!(c.get(server.url("/alloc-forever")).send().unwrap().status(), 500);
+    let log = server.stop();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    let access: Vec<_> = lines.iter().filter(|l| l["target"] == "wsgi_wasm::access").collect();
+    assert_eq!(access.len(), 3, "{log}");
+    let mut ids: Vec<u64> = access.iter().map(|l| l["req_id"].as_u64().expect("req_id")).collect();
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "each request has its own id: {log}");
+    for (line, status) in access.iter().zip([200, 200, 500]) {
+        assert_eq!(line["app"], "fixture", "{line}");
+        assert_eq!(line["status"], status, "{line}");
+        assert!(line["message"].as_str().unwrap().contains(&format!("\" {status} ")), "{line}");
+    }
+    // A request that ran to the end reports its peak linear memory.
+    assert!(access[0]["peak_memory"].as_u64().unwrap() > 1 << 20, "{}", access[0]);
+    assert_eq!(access[1]["bytes_in"], 12, "{}", access[1]);
+    assert_eq!(access[1]["bytes_out"], 12, "{}", access[1]);
+    // The memory bomb's error line names the same request as its access line.
+    let error = lines.iter().find(|l| l["level"] == "ERROR").expect("an error line");
+    assert_eq!(error["req_id"], access[2]["req_id"], "{log}");
 }
