@@ -214,9 +214,9 @@ impl Dispatcher {
         let (method, target) = (req.method, req.target);
         let task = self.tasks.spawn(async move {
             let result = match sandbox.run(guest_req, io).await {
-                Ok(stats) if !stats.head_sent => Err(SandboxError::GuestProtocol(
-                    "the app finished without sending a response".into(),
-                )),
+                Ok(stats) if !stats.head_sent => {
+                    Err(SandboxError::GuestProtocol("the app finished without sending a response".into()))
+                }
                 other => other,
             };
             let _ = outcome_tx.send(result.is_ok());

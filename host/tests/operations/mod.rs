@@ -79,10 +79,8 @@ fn r19_json_log_lines_parse_and_name_the_request_app_and_status() {
     assert_eq!(c.post(server.url("/echo")).body("twelve bytes").send().unwrap().status(), 200);
     assert_eq!(c.get(server.url("/alloc-forever")).send().unwrap().status(), 500);
     let log = server.stop();
-    let lines: Vec<serde_json::Value> = log
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
-        .collect();
+    let lines: Vec<serde_json::Value> =
+        log.lines().map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"))).collect();
     let access: Vec<_> = lines.iter().filter(|l| l["target"] == "wsgi_wasm::access").collect();
     assert_eq!(access.len(), 3, "{log}");
     let mut ids: Vec<u64> = access.iter().map(|l| l["req_id"].as_u64().expect("req_id")).collect();
