@@ -231,6 +231,7 @@ pub struct UwsgiConfig {
 #[derive(Debug)]
 pub struct RunConfig {
     pub app: PathBuf,
+    /// The `--http` addresses as given (see `server::bind` for the default).
     pub http: Vec<SocketAddr>,
     pub uwsgi: UwsgiConfig,
     pub cache_dir: PathBuf,
@@ -314,14 +315,9 @@ impl RunConfig {
         if !(16..=65_536).contains(&args.max_open_files) {
             bail!("--max-open-files {}: must be between 16 and 65536", args.max_open_files);
         }
-        let http = if args.http.is_empty() && args.uwsgi.is_empty() {
-            vec![SocketAddr::from(([127, 0, 0, 1], 8000))]
-        } else {
-            args.http
-        };
         Ok(Self {
             app: args.app.clone(),
-            http,
+            http: args.http,
             uwsgi: UwsgiConfig { addrs: args.uwsgi, socket_mode, buffer_size: args.uwsgi_buffer_size },
             cache_dir: cache_dir(args.cache.cache_dir)?,
             limits: Limits {

@@ -10,6 +10,7 @@
 //! | [`config`] | validated, defaulted configuration and limits |
 //! | [`build`] | `wsgi-wasm build`: toolchain, requirements, snapshot, output |
 //! | [`server`] | listeners, accept loop, connection cap, graceful drain |
+//! | [`activation`] | the listening sockets systemd passes (`LISTEN_FDS`) |
 //! | [`shutdown`] | SIGINT/SIGTERM → cancellation; a second signal exits |
 //! | [`protocol`] | wire protocols (HTTP/1.1 via hyper; uwsgi) → [`wsgi::WsgiRequest`] |
 //! | [`wsgi`] | CGI environ, response validation and framing, dispatch |
@@ -21,6 +22,7 @@
 //! | [`descriptors`] | the descriptor budget, checked against `RLIMIT_NOFILE` |
 //! | [`metrics`] | Prometheus metrics per app (`--metrics`) |
 
+pub mod activation;
 pub mod bindings;
 pub mod build;
 pub mod bundle;

@@ -42,6 +42,8 @@ fn main() -> ExitCode {
 }
 
 fn run(args: RunArgs) -> Result<()> {
+    // First, while this is the only thread: it clears LISTEN_FDS and the rest.
+    let inherited = wsgi_wasm::activation::take()?;
     let config = RunConfig::from_args(args)?;
     wsgi_wasm::descriptors::ensure(&config.limits)?;
     // Everything that can be wrong with the app is found before listening.
@@ -53,7 +55,7 @@ fn run(args: RunArgs) -> Result<()> {
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     runtime.block_on(async {
         sandbox.check().await?;
-        let listeners = server::bind(&config.http, &config.uwsgi).await?;
+        let listeners = server::bind(&config.http, &config.uwsgi, inherited).await?;
         let metrics = match config.metrics {
             Some(addr) => Some(
                 tokio::net::TcpListener::bind(addr)

@@ -17,6 +17,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::activation::{Inherited, Socket};
 use crate::config::UwsgiConfig;
 use crate::protocol;
 use crate::protocol::uwsgi::UwsgiAddr;
@@ -32,8 +33,9 @@ pub enum Listener {
     Http(TcpListener),
     /// uwsgi over TCP.
     UwsgiTcp(TcpListener),
-    /// The guard removes the socket file when the listener is dropped.
-    UwsgiUnix(UnixListener, SocketFile),
+    /// The guard removes the socket file when the listener is dropped; an
+    /// inherited socket's file is its activator's.
+    UwsgiUnix(UnixListener, Option<SocketFile>),
 }
 
 impl Listener {
@@ -42,7 +44,10 @@ impl Listener {
         match self {
             Self::Http(l) => format!("http://{}", tcp(l)),
             Self::UwsgiTcp(l) => format!("uwsgi://{}", tcp(l)),
-            Self::UwsgiUnix(_, f) => format!("uwsgi://unix:{}", f.0.display()),
+            Self::UwsgiUnix(l, _) => match l.local_addr().ok().as_ref().and_then(|a| a.as_pathname()) {
+                Some(path) => format!("uwsgi://unix:{}", path.display()),
+                None => "uwsgi://unix:(unnamed)".to_owned(),
+            },
         }
     }
 }
@@ -59,7 +64,18 @@ impl Drop for SocketFile {
     }
 }
 
-/// Binds every listener of `config`, before anything is served.
+/// Where HTTP is served when no listener is given or inherited.
+const DEFAULT_HTTP: ([u8; 4], u16) = ([127, 0, 0, 1], 8000);
+
+/// Makes every listener, before anything is served: the sockets inherited
+/// from systemd first, then binds the `--http` and `--uwsgi` addresses that
+/// no inherited socket already serves. With none of the three, HTTP on
+/// 127.0.0.1:8000.
+///
+/// An inherited socket named `http` or `uwsgi` (`FileDescriptorName=`)
+/// speaks that protocol. Any other is matched by address against `--http`
+/// and `--uwsgi`; a TCP socket that matches neither speaks HTTP (as Gunicorn
+/// serves every socket it is passed), a Unix socket uwsgi.
 ///
 /// A Unix socket path that holds a stale socket (nothing accepts on it) is
 /// replaced; a live socket or any other kind of file is left alone and
@@ -67,13 +83,21 @@ impl Drop for SocketFile {
 ///
 /// # Errors
 /// Names the address that could not be bound and why.
-pub async fn bind(http: &[SocketAddr], uwsgi: &UwsgiConfig) -> Result<Vec<Listener>> {
+pub async fn bind(http: &[SocketAddr], uwsgi: &UwsgiConfig, inherited: Vec<Inherited>) -> Result<Vec<Listener>> {
+    let mut http = http.to_vec();
+    let mut uwsgi_addrs = uwsgi.addrs.clone();
+    if http.is_empty() && uwsgi_addrs.is_empty() && inherited.is_empty() {
+        http.push(SocketAddr::from(DEFAULT_HTTP));
+    }
     let mut listeners = Vec::new();
-    for addr in http {
+    for socket in inherited {
+        listeners.push(adopt(socket, &mut http, &mut uwsgi_addrs)?);
+    }
+    for addr in &http {
         let l = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
         listeners.push(Listener::Http(l));
     }
-    for addr in &uwsgi.addrs {
+    for addr in &uwsgi_addrs {
         listeners.push(match addr {
             UwsgiAddr::Tcp(a) => {
                 Listener::UwsgiTcp(TcpListener::bind(a).await.with_context(|| format!("cannot listen on --uwsgi {a}"))?)
@@ -81,11 +105,48 @@ pub async fn bind(http: &[SocketAddr], uwsgi: &UwsgiConfig) -> Result<Vec<Listen
             UwsgiAddr::Unix(path) => {
                 let (l, f) = bind_unix(path, uwsgi.socket_mode)
                     .with_context(|| format!("cannot listen on --uwsgi unix:{}", path.display()))?;
-                Listener::UwsgiUnix(l, f)
+                Listener::UwsgiUnix(l, Some(f))
             }
         });
     }
     Ok(listeners)
+}
+
+/// Chooses the protocol of one inherited socket (see [`bind`]), and takes
+/// the address it matched out of the lists still to bind.
+fn adopt(inherited: Inherited, http: &mut Vec<SocketAddr>, uwsgi: &mut Vec<UwsgiAddr>) -> Result<Listener> {
+    let fd = inherited.fd();
+    let named = inherited.name.as_deref().filter(|n| matches!(*n, "http" | "uwsgi"));
+    let listener = match inherited.socket {
+        Socket::Tcp(l) => {
+            let addr = l.local_addr().with_context(|| format!("inherited socket {fd}"))?;
+            let l = TcpListener::from_std(l)?;
+            let in_http = http.iter().position(|a| *a == addr).map(|i| http.remove(i));
+            let in_uwsgi = uwsgi.iter().position(|a| *a == UwsgiAddr::Tcp(addr)).map(|i| uwsgi.remove(i));
+            let speaks_uwsgi = match named {
+                Some(name) => name == "uwsgi",
+                None => in_uwsgi.is_some() && in_http.is_none(),
+            };
+            if speaks_uwsgi {
+                Listener::UwsgiTcp(l)
+            } else {
+                Listener::Http(l)
+            }
+        }
+        Socket::Unix(l) => {
+            if named == Some("http") {
+                bail!("inherited socket {fd} is a Unix socket named http: HTTP is served over TCP only");
+            }
+            let path = l.local_addr().ok().and_then(|a| a.as_pathname().map(Path::to_owned));
+            if let Some(path) = &path {
+                uwsgi.retain(|a| *a != UwsgiAddr::Unix(path.clone()));
+            }
+            // systemd made the file and removes it: no SocketFile of ours.
+            Listener::UwsgiUnix(UnixListener::from_std(l)?, None)
+        }
+    };
+    tracing::debug!(fd, name = ?inherited.name, "serving an inherited socket as {}", listener.describe());
+    Ok(listener)
 }
 
 fn bind_unix(path: &Path, mode: u32) -> Result<(UnixListener, SocketFile)> {

@@ -1,8 +1,15 @@
-//! What an operator sees (issue 19): `/metrics` after known traffic.
+//! What an operator sees and runs (issue 19): `/metrics` after known
+//! traffic, JSON log lines, and sockets passed by systemd.
 
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
 use std::time::Duration;
 
-use crate::common::{client, fixture, Server};
+use crate::common::{cache_dir, client, fixture, raw_exchange, uwsgi_get, wsgi_wasm, Server};
 
 /// The `/metrics` address the server logged.
 fn metrics_url(server: &Server) -> String {
@@ -98,4 +105,114 @@ fn r19_json_log_lines_parse_and_name_the_request_app_and_status() {
     // The memory bomb's error line names the same request as its access line.
     let error = lines.iter().find(|l| l["level"] == "ERROR").expect("an error line");
     assert_eq!(error["req_id"], access[2]["req_id"], "{log}");
+}
+
+/// Starts `wsgi-wasm run APP ARGS` as systemd does for a `.socket` unit:
+/// `fds` become descriptors 3, 4, ... and `LISTEN_PID` is the server's own
+/// pid (a shell sets it to `$$` and then execs the server in its place).
+fn socket_activated(fds: &[i32], names: &str, args: &[&str]) -> Server {
+    let inner = wsgi_wasm();
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c").arg("LISTEN_PID=$$ exec \"$@\"").arg("sh").arg(inner.get_program());
+    cmd.arg("run").arg(fixture()).arg("--cache-dir").arg(cache_dir()).args(args);
+    cmd.envs(inner.get_envs().filter_map(|(k, v)| Some((k, v?))));
+    for (k, v) in inner.get_envs() {
+        if v.is_none() {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("LISTEN_FDNAMES", names);
+    pass_fds(&mut cmd, fds);
+    // Each flag here names a passed socket: one listener per socket.
+    Server::spawn(cmd, fds.len())
+}
+
+/// Makes `fds` descriptors 3, 4, ... of the process `cmd` starts, and sets
+/// `LISTEN_FDS`.
+fn pass_fds(cmd: &mut Command, fds: &[i32]) {
+    assert!(fds.len() <= 8);
+    cmd.env("LISTEN_FDS", fds.len().to_string());
+    let fds = fds.to_vec();
+    // SAFETY: only fcntl and dup2, which are async-signal-safe, run between
+    // fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // All are first copied above 100, so that no dup2 below
+            // overwrites one not yet moved; dup2 clears close-on-exec.
+            let mut high = [0; 8];
+            for (slot, &fd) in high.iter_mut().zip(&fds) {
+                *slot = libc::fcntl(fd, libc::F_DUPFD, 100);
+                if *slot < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            for (i, &fd) in high[..fds.len()].iter().enumerate() {
+                if libc::dup2(fd, 3 + i as i32) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
+/// One uwsgi request over `stream`; the whole reply.
+fn uwsgi_over(mut stream: impl Read + Write) -> String {
+    stream.write_all(&uwsgi_get("/list", "")).unwrap();
+    let mut out = String::new();
+    stream.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn r19_systemd_sockets_are_served_by_name_then_by_address_and_nothing_else_is_bound() {
+    // https://github.com/wsgi-wasm/wsgi-wasm/issues/19
+    let dir = tempfile::tempdir().unwrap();
+    let web = TcpListener::bind("127.0.0.1:0").unwrap();
+    let by_address = TcpListener::bind("127.0.0.1:0").unwrap();
+    let sock = dir.path().join("app.sock");
+    let unix = UnixListener::bind(&sock).unwrap();
+    let uwsgi_flag = by_address.local_addr().unwrap().to_string();
+    // As systemd names them: the unit's name by default, or
+    // FileDescriptorName=uwsgi.
+    let fds = [web.as_raw_fd(), by_address.as_raw_fd(), unix.as_raw_fd()];
+    let mut server = socket_activated(&fds, "web.socket:web.socket:uwsgi", &["--uwsgi", &uwsgi_flag]);
+    let web_addr = web.local_addr().unwrap();
+    // Exactly the three it was given: no default 127.0.0.1:8000, and the
+    // --uwsgi address was not bound a second time.
+    let mut listening = server.listening.clone();
+    listening.sort();
+    let mut expected =
+        vec![format!("http://{web_addr}"), format!("uwsgi://{uwsgi_flag}"), format!("uwsgi://unix:{}", sock.display())];
+    expected.sort();
+    assert_eq!(listening, expected, "{}", server.log());
+    // The server answers on the sockets the test holds, while the test's
+    // copies stay open: the same sockets, not new ones at the same address.
+    let reply =
+        raw_exchange(web_addr, b"GET /list HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", Duration::from_secs(30));
+    assert!(String::from_utf8_lossy(&reply).starts_with("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&reply));
+    let reply = uwsgi_over(TcpStream::connect(&uwsgi_flag).unwrap());
+    assert!(reply.starts_with("HTTP/1.1 200") && reply.ends_with("abc\n"), "{reply}");
+    let reply = uwsgi_over(UnixStream::connect(&sock).unwrap());
+    assert!(reply.starts_with("HTTP/1.1 200") && reply.ends_with("abc\n"), "{reply}");
+    let log = server.stop();
+    assert_eq!(log.matches("listening on ").count(), 3, "{log}");
+    // The socket file is systemd's: the server leaves it in place.
+    assert!(sock.exists());
+}
+
+#[test]
+fn r19_a_passed_descriptor_that_is_not_a_listening_socket_is_refused() {
+    // https://github.com/wsgi-wasm/wsgi-wasm/issues/19
+    // Accept=yes passes a connection, not a listener.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let conn = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let mut cmd = wsgi_wasm();
+    cmd.arg("run").arg(fixture()).arg("--cache-dir").arg(cache_dir());
+    cmd.stderr(std::process::Stdio::piped());
+    pass_fds(&mut cmd, &[conn.as_raw_fd()]);
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("descriptor 3") && stderr.contains("Accept=no"), "{stderr}");
 }
