@@ -1,0 +1,274 @@
+//! The sandbox slots every app shares: one pool of `[server] max_instances`
+//! instances, each app capped at its own `max_instances`, waiting in a queue
+//! of its own.
+//!
+//! When the apps' caps add up to more than the pool, the slots are shared
+//! so that no app can starve another. Each app is guaranteed a *share*: the
+//! pool divided evenly among the apps (at least one slot each), or its own
+//! cap if that is smaller. An app may go past its share only into slots no
+//! other app's unused share needs: a flood of one app's requests can take
+//! every slot that is idle, but never the ones another app is owed, so a
+//! request of an app below its share gets a slot at once. A slot that frees
+//! goes to the waiting app furthest below its share (fewest in use first),
+//! and within an app to its oldest waiter.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::oneshot;
+
+/// The shared slots.
+pub struct Pool {
+    state: Mutex<State>,
+}
+
+struct State {
+    free: usize,
+    apps: Vec<AppState>,
+}
+
+struct AppState {
+    cap: usize,
+    share: usize,
+    in_use: usize,
+    /// Senders to waiting requests, oldest first. One whose receiver is gone
+    /// (its request timed out or its client left) is skipped.
+    waiters: VecDeque<oneshot::Sender<Slot>>,
+    /// Gone from the config: still releasing slots, never granted new ones.
+    retired: bool,
+}
+
+impl AppState {
+    /// Slots of its share it does not use: what it may still claim at once.
+    fn owed(&self) -> usize {
+        if self.retired {
+            0
+        } else {
+            self.share.saturating_sub(self.in_use)
+        }
+    }
+}
+
+impl State {
+    /// Whether app `i` may take a free slot now.
+    fn may_take(&self, i: usize) -> bool {
+        let app = &self.apps[i];
+        if self.free == 0 || app.in_use >= app.cap || app.retired {
+            return false;
+        }
+        if app.in_use < app.share {
+            return true;
+        }
+        let owed_to_others: usize = self.apps.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, a)| a.owed()).sum();
+        self.free > owed_to_others
+    }
+
+    /// Shares after the set of apps changed.
+    fn reshare(&mut self, total: usize) {
+        let live = self.apps.iter().filter(|a| !a.retired).count().max(1);
+        let even = (total / live).max(1);
+        for app in &mut self.apps {
+            app.share = app.cap.min(even);
+        }
+    }
+}
+
+/// One app's handle on the pool.
+#[derive(Clone)]
+pub struct AppSlots {
+    pool: Arc<Pool>,
+    index: usize,
+}
+
+/// A slot held by one request; dropping it frees the slot.
+pub struct Slot {
+    pool: Arc<Pool>,
+    index: usize,
+}
+
+impl Pool {
+    /// A pool of `total` slots, with no app yet.
+    pub fn new(total: usize) -> Arc<Self> {
+        Arc::new(Self { state: Mutex::new(State { free: total, apps: Vec::new() }) })
+    }
+
+    fn total(state: &State) -> usize {
+        state.free + state.apps.iter().map(|a| a.in_use).sum::<usize>()
+    }
+
+    /// Adds an app that may hold up to `cap` slots at once.
+    pub fn register(self: &Arc<Self>, cap: usize) -> AppSlots {
+        let mut state = self.state.lock().expect("the pool lock is never poisoned");
+        state.apps.push(AppState { cap, share: 0, in_use: 0, waiters: VecDeque::new(), retired: false });
+        let total = Self::total(&state);
+        state.reshare(total);
+        AppSlots { pool: Arc::clone(self), index: state.apps.len() - 1 }
+    }
+
+    /// Gives freed slots to waiters, furthest below its share first.
+    fn grant(self: &Arc<Self>, state: &mut State) {
+        loop {
+            let next = (0..state.apps.len())
+                .filter(|&i| !state.apps[i].waiters.is_empty() && state.may_take(i))
+                .min_by_key(|&i| (state.apps[i].in_use >= state.apps[i].share, state.apps[i].in_use));
+            let Some(i) = next else { return };
+            let waiter = state.apps[i].waiters.pop_front().expect("not empty");
+            if waiter.is_closed() {
+                continue;
+            }
+            state.free -= 1;
+            state.apps[i].in_use += 1;
+            if let Err(slot) = waiter.send(Slot { pool: Arc::clone(self), index: i }) {
+                // It went away just now: give the slot back without
+                // re-entering the lock through `Slot::drop`.
+                std::mem::forget(slot);
+                state.free += 1;
+                state.apps[i].in_use -= 1;
+            }
+        }
+    }
+}
+
+impl AppSlots {
+    /// Waits for a slot of this app's.
+    pub async fn acquire(&self) -> Slot {
+        let rx = {
+            let mut state = self.pool.state.lock().expect("the pool lock is never poisoned");
+            // Waiters of this app come first: no overtaking in its queue.
+            if state.apps[self.index].waiters.is_empty() && state.may_take(self.index) {
+                state.free -= 1;
+                state.apps[self.index].in_use += 1;
+                return Slot { pool: Arc::clone(&self.pool), index: self.index };
+            }
+            let (tx, rx) = oneshot::channel();
+            state.apps[self.index].waiters.push_back(tx);
+            rx
+        };
+        rx.await.expect("a waiter's sender is only dropped by sending or when its receiver is gone")
+    }
+
+    /// Slots this app holds now.
+    pub fn in_use(&self) -> usize {
+        self.pool.state.lock().expect("the pool lock is never poisoned").apps[self.index].in_use
+    }
+
+    /// Takes the app out of sharing: it is granted no new slot, and its
+    /// share goes to the others. Requests holding its slots finish.
+    pub fn retire(&self) {
+        let mut state = self.pool.state.lock().expect("the pool lock is never poisoned");
+        state.apps[self.index].retired = true;
+        state.apps[self.index].waiters.clear();
+        let total = Pool::total(&state);
+        state.reshare(total);
+        self.pool.grant(&mut state);
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut state = self.pool.state.lock().expect("the pool lock is never poisoned");
+        state.free += 1;
+        state.apps[self.index].in_use -= 1;
+        self.pool.grant(&mut state);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    async fn try_acquire(app: &AppSlots) -> Option<Slot> {
+        tokio::time::timeout(Duration::from_millis(20), app.acquire()).await.ok()
+    }
+
+    #[tokio::test]
+    async fn one_app_gets_up_to_its_cap() {
+        let pool = Pool::new(4);
+        let app = pool.register(3);
+        let held: Vec<_> = futures_slots(&app, 3).await;
+        assert!(try_acquire(&app).await.is_none(), "past its cap");
+        drop(held);
+        assert!(try_acquire(&app).await.is_some());
+    }
+
+    async fn futures_slots(app: &AppSlots, n: usize) -> Vec<Slot> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            out.push(try_acquire(app).await.expect("a slot"));
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_flood_takes_idle_slots_but_never_another_apps_share() {
+        // Caps of 8 + 8 in a pool of 8: shares of 4 each.
+        let pool = Pool::new(8);
+        let noisy = pool.register(8);
+        let quiet = pool.register(8);
+        let flood = futures_slots(&noisy, 4).await;
+        assert!(try_acquire(&noisy).await.is_none(), "the other app's four are kept for it");
+        // The quiet app gets its whole share at once.
+        let calm = futures_slots(&quiet, 4).await;
+        assert!(try_acquire(&quiet).await.is_none());
+        drop(calm);
+        // With one app alone, the other's unused share stays reserved...
+        assert!(try_acquire(&noisy).await.is_none());
+        drop(flood);
+    }
+
+    #[tokio::test]
+    async fn a_freed_slot_goes_to_the_app_furthest_below_its_share() {
+        // Pool of 5, three apps: shares of 1 each, and two spare slots.
+        let pool = Pool::new(5);
+        let a = pool.register(5);
+        let b = pool.register(5);
+        let c = pool.register(5);
+        let mut a_held = futures_slots(&a, 3).await; // its share and both spares
+        let b_held = futures_slots(&b, 1).await;
+        let c_held = futures_slots(&c, 1).await;
+        let waiting = |app: &AppSlots| {
+            let app = app.clone();
+            tokio::spawn(async move { app.acquire().await })
+        };
+        let (a_wait, b_wait) = (waiting(&a), waiting(&b));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // One of A's frees: A (now two in use) and B (one) wait, both at
+        // their share or past it, so B, with fewer, gets it.
+        drop(a_held.pop());
+        let b_slot = tokio::time::timeout(Duration::from_secs(1), b_wait).await.unwrap().unwrap();
+        assert_eq!((a.in_use(), b.in_use()), (2, 2));
+        assert!(!a_wait.is_finished());
+        // C's slot, once free, is C's share: kept for it, not given to A.
+        drop(c_held);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!a_wait.is_finished());
+        drop(b_held);
+        let a_slot = tokio::time::timeout(Duration::from_secs(1), a_wait).await.unwrap().unwrap();
+        assert_eq!((a.in_use(), b.in_use(), c.in_use()), (3, 1, 0));
+        drop((a_slot, b_slot, a_held));
+        assert_eq!((a.in_use(), b.in_use(), c.in_use()), (0, 0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_waiter_that_gave_up_does_not_keep_a_slot() {
+        let pool = Pool::new(1);
+        let app = pool.register(1);
+        let held = app.acquire().await;
+        assert!(try_acquire(&app).await.is_none()); // this waiter is dropped
+        drop(held);
+        assert!(try_acquire(&app).await.is_some(), "the slot came back");
+    }
+
+    #[tokio::test]
+    async fn a_retired_app_gives_its_share_to_the_others() {
+        let pool = Pool::new(4);
+        let old = pool.register(4);
+        let new = pool.register(4);
+        let _held = futures_slots(&new, 2).await;
+        assert!(try_acquire(&new).await.is_none(), "two are kept for the old app");
+        old.retire();
+        assert!(try_acquire(&new).await.is_some());
+    }
+}
