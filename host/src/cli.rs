@@ -72,8 +72,16 @@ pub struct BuildArgs {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// The component made by `wsgi-wasm build`.
-    pub app: PathBuf,
+    /// The component made by `wsgi-wasm build`: one app, at every host and
+    /// path. Or give --config.
+    #[arg(required_unless_present = "config", conflicts_with = "config")]
+    pub app: Option<PathBuf>,
+
+    /// Host the apps of this TOML file (`[server]`, `[defaults]`,
+    /// `[apps.NAME]`; see the README's "Hosting many apps"). A flag given
+    /// as well overrides the file's setting, for every app.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
 
     /// Serve HTTP/1.1 on this address; repeat for more. Default, when no
     /// --uwsgi is given either: 127.0.0.1:8000.
@@ -189,7 +197,9 @@ pub struct RunArgs {
     pub fuel: Option<u64>,
 
     /// Sandboxes alive at once. Past it, requests wait up to --queue-timeout
-    /// for one to free up, then get a 503. Default: 32 per core.
+    /// for one to free up, then get a 503. Default: 32 per core. With
+    /// --config, each app's cap (the pool all share is `[server]
+    /// max_instances`).
     #[arg(long, value_name = "N", env = "WSGI_WASM_MAX_INSTANCES")]
     pub max_instances: Option<usize>,
 

@@ -14,15 +14,21 @@
 use anyhow::{bail, Result};
 use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
 
-use crate::config::Limits;
+use crate::config::RunConfig;
 
 /// Descriptors the server keeps for itself: listeners, the epoll instance,
 /// the app trees and mounts opened once, the compiled-code memfds, logging.
 pub const RESERVE: u64 = 256;
 
-/// The most descriptors the server may need at once under `limits`.
-pub fn needed(limits: &Limits) -> u64 {
-    (limits.max_instances as u64) * (limits.max_open_files as u64) + limits.max_connections as u64 + RESERVE
+/// The most open files any one sandbox of `config` may hold.
+fn max_open_files(config: &RunConfig) -> u64 {
+    config.apps.iter().map(|a| a.limits.max_open_files as u64).max().unwrap_or(0)
+}
+
+/// The most descriptors the server may need at once under `config`: every
+/// slot of the pool holding the most any app allows.
+pub fn needed(config: &RunConfig) -> u64 {
+    (config.pool as u64) * max_open_files(config) + config.server.max_connections as u64 + RESERVE
 }
 
 /// Makes sure the process may hold [`needed`] descriptors, raising its soft
@@ -30,8 +36,8 @@ pub fn needed(limits: &Limits) -> u64 {
 ///
 /// # Errors
 /// When the hard limit is below what is needed, naming the flags to lower.
-pub fn ensure(limits: &Limits) -> Result<u64> {
-    let need = needed(limits);
+pub fn ensure(config: &RunConfig) -> Result<u64> {
+    let need = needed(config);
     let current = getrlimit(Resource::Nofile);
     let soft = current.current.unwrap_or(u64::MAX);
     if soft >= need {
@@ -43,9 +49,9 @@ pub fn ensure(limits: &Limits) -> Result<u64> {
             "the process may open at most {hard} files (ulimit -Hn), but {} sandboxes x --max-open-files {} \
              + --max-connections {} + {RESERVE} for the server need {need}; lower --max-instances, \
              --max-open-files or --max-connections, or raise the hard limit",
-            limits.max_instances,
-            limits.max_open_files,
-            limits.max_connections,
+            config.pool,
+            max_open_files(config),
+            config.server.max_connections,
         );
     }
     setrlimit(Resource::Nofile, Rlimit { current: Some(need), maximum: current.maximum })

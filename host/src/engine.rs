@@ -1,9 +1,11 @@
-//! The compiled app: one wasmtime `Engine`, the `Component`, the unpacked
-//! guest file tree, and the thread that drives epoch interruption.
+//! The one wasmtime `Engine` every app shares ([`SharedEngine`], with the
+//! thread that drives epoch interruption), and each compiled app: its
+//! `Component` and its unpacked guest file tree ([`LoadedApp`]).
 //!
-//! The engine allocates instances from a pool sized by the limits: one slot
-//! per possible live sandbox, reserved at startup, so a request's instance
-//! costs no mmap or munmap and its memory is reset to the snapshot in place.
+//! The engine allocates instances from one pool for all apps ([`PoolSpec`]):
+//! one slot per possible live sandbox, reserved at startup, so a request's
+//! instance costs no mmap or munmap and its memory is reset to the snapshot
+//! in place. Which app may use how many slots is `pool`'s business.
 //!
 //! An `app.wasm` is untrusted input. Before anything is compiled, its size is
 //! capped ([`MAX_APP_BYTES`]), its file tree is checked as it is unpacked
@@ -30,6 +32,39 @@ use wasmtime::{Config, Engine};
 use crate::bundle;
 use crate::config::Limits;
 
+/// What the shared instance pool is sized for.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolSpec {
+    /// Sandboxes alive at once, all apps together.
+    pub slots: usize,
+    /// The largest `memory` of any app: the size of every slot.
+    pub memory_bytes: usize,
+    /// Whether any app meters fuel (then every app's code is compiled with
+    /// the checks, and an app without a budget gets an unlimited one).
+    pub fuel: bool,
+}
+
+/// The engine all apps run in, the compiled-code cache, and the epoch.
+pub struct SharedEngine {
+    pub engine: Engine,
+    pub spec: PoolSpec,
+    cache_dir: PathBuf,
+    /// Keeps the epoch advancing for as long as the engine is in use.
+    _ticker: EpochTicker,
+}
+
+impl SharedEngine {
+    /// Builds the engine and reserves its pool.
+    ///
+    /// # Errors
+    /// The pool cannot be reserved.
+    pub fn new(spec: PoolSpec, cache_dir: &Path) -> Result<Arc<Self>> {
+        let engine = new_engine(&spec)?;
+        let ticker = EpochTicker::start(engine.clone());
+        Ok(Arc::new(Self { engine, spec, cache_dir: cache_dir.to_path_buf(), _ticker: ticker }))
+    }
+}
+
 /// How often the epoch advances: the granularity at which a running guest
 /// yields to other tasks and at which deadlines are noticed.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -38,6 +73,8 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 pub struct LoadedApp {
     /// The engine every instance of this app runs in.
     pub engine: Engine,
+    /// Whether the engine meters fuel.
+    pub metered: bool,
     /// The compiled component.
     pub component: Component,
     /// The unpacked file tree, mounted read-only at the guest's `/`: each of
@@ -47,8 +84,8 @@ pub struct LoadedApp {
     pub roots: Vec<String>,
     /// Hex SHA-256 of the `app.wasm` file, for logs.
     pub digest: String,
-    /// Keeps the epoch advancing for as long as the app is loaded.
-    _ticker: EpochTicker,
+    /// Keeps the engine and its epoch alive as long as the app is loaded.
+    _shared: Arc<SharedEngine>,
 }
 
 impl LoadedApp {
@@ -57,9 +94,9 @@ impl LoadedApp {
     /// # Errors
     /// Fails with a message saying what is wrong if the file is not a
     /// component made by `wsgi-wasm build`, does not compile, needs more
-    /// memory than `limits` allow, the sandbox pool for `limits` cannot be
-    /// reserved, or the cache directory is not writable.
-    pub fn load(path: &Path, cache_dir: &Path, limits: &Limits) -> Result<Self> {
+    /// memory than `limits` allow, or the cache directory is not writable.
+    pub fn load(path: &Path, shared: &Arc<SharedEngine>, limits: &Limits) -> Result<Self> {
+        let cache_dir = &shared.cache_dir;
         let size = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?.len();
         if size > MAX_APP_BYTES {
             bail!("{} is {} MiB; an app.wasm may be at most {} MiB", path.display(), size >> 20, MAX_APP_BYTES >> 20);
@@ -79,14 +116,14 @@ impl LoadedApp {
                 needed.div_ceil(1 << 20)
             );
         }
-        let engine = new_engine(limits)?;
+        let engine = shared.engine.clone();
         let mut compat = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut compat);
         let compiled = cache_dir.join("compiled").join(format!("{digest}-{:016x}.cwasm", compat.finish()));
         let component = load_or_compile(&engine, &bytes, &compiled)
             .with_context(|| format!("{} is not a valid component", path.display()))?;
-        let ticker = EpochTicker::start(engine.clone());
-        Ok(Self { engine, component, tree_dir, roots, digest, _ticker: ticker })
+        let metered = shared.spec.fuel;
+        Ok(Self { engine, metered, component, tree_dir, roots, digest, _shared: Arc::clone(shared) })
     }
 }
 
@@ -160,20 +197,20 @@ fn check_imports(imports: &[String]) -> Result<()> {
 /// 32 separate regions, the patched copy in `vendor/wasmtime` does not.
 pub const KEEP_RESIDENT: usize = 4 << 20;
 
-/// Builds the engine, with a pool of slots for `limits.max_instances`
-/// sandboxes of `limits.memory_bytes` each, reserved up front.
-fn new_engine(limits: &Limits) -> Result<Engine> {
-    match Engine::new(&engine_config(limits, true)) {
+/// Builds the engine, with a pool of `spec.slots` sandboxes of
+/// `spec.memory_bytes` each, reserved up front.
+fn new_engine(spec: &PoolSpec) -> Result<Engine> {
+    match Engine::new(&engine_config(spec, true)) {
         Ok(engine) => Ok(engine),
         Err(err) => {
             // Most likely a kernel without PAGEMAP_SCAN: without it, keeping
             // memory resident means copying all of it back on every request.
             tracing::info!(cause = %err, "memory is not kept resident between requests");
-            Engine::new(&engine_config(limits, false)).map_err(anyhow::Error::from).with_context(|| {
+            Engine::new(&engine_config(spec, false)).map_err(anyhow::Error::from).with_context(|| {
                 format!(
                     "reserving memory for {} sandboxes of {} MiB; lower --max-instances or --memory",
-                    limits.max_instances,
-                    limits.memory_bytes >> 20
+                    spec.slots,
+                    spec.memory_bytes >> 20
                 )
             })
         }
@@ -183,12 +220,13 @@ fn new_engine(limits: &Limits) -> Result<Engine> {
 /// The engine settings every app runs with; `keep_resident` asks for the
 /// `PAGEMAP_SCAN` reset. Public so that the tests of the vendored wasmtime
 /// run under the same settings.
-pub fn engine_config(limits: &Limits, keep_resident: bool) -> Config {
+pub fn engine_config(spec: &PoolSpec, keep_resident: bool) -> Config {
     let mut config = Config::new();
     // Fresh instances come from a pool of slots reserved once: no mmap and
     // munmap per request, and a slot's memory is reset to the snapshot in
-    // place. One slot per possible live sandbox, plus the startup check.
-    let n = u32::try_from(limits.max_instances.saturating_add(1)).unwrap_or(u32::MAX);
+    // place. One slot per possible live sandbox, plus one for the check of
+    // an app being loaded.
+    let n = u32::try_from(spec.slots.saturating_add(1)).unwrap_or(u32::MAX);
     let mut pooling = wasmtime::PoolingAllocationConfig::new();
     // A componentize-py app has 14 core instances, one memory and two tables;
     // the headroom is for later toolchains.
@@ -202,7 +240,7 @@ pub fn engine_config(limits: &Limits, keep_resident: bool) -> Config {
         .total_tables(n.saturating_mul(4))
         .table_elements(1 << 16)
         .total_stacks(n)
-        .max_memory_size(limits.memory_bytes);
+        .max_memory_size(spec.memory_bytes);
     if keep_resident {
         pooling
             .pagemap_scan(wasmtime::Enabled::Yes)
@@ -222,7 +260,7 @@ pub fn engine_config(limits: &Limits, keep_resident: bool) -> Config {
     config.epoch_interruption(true);
     // Fuel metering costs on every instruction, so it is compiled in only
     // when a budget is asked for (and the compiled-code cache keys on it).
-    config.consume_fuel(limits.fuel.is_some());
+    config.consume_fuel(spec.fuel);
     config.cranelift_opt_level(wasmtime::OptLevel::Speed);
     // The patched wasmtime in `vendor/` serializes compiled modules in its
     // own format, so its version names the patch: the compiled-code cache

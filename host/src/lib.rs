@@ -13,8 +13,11 @@
 //! | [`activation`] | the listening sockets systemd passes (`LISTEN_FDS`) |
 //! | [`shutdown`] | SIGINT/SIGTERM → cancellation; a second signal exits |
 //! | [`protocol`] | wire protocols (HTTP/1.1 via hyper; uwsgi) → [`wsgi::WsgiRequest`] |
+//! | [`tenants`] | the apps served: each loaded into its sandbox, and the routing table |
+//! | [`router`] | which app a request is for: `UWSGI_APPID`, host, prefix |
 //! | [`wsgi`] | CGI environ, response validation and framing, dispatch |
 //! | [`sandbox`] | one fresh store and instance per request; limits; host imports |
+//! | [`pool`] | the sandbox slots all apps share, fairly |
 //! | [`engine`] | wasmtime engine, compiled-code cache, epoch ticker |
 //! | [`bundle`] | the guest file tree inside `app.wasm` |
 //! | [`bindings`] | code generated from `guest-sdk/wit/wsgi.wit` |
@@ -32,8 +35,11 @@ pub mod descriptors;
 pub mod engine;
 pub mod error;
 pub mod metrics;
+pub mod pool;
 pub mod protocol;
+pub mod router;
 pub mod sandbox;
 pub mod server;
 pub mod shutdown;
+pub mod tenants;
 pub mod wsgi;

@@ -1,22 +1,27 @@
 //! The `wsgi-wasm` binary: parse, set up logging, dispatch, map errors to an
 //! exit status. Everything else lives in the library.
 
+use std::collections::HashSet;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches};
 use tracing_subscriber::EnvFilter;
 use wsgi_wasm::cli::{Cli, Command, RunArgs};
 use wsgi_wasm::config::{BuildConfig, RunConfig};
-use wsgi_wasm::engine::LoadedApp;
-use wsgi_wasm::sandbox::{Grants, Sandbox};
 use wsgi_wasm::server::ServeOptions;
+use wsgi_wasm::tenants::Tenants;
 use wsgi_wasm::{build, server, shutdown};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(err) => err.exit(),
+    };
     let mut filter = EnvFilter::try_from_env("WSGI_WASM_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     if matches!(&cli.command, Command::Run(args) if args.no_access_log) {
         filter = filter.add_directive("wsgi_wasm::access=off".parse().expect("a valid directive"));
@@ -30,7 +35,7 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Build(args) => BuildConfig::from_args(args).and_then(|cfg| build::build(&cfg)),
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(args, &given_flags(&matches)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -41,20 +46,37 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: RunArgs) -> Result<()> {
+/// The ids of the `run` flags given on the command line or by their
+/// environment variable (not defaulted): these override a config file.
+fn given_flags(matches: &ArgMatches) -> HashSet<String> {
+    let Some(run) = matches.subcommand_matches("run") else { return HashSet::new() };
+    run.ids()
+        .filter(|id| matches!(run.value_source(id.as_str()), Some(ValueSource::CommandLine | ValueSource::EnvVariable)))
+        .map(|id| id.as_str().to_owned())
+        .collect()
+}
+
+/// Task polls between two checks for I/O events (tokio's default is 61).
+/// A guest computing without pause is polled for one epoch tick (10 ms) at
+/// a time, so with every worker running such guests a new connection waited
+/// 61 of those polls, about 300 ms on two cores, to be accepted.
+const EVENT_INTERVAL: u32 = 4;
+
+fn run(args: RunArgs, given: &HashSet<String>) -> Result<()> {
     // First, while this is the only thread: it clears LISTEN_FDS and the rest.
     let inherited = wsgi_wasm::activation::take()?;
-    let config = RunConfig::from_args(args)?;
-    wsgi_wasm::descriptors::ensure(&config.limits)?;
-    // Everything that can be wrong with the app is found before listening.
-    let app = LoadedApp::load(&config.app, &config.cache_dir, &config.limits)?;
-    let grants = Grants { mounts: config.mounts.clone(), env: config.env.clone() };
-    let metrics = config.metrics.map(|_| wsgi_wasm::metrics::Metrics::new().app(&config.app_name, &app.digest));
-    let sandbox = Arc::new(Sandbox::new(app, config.app_name.clone(), config.limits.clone(), grants, metrics)?);
-    let runtime =
-        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    let config = RunConfig::from_args(args, given)?;
+    wsgi_wasm::descriptors::ensure(&config)?;
+    // Everything that can be wrong with an app is found before listening.
+    let metrics = config.metrics.map(|_| wsgi_wasm::metrics::Metrics::new());
+    let tenants = Arc::new(Tenants::load(&config, metrics)?);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .event_interval(EVENT_INTERVAL)
+        .build()
+        .context("starting the async runtime")?;
     runtime.block_on(async {
-        sandbox.check().await?;
+        tenants.check().await?;
         let listeners = server::bind(&config.http, &config.uwsgi, inherited).await?;
         let metrics = match config.metrics {
             Some(addr) => Some(
@@ -66,11 +88,12 @@ fn run(args: RunArgs) -> Result<()> {
         };
         let shutdown = shutdown::on_signals().context("installing signal handlers")?;
         let options = ServeOptions {
+            limits: config.server.clone(),
             metrics,
             uwsgi_vars_limit: config.uwsgi.buffer_size,
             shutdown_timeout: config.shutdown_timeout,
             timing: config.timing,
         };
-        server::run(listeners, sandbox, options, shutdown).await
+        server::run(listeners, tenants, options, shutdown).await
     })
 }

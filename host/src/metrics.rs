@@ -138,6 +138,21 @@ impl Metrics {
         }
     }
 
+    /// The series of requests that reached no app: refused before routing,
+    /// or for a host and path no app is mounted at. Labelled `app="-"`.
+    pub fn unrouted(self: &Arc<Self>) -> AppMetrics {
+        let label = AppLabel { app: "-".into() };
+        AppMetrics {
+            instances: self.instances.get_or_create_owned(&label),
+            queue: self.queue.get_or_create_owned(&label),
+            duration: self.duration.get_or_create_owned(&label),
+            instantiate: self.instantiate.get_or_create_owned(&label),
+            memory: self.memory.get_or_create_owned(&label),
+            app: "-".into(),
+            all: Arc::clone(self),
+        }
+    }
+
     /// Counts an open connection of `protocol` until the guard is dropped.
     pub fn connection(&self, protocol: &str) -> GaugeGuard {
         GaugeGuard::new(self.connections.get_or_create_owned(&ProtocolLabel { protocol: protocol.into() }))

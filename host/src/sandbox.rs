@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 use tracing::Instrument;
 use wasmtime::component::{HasSelf, Linker, ResourceTable, ResourceTableError, WasmStr};
 use wasmtime::{ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder};
@@ -31,6 +31,7 @@ use crate::config::{Limits, Mount};
 use crate::engine::LoadedApp;
 use crate::error::SandboxError;
 use crate::metrics::AppMetrics;
+use crate::pool::AppSlots;
 
 mod output;
 mod random;
@@ -145,8 +146,8 @@ pub struct Sandbox {
     /// The app's tree and the mounts, opened once: every store gets a copy,
     /// which shares the open directories instead of opening them again.
     preopens: WasiFilesystemCtx,
-    /// One permit per live instance: `--max-instances`.
-    slots: Arc<Semaphore>,
+    /// This app's share of the pool: `max_instances`, and a queue.
+    slots: AppSlots,
     /// Where to count what each request costs, with `--metrics`.
     metrics: Option<AppMetrics>,
 }
@@ -164,6 +165,7 @@ impl Sandbox {
         limits: Limits,
         grants: Grants,
         metrics: Option<AppMetrics>,
+        slots: AppSlots,
     ) -> anyhow::Result<Self> {
         for mount in &grants.mounts {
             if let Some(root) = app.roots.iter().find(|root| overlaps(&mount.guest, root)) {
@@ -185,7 +187,6 @@ impl Sandbox {
         let pre = WsgiPre::new(pre)
             .map_err(anyhow::Error::from)
             .context("the component does not export the wsgi-wasm `wsgi` world")?;
-        let slots = Arc::new(Semaphore::new(limits.max_instances));
         let preopens = open_preopens(&app, &grants)?;
         Ok(Self { app, name, pre, limits, grants, slots, preopens, metrics })
     }
@@ -250,10 +251,8 @@ impl Sandbox {
         let queue = self.limits.queue_timeout;
         let queued = Instant::now();
         let in_queue = self.metrics.as_ref().map(AppMetrics::queued);
-        let _permit = tokio::time::timeout(queue, Arc::clone(&self.slots).acquire_owned())
-            .await
-            .map_err(|_| SandboxError::Overloaded(queue))?
-            .expect("the slot semaphore is never closed");
+        let _slot =
+            tokio::time::timeout(queue, self.slots.acquire()).await.map_err(|_| SandboxError::Overloaded(queue))?;
         drop(in_queue);
         let _active = self.metrics.as_ref().map(AppMetrics::active);
         let waited = queued.elapsed();
@@ -392,6 +391,9 @@ impl Sandbox {
         store.limiter(|s| &mut s.limiter);
         if let Some(fuel) = self.limits.fuel {
             store.set_fuel(fuel)?;
+        } else if self.app.metered {
+            // Another app meters fuel, so this app's code counts it too.
+            store.set_fuel(u64::MAX)?;
         }
         // Yield to the executor at every epoch tick: a guest spinning in
         // `while True: pass` shares its core instead of holding it, and the

@@ -18,10 +18,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::activation::{Inherited, Socket};
-use crate::config::UwsgiConfig;
+use crate::config::{ServerLimits, UwsgiConfig};
 use crate::protocol;
 use crate::protocol::uwsgi::UwsgiAddr;
-use crate::sandbox::Sandbox;
+use crate::tenants::Tenants;
 use crate::wsgi::{ConnInfo, Dispatcher};
 
 /// Longest pause after repeated `accept()` failures (e.g. out of descriptors).
@@ -167,9 +167,11 @@ fn bind_unix(path: &Path, mode: u32) -> Result<(UnixListener, SocketFile)> {
     Ok((listener, file))
 }
 
-/// How [`run`] serves, beyond the sandbox's own limits.
+/// How [`run`] serves, beyond each app's own limits.
 #[derive(Debug)]
 pub struct ServeOptions {
+    /// The connection-level limits.
+    pub limits: ServerLimits,
     /// Where `/metrics` is served (`--metrics`), on a listener of its own.
     pub metrics: Option<TcpListener>,
     /// Largest uwsgi vars block.
@@ -187,26 +189,30 @@ pub struct ServeOptions {
 /// leaves room for startup checks.
 pub async fn run(
     listeners: Vec<Listener>,
-    sandbox: Arc<Sandbox>,
+    tenants: Arc<Tenants>,
     options: ServeOptions,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    let ServeOptions { metrics, uwsgi_vars_limit, shutdown_timeout, timing } = options;
+    let ServeOptions { limits, metrics, uwsgi_vars_limit, shutdown_timeout, timing } = options;
     let tasks = TaskTracker::new();
-    if let (Some(listener), Some(m)) = (metrics, sandbox.metrics()) {
+    if let (Some(listener), Some(m)) = (metrics, tenants.metrics()) {
         tracing::info!("serving metrics on http://{}/metrics", listener.local_addr()?);
-        tasks.spawn(serve_metrics(listener, Arc::clone(m.registry()), shutdown.clone()));
+        tasks.spawn(serve_metrics(listener, Arc::clone(m), shutdown.clone()));
     }
-    let dispatcher = Arc::new(Dispatcher::new(Arc::clone(&sandbox), tasks.clone(), timing));
+    for (name, sandbox) in tenants.table().apps() {
+        tracing::info!(app = %name, digest = %sandbox.digest(), "serving app {name}");
+    }
+    let max_connections = limits.max_connections;
+    let dispatcher = Arc::new(Dispatcher::new(tenants, limits, tasks.clone(), timing));
     let shared = Arc::new(Shared {
         dispatcher,
-        connections: Arc::new(Semaphore::new(sandbox.limits().max_connections)),
+        connections: Arc::new(Semaphore::new(max_connections)),
         tasks: tasks.clone(),
         shutdown: shutdown.clone(),
         uwsgi_vars_limit,
     });
     for listener in listeners {
-        tracing::info!(app = %sandbox.name(), digest = %sandbox.digest(), "listening on {}", listener.describe());
+        tracing::info!("listening on {}", listener.describe());
         tasks.spawn(accept_loop(listener, Arc::clone(&shared)));
     }
 
@@ -316,7 +322,7 @@ async fn accept_loop(listener: Listener, shared: Arc<Shared>) {
         let (dispatcher, shutdown, limit) =
             (Arc::clone(&shared.dispatcher), shared.shutdown.clone(), shared.uwsgi_vars_limit);
         let is_http = matches!(listener, Listener::Http(_));
-        let open = dispatcher.metrics().map(|m| m.registry().connection(if is_http { "http" } else { "uwsgi" }));
+        let open = dispatcher.metrics().map(|m| m.connection(if is_http { "http" } else { "uwsgi" }));
         shared.tasks.spawn(async move {
             match accepted {
                 Accepted::Tcp(stream, conn) if is_http => {

@@ -9,35 +9,15 @@
 //! later referenced as values; globals linked the same way; and a memory
 //! image that a pool slot keeps resident maps only the pages touched.
 
-use std::time::Duration;
-
 use wasmtime::{Engine, Global, GlobalType, Instance, Linker, Module, Mutability, Store, Table, Val, ValType};
-use wsgi_wasm::config::Limits;
+use wsgi_wasm::engine::PoolSpec;
 
 fn engine() -> Engine {
-    Engine::new(&wsgi_wasm::engine::engine_config(&limits(), false)).unwrap()
+    Engine::new(&wsgi_wasm::engine::engine_config(&pool(), false)).unwrap()
 }
 
-fn limits() -> Limits {
-    Limits {
-        timeout: Duration::from_secs(5),
-        memory_bytes: 16 << 20,
-        fuel: None,
-        max_instances: 2,
-        queue_timeout: Duration::from_secs(1),
-        max_connections: 1,
-        max_body_bytes: 0,
-        max_response_bytes: 0,
-        header_timeout: Duration::from_secs(1),
-        body_timeout: Duration::from_secs(1),
-        max_header_bytes: 1024,
-        max_headers: 10,
-        max_request_line: 1024,
-        max_header_field: 1024,
-        max_open_files: 16,
-        max_log_bytes: 0,
-        max_log_lines: 0,
-    }
+fn pool() -> PoolSpec {
+    PoolSpec { slots: 2, memory_bytes: 16 << 20, fuel: false }
 }
 
 /// Defines the shared table, as `$main` does in a componentize-py app, and
@@ -340,7 +320,7 @@ fn resident_pages_at(addr: usize) -> usize {
 #[test]
 fn a_resident_slot_maps_only_the_image_pages_touched_and_resets_what_was_written() {
     // The server's settings: memory kept resident, reset by PAGEMAP_SCAN.
-    let engine = Engine::new(&wsgi_wasm::engine::engine_config(&limits(), true)).unwrap();
+    let engine = Engine::new(&wsgi_wasm::engine::engine_config(&pool(), true)).unwrap();
     let module = Module::new(&engine, wat(&paged_image())).unwrap();
     let page = 4096;
     let mut image_at = 0;

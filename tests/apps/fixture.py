@@ -414,6 +414,21 @@ def header_case(environ, start_response):
     return [b"case\n"]
 
 
+def whoami(environ, start_response):
+    """Which app this is (its TENANT variable) and where it is mounted."""
+    import os
+
+    return _json(
+        start_response,
+        {
+            "tenant": os.environ.get("TENANT"),
+            "script_name": environ["SCRIPT_NAME"],
+            "path_info": environ["PATH_INFO"],
+            "appid": environ.get("UWSGI_APPID"),
+        },
+    )
+
+
 def list_of_chunks(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [b"a", b"b", b"", b"c\n"]
@@ -447,6 +462,7 @@ ROUTES = {
     "/loop-forever": loop_forever,
     "/alloc-forever": alloc_forever,
     "/list": list_of_chunks,
+    "/whoami": whoami,
     "/case": header_case,
     "/recurse": recurse,
     "/deep-c-recursion": deep_c_recursion,
@@ -459,7 +475,12 @@ ROUTES = {
 
 def app(environ, start_response):
     path = environ.get("PATH_INFO", "/")
-    route = environ_route if path.startswith("/environ/") else ROUTES.get(path)
+    if path.startswith("/environ/"):
+        route = environ_route
+    elif "whoami" in path:
+        route = whoami
+    else:
+        route = ROUTES.get(path)
     if route is None:
         start_response("404 Not Found", [("Content-Type", "text/plain")])
         return [b"no such route\n"]

@@ -1,9 +1,14 @@
 //! Validated, defaulted configuration, free of clap.
 //!
-//! `from_args` is the one place where flags meet: it applies defaults that
-//! depend on the machine or on other flags and rejects nonsense with a message
-//! that says what to fix, before any file is read or socket bound.
+//! `from_args` is the one place where flags and the config file meet (the
+//! file's schema is in [`file`]): it layers them, applies defaults that
+//! depend on the machine or on other settings, and rejects nonsense with a
+//! message that names the flag, or the file, app and key, before any socket
+//! is bound.
 
+pub mod file;
+
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -142,8 +147,8 @@ pub fn auto_warmup(nonce: u64) -> Vec<(String, String)> {
     vec![("GET".into(), target.clone()), ("HEAD".into(), target)]
 }
 
-/// Per-request limits that the sandbox and the listeners enforce.
-#[derive(Debug, Clone)]
+/// Per-request limits of one app, which its sandboxes enforce.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
     /// Wall-clock deadline for one request, sandbox start to last body byte.
     pub timeout: Duration,
@@ -151,28 +156,16 @@ pub struct Limits {
     pub memory_bytes: usize,
     /// CPU budget of one request in wasmtime fuel units, if metered.
     pub fuel: Option<u64>,
-    /// Sandboxes alive at once.
+    /// The app's sandboxes alive at once.
     pub max_instances: usize,
     /// How long a request may wait for a sandbox slot before a 503.
     pub queue_timeout: Duration,
-    /// Open client connections at once.
-    pub max_connections: usize,
     /// Largest request body accepted.
     pub max_body_bytes: u64,
     /// Largest response body sent; past it the response is cut.
     pub max_response_bytes: u64,
-    /// Time for a request's headers (and for the next request on a kept-alive connection).
-    pub header_timeout: Duration,
     /// Time the app may wait for the next piece of body.
     pub body_timeout: Duration,
-    /// Most header bytes in one HTTP request.
-    pub max_header_bytes: usize,
-    /// Most header fields in one HTTP request.
-    pub max_headers: usize,
-    /// Longest request line (HTTP) or `REQUEST_URI` (uwsgi), in bytes.
-    pub max_request_line: usize,
-    /// Longest single header field (`name: value`, or an `HTTP_*` var).
-    pub max_header_field: usize,
     /// Most WASI handles (open files, directories, streams) one request holds
     /// at once; each open file or directory is one host descriptor.
     pub max_open_files: usize,
@@ -181,6 +174,24 @@ pub struct Limits {
     pub max_log_bytes: u64,
     /// Most lines of guest output one request may log.
     pub max_log_lines: u64,
+}
+
+/// Connection-level limits, the same for every app: they apply before a
+/// request is routed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerLimits {
+    /// Open client connections at once.
+    pub max_connections: usize,
+    /// Time for a request's headers (and for the next request on a kept-alive connection).
+    pub header_timeout: Duration,
+    /// Most header bytes in one HTTP request.
+    pub max_header_bytes: usize,
+    /// Most header fields in one HTTP request.
+    pub max_headers: usize,
+    /// Longest request line (HTTP) or `REQUEST_URI` (uwsgi), in bytes.
+    pub max_request_line: usize,
+    /// Longest single header field (`name: value`, or an `HTTP_*` var).
+    pub max_header_field: usize,
 }
 
 /// A host directory granted to every sandbox.
@@ -198,20 +209,31 @@ impl Mount {
     /// # Errors
     /// Says what is wrong with the spec or the directory.
     pub fn parse(spec: &str) -> Result<Self> {
+        Self::parse_in(spec, "--mount", None)
+    }
+
+    /// Parses a mount named `key` in messages, with a relative host
+    /// directory taken relative to `base` (a config file's directory).
+    ///
+    /// # Errors
+    /// Says what is wrong with the spec or the directory.
+    pub fn parse_in(spec: &str, key: &str, base: Option<&Path>) -> Result<Self> {
         let parts: Vec<&str> = spec.split(':').collect();
         let (host, guest, writable) = match parts.as_slice() {
             [h, g] => (*h, *g, false),
             [h, g, "ro"] => (*h, *g, false),
             [h, g, "rw"] => (*h, *g, true),
-            _ => bail!("--mount {spec}: expected HOST_DIR:GUEST_DIR, optionally with :rw or :ro"),
+            _ => bail!("{key} {spec}: expected HOST_DIR:GUEST_DIR, optionally with :rw or :ro"),
         };
-        let host = std::fs::canonicalize(host).with_context(|| format!("--mount {spec}: no such directory {host}"))?;
+        let host = base.map_or_else(|| PathBuf::from(host), |b| b.join(host));
+        let host = std::fs::canonicalize(&host)
+            .with_context(|| format!("{key} {spec}: no such directory {}", host.display()))?;
         if !host.is_dir() {
-            bail!("--mount {spec}: {} is not a directory", host.display());
+            bail!("{key} {spec}: {} is not a directory", host.display());
         }
         let guest = guest.trim_end_matches('/');
         if !guest.starts_with('/') || guest.split('/').any(|c| c == ".." || c == ".") {
-            bail!("--mount {spec}: the guest path must be absolute, without . or .. (e.g. /data)");
+            bail!("{key} {spec}: the guest path must be absolute, without . or .. (e.g. /data)");
         }
         Ok(Self { host, guest: guest.to_owned(), writable })
     }
@@ -227,126 +249,120 @@ pub struct UwsgiConfig {
     pub buffer_size: usize,
 }
 
+/// One app the server hosts.
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    /// Its name in logs and metrics: the config's `[apps.NAME]`, or for
+    /// `run app.wasm` the file's stem.
+    pub name: String,
+    pub wasm: PathBuf,
+    /// Where requests for it come in.
+    pub mount: crate::router::Mount,
+    pub limits: Limits,
+    /// Host directories its sandboxes see.
+    pub mounts: Vec<Mount>,
+    /// Environment variables its sandboxes see.
+    pub env: Vec<(String, String)>,
+}
+
 /// Everything `wsgi-wasm run` needs.
 #[derive(Debug)]
 pub struct RunConfig {
-    pub app: PathBuf,
+    /// The config file, with `--config`.
+    pub file: Option<PathBuf>,
     /// The `--http` addresses as given (see `server::bind` for the default).
     pub http: Vec<SocketAddr>,
     pub uwsgi: UwsgiConfig,
     pub cache_dir: PathBuf,
-    pub limits: Limits,
-    /// Host directories every sandbox sees.
-    pub mounts: Vec<Mount>,
-    /// Environment variables every sandbox sees.
-    pub env: Vec<(String, String)>,
+    pub server: ServerLimits,
+    /// Sandbox slots all apps share (`[server] max_instances`).
+    pub pool: usize,
+    pub apps: Vec<AppConfig>,
     pub shutdown_timeout: Duration,
     /// Report per-request timing (`--timing`).
     pub timing: bool,
     /// Where to serve `/metrics`, if anywhere.
     pub metrics: Option<SocketAddr>,
-    /// The app's name in logs and metrics: the file's stem.
-    pub app_name: String,
 }
 
 impl RunConfig {
+    /// The configuration of `run`: one app from its arguments, or the apps
+    /// of `--config`'s file with the flags in `given` (flag ids given on the
+    /// command line or by their environment variable) over it.
+    ///
     /// # Errors
-    /// Fails on out-of-range limits or a missing app file.
-    pub fn from_args(args: RunArgs) -> Result<Self> {
-        if !args.app.is_file() {
-            bail!("{}: no such file (make one with `wsgi-wasm build`)", args.app.display());
-        }
-        let seconds = |flag: &str, v: f64| -> Result<Duration> {
-            if !(v.is_finite() && v > 0.0 && v <= 86_400.0) {
-                bail!("{flag} {v}: must be a number of seconds above 0 and at most 86400");
+    /// Fails on out-of-range limits or a missing app file, naming the flag,
+    /// or the file, app and key.
+    pub fn from_args(args: RunArgs, given: &HashSet<String>) -> Result<Self> {
+        let defaults = file::Settings::from_args(&args)?;
+        let flags = defaults.only(given);
+        let loaded = match &args.config {
+            Some(path) => file::load(path)?,
+            None => {
+                let app = args.app.clone().context("give an app.wasm, or --config FILE")?;
+                let name = app.file_stem().map_or_else(|| "app".into(), |s| s.to_string_lossy().into_owned());
+                file::Loaded::one_app(name, app)
             }
-            Ok(Duration::from_secs_f64(v))
         };
-        if !(16..=65_536).contains(&args.memory) {
-            bail!("--memory {}: must be between 16 and 65536 MiB", args.memory);
-        }
+        let name_of = |origin: file::Origin<'_>, key: &str| match origin {
+            _ if given.contains(key) || loaded.path.is_none() => format!("--{}", key.replace('_', "-")),
+            file::Origin::Server => format!("{}: [server] {key}", loaded.display()),
+            file::Origin::App(app) => format!("{}: [apps.{app}] {key}", loaded.display()),
+            file::Origin::Defaults => format!("{}: [defaults] {key}", loaded.display()),
+        };
+        let server = defaults.server.over(&loaded.server).over(&flags.server);
+        let key = |k: &str| {
+            let origin = if loaded.server.has(k) { file::Origin::Server } else { file::Origin::Defaults };
+            name_of(origin, k)
+        };
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let max_instances = args.max_instances.unwrap_or(32 * cores);
-        if args.fuel == Some(0) {
-            bail!("--fuel 0: a request needs some fuel; leave --fuel out for no CPU budget");
+        let pool = match server.max_instances {
+            Some(0) => bail!("{} 0: at least one sandbox must be allowed", key("max_instances")),
+            Some(n) => n,
+            None => 32 * cores,
+        };
+        let mut apps = Vec::new();
+        for (name, table) in &loaded.apps {
+            let merged = defaults.app.over(&loaded.defaults).over(table).over(&flags.app);
+            let key = |k: &str| {
+                let origin = if table.has(k) {
+                    file::Origin::App(name)
+                } else if loaded.defaults.has(k) {
+                    file::Origin::Defaults
+                } else {
+                    file::Origin::App(name)
+                };
+                name_of(origin, k)
+            };
+            apps.push(merged.into_app(name, pool, &key)?);
         }
-        if max_instances == 0 {
-            bail!("--max-instances 0: at least one sandbox must be allowed");
+        if apps.is_empty() {
+            bail!("{}: no [apps.NAME] table: name at least one app", loaded.display());
         }
-        if args.max_connections == 0 {
-            bail!("--max-connections 0: at least one connection must be allowed");
-        }
-        let socket_mode = u32::from_str_radix(&args.uwsgi_mode, 8)
-            .ok()
-            .filter(|m| *m <= 0o777)
-            .with_context(|| format!("--uwsgi-mode {}: expected octal permissions such as 660", args.uwsgi_mode))?;
-        if !(1024..=65535).contains(&args.uwsgi_buffer_size) {
-            bail!("--uwsgi-buffer-size {}: must be between 1024 and 65535", args.uwsgi_buffer_size);
-        }
-        let mut seen = std::collections::HashSet::new();
-        for addr in &args.uwsgi {
-            if !seen.insert(addr.to_string()) {
-                bail!("--uwsgi {addr} is given twice");
-            }
-        }
-        let mounts = args.mounts.iter().map(|m| Mount::parse(m)).collect::<Result<Vec<_>>>()?;
-        let mut env = Vec::new();
-        for pair in &args.env {
-            match pair.split_once('=') {
-                Some((k, v)) if !k.is_empty() && !k.contains('\0') && !v.contains('\0') => {
-                    env.push((k.to_owned(), v.to_owned()))
-                }
-                _ => bail!("--env {pair}: expected KEY=VALUE"),
-            }
-        }
-        if args.max_header_bytes < 8192 {
-            bail!("--max-header-bytes {}: must be at least 8192", args.max_header_bytes);
-        }
-        if args.max_headers == 0 {
-            bail!("--max-headers 0: a request needs at least a Host header");
-        }
-        for (flag, value) in
-            [("--max-request-line", args.max_request_line), ("--max-header-field", args.max_header_field)]
-        {
-            if !(256..=args.max_header_bytes).contains(&value) {
-                bail!("{flag} {value}: must be between 256 and --max-header-bytes ({})", args.max_header_bytes);
-            }
-        }
-        if !(16..=65_536).contains(&args.max_open_files) {
-            bail!("--max-open-files {}: must be between 16 and 65536", args.max_open_files);
-        }
+        // One app alone: the pool is its own cap.
+        let pool = if loaded.path.is_none() { apps[0].limits.max_instances } else { pool };
+        let server_cfg = server.into_server(&key)?;
         Ok(Self {
-            app: args.app.clone(),
-            http: args.http,
-            uwsgi: UwsgiConfig { addrs: args.uwsgi, socket_mode, buffer_size: args.uwsgi_buffer_size },
-            cache_dir: cache_dir(args.cache.cache_dir)?,
-            limits: Limits {
-                timeout: seconds("--timeout", args.timeout)?,
-                memory_bytes: usize::try_from(args.memory << 20)?,
-                fuel: args.fuel,
-                max_instances,
-                queue_timeout: seconds("--queue-timeout", args.queue_timeout)?,
-                max_connections: args.max_connections,
-                max_body_bytes: args.max_body_bytes,
-                max_response_bytes: args.max_response_bytes,
-                header_timeout: seconds("--header-timeout", args.header_timeout)?,
-                body_timeout: seconds("--body-timeout", args.body_timeout)?,
-                max_header_bytes: args.max_header_bytes,
-                max_headers: args.max_headers,
-                max_request_line: args.max_request_line,
-                max_header_field: args.max_header_field,
-                max_open_files: args.max_open_files,
-                max_log_bytes: args.max_log_bytes,
-                max_log_lines: args.max_log_lines,
-            },
-            mounts,
-            env,
-            shutdown_timeout: seconds("--shutdown-timeout", args.shutdown_timeout)?,
+            file: loaded.path.clone(),
+            http: server_cfg.http,
+            uwsgi: server_cfg.uwsgi,
+            cache_dir: cache_dir(server_cfg.cache_dir)?,
+            server: server_cfg.limits,
+            pool,
+            apps,
+            shutdown_timeout: server_cfg.shutdown_timeout,
             timing: args.timing,
-            metrics: args.metrics,
-            app_name: args.app.file_stem().map_or_else(|| "app".into(), |s| s.to_string_lossy().into_owned()),
+            metrics: server_cfg.metrics,
         })
     }
+}
+
+/// A number of seconds, checked: above 0 and at most a day.
+fn seconds(key: &str, v: f64) -> Result<Duration> {
+    if !(v.is_finite() && v > 0.0 && v <= 86_400.0) {
+        bail!("{key} {v}: must be a number of seconds above 0 and at most 86400");
+    }
+    Ok(Duration::from_secs_f64(v))
 }
 
 /// The cache directory, absolute: the build hands it to the guest
@@ -372,26 +388,15 @@ fn default_cache_dir() -> Result<PathBuf> {
 pub(crate) mod tests {
     use super::*;
 
-    /// Limits like `run`'s defaults, for unit tests elsewhere.
-    pub(crate) fn limits() -> Limits {
-        Limits {
-            timeout: Duration::from_secs(30),
-            memory_bytes: 256 << 20,
-            fuel: None,
-            max_instances: 1,
-            queue_timeout: Duration::from_secs(5),
+    /// Connection limits like `run`'s defaults.
+    pub(crate) fn server_limits() -> ServerLimits {
+        ServerLimits {
             max_connections: 1,
-            max_body_bytes: 1 << 30,
-            max_response_bytes: 1 << 30,
             header_timeout: Duration::from_secs(10),
-            body_timeout: Duration::from_secs(10),
             max_header_bytes: 65536,
             max_headers: 100,
             max_request_line: 8192,
             max_header_field: 8192,
-            max_open_files: 256,
-            max_log_bytes: 1 << 20,
-            max_log_lines: 1000,
         }
     }
 

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use http::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::request::Parts;
 use http::{HeaderMap, Method, StatusCode};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -26,7 +26,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::bare_lf::StrictLines;
-use crate::config::Limits;
+use crate::config::ServerLimits;
 use crate::wsgi::{environ, BodyAborted, ConnInfo, Dispatcher, ResponseBody, WsgiRequest, WsgiResponse};
 
 /// Serves one HTTP/1.1 connection until the client closes it or `shutdown`
@@ -107,24 +107,16 @@ async fn handle(dispatcher: &Dispatcher, conn: ConnInfo, req: Request<Incoming>)
         resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
         return resp;
     }
-    let max_body = dispatcher.limits().max_body_bytes;
     // hyper has already refused a malformed or conflicting Content-Length.
     let declared = parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if let Some(refused) = declared.and_then(|len| dispatcher.refuse_declared_body(len, &conn.peer)) {
-        let mut resp = into_hyper(refused);
-        // The body is still on its way: this connection cannot be reused.
-        resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
-        return resp;
-    }
     let vars = environ::from_http(&parts, conn);
-    let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
     let request = WsgiRequest {
         target: parts.uri.path_and_query().map_or_else(|| parts.uri.to_string(), |pq| pq.to_string()),
         method: parts.method,
         url_scheme: "http",
         vars,
-        // A chunked body has no declared length: it is cut at the limit.
-        body: Limited::new(TrailersChecked(body), limit).boxed_unsync(),
+        declared_length: declared,
+        body: TrailersChecked(body).boxed_unsync(),
     };
     into_hyper(dispatcher.dispatch(request).await)
 }
@@ -203,7 +195,7 @@ const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
 ///   Transfer-Encoding "ought to be handled as an error"; behind proxies
 ///   that may frame it the other way, it is one.
 /// - `--max-request-line` (414) and `--max-header-field` (431).
-pub fn refuse_head(parts: &Parts, limits: &Limits) -> Option<(StatusCode, &'static str)> {
+pub fn refuse_head(parts: &Parts, limits: &ServerLimits) -> Option<(StatusCode, &'static str)> {
     let uri = &parts.uri;
     let asterisk = uri.scheme().is_none() && uri.authority().is_none() && uri.path() == "*";
     let authority_form = uri.scheme().is_none() && uri.authority().is_some();
@@ -238,6 +230,9 @@ fn into_hyper(resp: WsgiResponse) -> Response<ResponseBody> {
     let mut out = Response::new(resp.body);
     *out.status_mut() = resp.head.status;
     *out.headers_mut() = resp.head.headers;
+    if resp.close {
+        out.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+    }
     if let Some(reason) = resp.head.reason {
         if let Ok(reason) = hyper::ext::ReasonPhrase::try_from(reason) {
             out.extensions_mut().insert(reason);
@@ -251,7 +246,7 @@ mod tests {
     use super::*;
 
     fn refused(request: http::request::Builder) -> Option<StatusCode> {
-        let limits = crate::config::tests::limits();
+        let limits = crate::config::tests::server_limits();
         refuse_head(&request.body(()).unwrap().into_parts().0, &limits).map(|(status, _)| status)
     }
 

@@ -21,13 +21,16 @@ use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, Method, StatusCode};
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt, Limited};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::TaskTracker;
 
 pub use self::environ::{CgiVars, ConnInfo};
 pub use self::response::ResponseHead;
+use crate::config::ServerLimits;
 use crate::error::{error_body, SandboxError};
 use crate::sandbox::{GuestIo, GuestRequest, HeadAccepted, HeadHandler, HeadRefused, RequestBody, Sandbox};
+use crate::tenants::Tenants;
 
 /// Body chunks buffered between a running guest and its client.
 const CHUNKS_IN_FLIGHT: usize = 4;
@@ -39,6 +42,8 @@ pub struct WsgiRequest {
     pub target: String,
     pub url_scheme: &'static str,
     pub vars: CgiVars,
+    /// The body's declared length (`Content-Length`), if any.
+    pub declared_length: Option<u64>,
     pub body: RequestBody,
 }
 
@@ -46,6 +51,8 @@ pub struct WsgiRequest {
 pub struct WsgiResponse {
     pub head: ResponseHead,
     pub body: ResponseBody,
+    /// The connection must close after it (an HTTP listener says so).
+    pub close: bool,
 }
 
 impl WsgiResponse {
@@ -65,6 +72,7 @@ impl WsgiResponse {
                 spelled: Vec::new(),
             },
             body: ResponseBody(Kind::Full(Some(body))),
+            close: false,
         }
     }
 }
@@ -138,9 +146,12 @@ impl Body for ResponseBody {
     }
 }
 
-/// Runs requests in sandboxes; shared by every listener.
+/// Routes requests to apps and runs them in sandboxes; shared by every
+/// listener.
 pub struct Dispatcher {
-    sandbox: Arc<Sandbox>,
+    tenants: Arc<Tenants>,
+    /// The connection-level limits, the same for every app.
+    server: ServerLimits,
     /// Every sandbox task, so that shutdown can wait for them.
     tasks: TaskTracker,
     next_id: AtomicU64,
@@ -149,44 +160,81 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    pub fn new(sandbox: Arc<Sandbox>, tasks: TaskTracker, timing: bool) -> Self {
-        Self { sandbox, tasks, next_id: AtomicU64::new(1), timing }
+    pub fn new(tenants: Arc<Tenants>, server: ServerLimits, tasks: TaskTracker, timing: bool) -> Self {
+        Self { tenants, server, tasks, next_id: AtomicU64::new(1), timing }
     }
 
-    /// The limits every listener enforces too.
-    pub fn limits(&self) -> &crate::config::Limits {
-        self.sandbox.limits()
+    /// The limits every listener enforces before a request is routed.
+    pub fn limits(&self) -> &ServerLimits {
+        &self.server
     }
 
-    /// The 413 for a request body declared larger than `--max-body-bytes`,
-    /// decided before any of it is read; `None` within the limit.
-    pub fn refuse_declared_body(&self, declared: u64, peer: &dyn std::fmt::Display) -> Option<WsgiResponse> {
-        let max_body = self.limits().max_body_bytes;
-        if declared <= max_body {
-            return None;
-        }
-        tracing::warn!(%peer, declared, max_body, "refused a request body over the limit");
-        self.refused(StatusCode::PAYLOAD_TOO_LARGE, Some("body"));
-        Some(WsgiResponse::error(StatusCode::PAYLOAD_TOO_LARGE))
-    }
-
-    /// Counts a request the listener answered itself, before any sandbox,
-    /// and the limit it hit, if one.
+    /// Counts a request the listener answered itself, before routing, and
+    /// the limit it hit, if one.
     pub fn refused(&self, status: StatusCode, limit: Option<&str>) {
-        if let Some(m) = self.sandbox.metrics() {
+        if let Some(m) = self.tenants.unrouted() {
             m.request(status.as_u16(), std::time::Duration::ZERO);
             limit.into_iter().for_each(|limit| m.limit(limit));
         }
     }
 
     /// The server's metrics, with `--metrics`.
-    pub fn metrics(&self) -> Option<&crate::metrics::AppMetrics> {
-        self.sandbox.metrics()
+    pub fn metrics(&self) -> Option<&Arc<crate::metrics::Metrics>> {
+        self.tenants.metrics()
     }
 
-    /// Runs `req` in a fresh sandbox; returns once the head is known.
-    pub async fn dispatch(&self, req: WsgiRequest) -> WsgiResponse {
+    /// The 404 for a request no app is mounted for: no sandbox is started.
+    fn no_app(&self, req: &WsgiRequest, req_id: u64) -> WsgiResponse {
+        let host = req.vars.get("HTTP_HOST").or_else(|| req.vars.get("SERVER_NAME")).unwrap_or_default();
+        let appid = req.vars.get("UWSGI_APPID").map(String::from_utf8_lossy);
+        let response = WsgiResponse::error(StatusCode::NOT_FOUND);
+        let bytes = error_body(StatusCode::NOT_FOUND).len();
+        tracing::info!(
+            target: "wsgi_wasm::access",
+            req_id,
+            app = %"-",
+            status = 404,
+            host = %String::from_utf8_lossy(host),
+            appid = appid.as_deref(),
+            "\"{} {}\" 404 {bytes} no app is mounted for this host and path",
+            req.method,
+            req.target
+        );
+        self.refused(StatusCode::NOT_FOUND, None);
+        response
+    }
+
+    /// The 413 for a request body declared larger than the app's
+    /// `max_body_bytes`, decided before any of it is read.
+    fn refuse_declared_body(sandbox: &Sandbox, declared: u64, req_id: u64) -> Option<WsgiResponse> {
+        let max_body = sandbox.limits().max_body_bytes;
+        if declared <= max_body {
+            return None;
+        }
+        tracing::warn!(req_id, app = %sandbox.name(), declared, max_body, "refused a request body over the limit");
+        if let Some(m) = sandbox.metrics() {
+            m.request(StatusCode::PAYLOAD_TOO_LARGE.as_u16(), std::time::Duration::ZERO);
+            m.limit("body");
+        }
+        let mut response = WsgiResponse::error(StatusCode::PAYLOAD_TOO_LARGE);
+        // The body is still on its way: the connection cannot be reused.
+        response.close = true;
+        Some(response)
+    }
+
+    /// Routes `req` to its app and runs it in a fresh sandbox; returns once
+    /// the head is known.
+    pub async fn dispatch(&self, mut req: WsgiRequest) -> WsgiResponse {
         let req_id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let Some(sandbox) = self.tenants.route(&mut req.vars) else {
+            return self.no_app(&req, req_id);
+        };
+        if let Some(refused) = req.declared_length.and_then(|len| Self::refuse_declared_body(&sandbox, len, req_id)) {
+            return refused;
+        }
+        let limit = usize::try_from(sandbox.limits().max_body_bytes).unwrap_or(usize::MAX);
+        // A chunked body has no declared length: it is cut at the limit.
+        let body = Limited::new(req.body, limit).boxed_unsync();
         let started = Instant::now();
         let (head_tx, head_rx) = oneshot::channel();
         let (chunk_tx, chunk_rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
@@ -209,8 +257,7 @@ impl Dispatcher {
             })
         };
         let guest_req = GuestRequest { req_id, url_scheme: req.url_scheme, environ: req.vars.into_native() };
-        let io = GuestIo { body: req.body, on_head, chunks: chunk_tx };
-        let sandbox = Arc::clone(&self.sandbox);
+        let io = GuestIo { body, on_head, chunks: chunk_tx };
         let (method, target) = (req.method, req.target);
         let task = self.tasks.spawn(async move {
             let result = match sandbox.run(guest_req, io).await {
@@ -273,7 +320,7 @@ impl Dispatcher {
             Ok(head) => {
                 let body =
                     if head.bodyless { Kind::Empty } else { Kind::Stream { chunks: chunk_rx, outcome: outcome_rx } };
-                WsgiResponse { head, body: ResponseBody(body) }
+                WsgiResponse { head, body: ResponseBody(body), close: false }
             }
             // The run ended without a head: it failed, and the task knows how.
             Err(_) => {

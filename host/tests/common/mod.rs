@@ -305,6 +305,14 @@ impl Drop for Server {
     }
 }
 
+/// The `/metrics` address the server logged (`--metrics`).
+pub fn metrics_url(server: &Server) -> String {
+    assert!(server.wait_for_log("serving metrics on ", Duration::from_secs(30)), "{}", server.log());
+    let log = server.log();
+    let rest = log.split("serving metrics on ").nth(1).unwrap();
+    rest.split_whitespace().next().unwrap().to_owned()
+}
+
 /// The resident memory of process `pid`, in MiB.
 pub fn rss_mib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

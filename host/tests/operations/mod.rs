@@ -9,15 +9,7 @@ use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::common::{cache_dir, client, fixture, raw_exchange, uwsgi_get, wsgi_wasm, Server};
-
-/// The `/metrics` address the server logged.
-fn metrics_url(server: &Server) -> String {
-    assert!(server.wait_for_log("serving metrics on ", Duration::from_secs(30)), "{}", server.log());
-    let log = server.log();
-    let rest = log.split("serving metrics on ").nth(1).unwrap();
-    rest.split_whitespace().next().unwrap().to_owned()
-}
+use crate::common::{cache_dir, client, fixture, metrics_url, raw_exchange, uwsgi_get, wsgi_wasm, Server};
 
 #[test]
 fn r19_metrics_count_known_traffic_exactly_per_app() {

@@ -22,7 +22,7 @@ use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::config::Limits;
+use crate::config::ServerLimits;
 use crate::sandbox::BoxError;
 use crate::wsgi::{environ, ConnInfo, Dispatcher, WsgiRequest, WsgiResponse};
 
@@ -81,14 +81,11 @@ pub async fn serve_connection<R, W>(
         dispatcher.refused(status, Some("header"));
         WsgiResponse::error(status)
     } else {
-        let (request, declared) = match into_request(packet.0, packet.1, reader, conn) {
-            Ok(parsed) => parsed,
+        let request = match into_request(packet.0, packet.1, reader, conn) {
+            Ok(request) => request,
             Err(err) => return tracing::error!(%peer, "refused uwsgi request: {err}"),
         };
-        match dispatcher.refuse_declared_body(declared, &peer) {
-            Some(refused) => refused,
-            None => dispatcher.dispatch(request).await,
-        }
+        dispatcher.dispatch(request).await
     };
     if let Err(err) = write_response(&mut writer, response).await {
         match err {
@@ -130,7 +127,7 @@ async fn read_request<R: AsyncRead + Unpin>(
 /// `--max-request-line` (414) for `REQUEST_URI`, and `--max-header-field`
 /// (431) for each `HTTP_*` var as the header it stands for (`name: value`),
 /// before repeated ones are joined: the limits the HTTP listener applies.
-fn refuse_vars(vars: &[(Vec<u8>, Vec<u8>)], limits: &Limits) -> Option<(StatusCode, &'static str)> {
+fn refuse_vars(vars: &[(Vec<u8>, Vec<u8>)], limits: &ServerLimits) -> Option<(StatusCode, &'static str)> {
     for (key, value) in vars {
         if key == b"REQUEST_URI" && value.len() > limits.max_request_line {
             return Some((StatusCode::URI_TOO_LONG, "REQUEST_URI is over --max-request-line"));
@@ -151,7 +148,7 @@ fn into_request<R>(
     leftover: Bytes,
     reader: R,
     conn: Option<ConnInfo>,
-) -> Result<(WsgiRequest, u64), String>
+) -> Result<WsgiRequest, String>
 where
     R: AsyncRead + Send + Unpin + 'static,
 {
@@ -163,7 +160,7 @@ where
         .ok_or("invalid CONTENT_LENGTH")?;
     let target = String::from_utf8_lossy(vars.get("REQUEST_URI").unwrap_or(b"/")).into_owned();
     let body = UwsgiBody { reader, leftover, remaining: length };
-    Ok((WsgiRequest { method, target, url_scheme, vars, body: body.boxed_unsync() }, length))
+    Ok(WsgiRequest { method, target, url_scheme, vars, declared_length: Some(length), body: body.boxed_unsync() })
 }
 
 /// The request body: what followed the vars block in the first read, then

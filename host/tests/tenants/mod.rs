@@ -1,0 +1,303 @@
+//! Many apps in one server (issue 17): a TOML config, routing by host,
+//! prefix and `UWSGI_APPID`, per-app limits and grants, a fair share of
+//! the pool, and every config error refused by name.
+//!
+//! Each app is the fixture, told apart by the `TENANT` variable its config
+//! grants it; `/whoami` answers with it and with `SCRIPT_NAME`/`PATH_INFO`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::{body_json, cache_dir, fixture, metrics_url, raw_exchange, uwsgi_packet, wsgi_wasm, Server};
+
+/// A config file in a fresh directory, with `wasm = "fixture.wasm"` usable
+/// as a path relative to it.
+struct Config {
+    dir: tempfile::TempDir,
+}
+
+impl Config {
+    fn new(toml: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(fixture(), dir.path().join("fixture.wasm")).unwrap();
+        std::fs::write(dir.path().join("wsgi-wasm.toml"), toml).unwrap();
+        Self { dir }
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.path().join("wsgi-wasm.toml")
+    }
+
+    /// `wsgi-wasm run --config FILE ARGS`.
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = wsgi_wasm();
+        cmd.arg("run").arg("--config").arg(self.path()).arg("--cache-dir").arg(cache_dir()).args(args);
+        cmd
+    }
+
+    /// Serves the config over HTTP on an ephemeral port (and `args`).
+    fn serve(&self, args: &[&str]) -> Server {
+        let listeners = 1 + args.iter().filter(|a| **a == "--uwsgi").count();
+        Server::spawn(self.command(&[&["--http", "127.0.0.1:0"], args].concat()), listeners)
+    }
+
+    /// Runs the config, which must be refused; its stderr.
+    fn refused(&self) -> String {
+        let out = self.command(&["--http", "127.0.0.1:0"]).stdin(Stdio::null()).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "started: {stderr}");
+        stderr
+    }
+}
+
+/// A GET of `path` with this `Host`, over a connection of its own.
+fn get(server: &Server, host: &str, path: &str) -> (u16, String) {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    let reply = raw_exchange(server.addr, request.as_bytes(), Duration::from_secs(60));
+    let text = String::from_utf8_lossy(&reply).into_owned();
+    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map_or_else(String::new, |(_, b)| b.to_owned());
+    (status, body)
+}
+
+/// `(tenant, SCRIPT_NAME, PATH_INFO)` of a `/whoami` reply.
+fn whoami(server: &Server, host: &str, path: &str) -> (String, String, String) {
+    let (status, body) = get(server, host, path);
+    assert_eq!(status, 200, "{host}{path}: {body}");
+    let v = body_json(format!("\r\n\r\n{body}").as_bytes());
+    let s = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
+    (s("tenant"), s("script_name"), s("path_info"))
+}
+
+const ROUTED: &str = r#"
+[defaults]
+memory = 128
+
+[apps.shop]
+wasm = "fixture.wasm"
+hosts = ["shop.example.com", "*.shop.example.com"]
+env = { TENANT = "shop" }
+
+[apps.blog]
+wasm = "fixture.wasm"
+hosts = ["example.com"]
+prefix = "/blog"
+env = { TENANT = "blog" }
+
+[apps.site]
+wasm = "fixture.wasm"
+hosts = ["example.com"]
+env = { TENANT = "site" }
+"#;
+
+#[test]
+fn r17_apps_are_chosen_by_host_then_prefix_and_a_miss_is_the_hosts_own_404() {
+    // https://github.com/wsgi-wasm/wsgi-wasm/issues/17
+    let config = Config::new(ROUTED);
+    let server = config.serve(&["--metrics", "127.0.0.1:0"]);
+    let owned = |t: &str, s: &str, p: &str| (t.to_owned(), s.to_owned(), p.to_owned());
+    // Two by host, case and port aside; a wildcard.
+    assert_eq!(whoami(&server, "shop.example.com", "/whoami"), owned("shop", "", "/whoami"));
+    assert_eq!(whoami(&server, "WWW.Shop.Example.com:8080", "/whoami"), owned("shop", "", "/whoami"));
+    // Two by prefix, at a segment boundary: the prefix is SCRIPT_NAME.
+    assert_eq!(whoami(&server, "example.com", "/blog/whoami/x"), owned("blog", "/blog", "/whoami/x"));
+    assert_eq!(whoami(&server, "example.com", "/whoami"), owned("site", "", "/whoami"));
+    assert_eq!(whoami(&server, "example.com", "/blogger/whoami"), owned("site", "", "/blogger/whoami"));
+    // No app for this host: the host's 404, with no sandbox started.
+    let (status, body) = get(&server, "other.org", "/whoami");
+    assert_eq!((status, body.as_str()), (404, "404 Not Found\n"));
+    // The app's own 404 is the app's.
+    assert_eq!(get(&server, "shop.example.com", "/nope"), (404, "no such route\n".to_owned()));
+    assert!(
+        server.wait_for_log("no app is mounted for this host and path", Duration::from_secs(5)),
+        "{}",
+        server.log()
+    );
+    // Every access line names its app.
+    let log = server.log();
+    assert!(log.contains("\"GET /blog/whoami/x\" 200") && log.contains("app=blog"), "{log}");
+    assert!(log.lines().filter(|l| l.contains("\"GET /whoami\" 404")).all(|l| l.contains("app=-")), "{log}");
+    assert!(log.contains("serving app shop") && log.contains("serving app blog"), "{log}");
+    // Each routed request started one sandbox of its app; the miss none.
+    let text = crate::common::client().get(metrics_url(&server)).send().unwrap().text().unwrap();
+    for (app, n) in [("shop", 3), ("blog", 1), ("site", 2)] {
+        let line = format!("wsgi_wasm_instantiate_duration_seconds_count{{app=\"{app}\"}} {n}\n");
+        assert!(text.contains(&line), "{line} in {text}");
+    }
+    assert!(text.contains("wsgi_wasm_requests_total{app=\"-\",code=\"404\"} 1\n"), "{text}");
+    assert!(text.contains("wsgi_wasm_instantiate_duration_seconds_count{app=\"-\"} 0\n"), "{text}");
+}
+
+#[test]
+fn r17_uwsgi_appid_chooses_the_app_and_otherwise_the_host_does() {
+    // https://github.com/wsgi-wasm/wsgi-wasm/issues/17
+    let config = Config::new(ROUTED);
+    let server = config.serve(&["--uwsgi", "127.0.0.1:0"]);
+    let ask = |vars: &[(&str, &str)]| {
+        let mut stream = std::net::TcpStream::connect(server.uwsgi_addr()).unwrap();
+        stream.write_all(&uwsgi_packet(vars)).unwrap();
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut stream, &mut out).unwrap();
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let base = [("REQUEST_METHOD", "GET"), ("SERVER_PROTOCOL", "HTTP/1.1"), ("SERVER_NAME", "ignored.org")];
+    // UWSGI_APPID wins over the host; the app's prefix still mounts it.
+    let reply =
+        ask(&[&base[..], &[("PATH_INFO", "/blog/whoami"), ("HTTP_HOST", "shop.example.com"), ("UWSGI_APPID", "blog")]]
+            .concat());
+    let v = body_json(reply.as_bytes());
+    assert_eq!(
+        (v["tenant"].as_str(), v["script_name"].as_str(), v["path_info"].as_str()),
+        (Some("blog"), Some("/blog"), Some("/whoami")),
+        "{reply}"
+    );
+    // An id no app has is a 404: nothing is ever loaded by name.
+    let reply = ask(&[
+        &base[..],
+        &[("PATH_INFO", "/whoami"), ("HTTP_HOST", "shop.example.com"), ("UWSGI_APPID", "/etc/passwd")],
+    ]
+    .concat());
+    assert!(reply.starts_with("HTTP/1.1 404") && reply.ends_with("404 Not Found\n"), "{reply}");
+    // Without it, HTTP_HOST routes, then SERVER_NAME.
+    let reply = ask(&[&base[..], &[("PATH_INFO", "/whoami"), ("HTTP_HOST", "a.shop.example.com")]].concat());
+    assert_eq!(body_json(reply.as_bytes())["tenant"], "shop", "{reply}");
+    let reply = ask(&[("REQUEST_METHOD", "GET"), ("PATH_INFO", "/whoami"), ("SERVER_NAME", "example.com")]);
+    assert_eq!(body_json(reply.as_bytes())["tenant"], "site", "{reply}");
+}
+
+#[test]
+fn r17_each_app_has_its_own_limits_and_a_flag_overrides_the_file_for_all() {
+    // https://github.com/wsgi-wasm/wsgi-wasm/issues/17
+    let config = Config::new(
+        r#"
+[defaults]
+timeout = 30
+
+[apps.hasty]
+wasm = "fixture.wasm"
+hosts = ["hasty.test"]
+timeout = 1
+
+[apps.patient]
+wasm = "fixture.wasm"
+hosts = ["patient.test"]
+max_body_bytes = 100
+"#,
+    );
+    let server = config.serve(&[]);
+    assert_eq!(get(&server, "hasty.test", "/sleep?s=2.5").0, 504);
+    assert_eq!(get(&server, "patient.test", "/sleep?s=2.5"), (200, "slept\n".to_owned()));
+    // hasty's body limit is the default; patient's is its own.
+    let post = |host: &str| {
+        let request = format!(
+            "POST /echo HTTP/1.1\r\nHost: {host}\r\nContent-Length: 200\r\nConnection: close\r\n\r\n{}",
+            "x".repeat(200)
+        );
+        String::from_utf8_lossy(&raw_exchange(server.addr, request.as_bytes(), Duration::from_secs(30))).into_owned()
+    };
+    assert!(post("hasty.test").starts_with("HTTP/1.1 200"));
+    assert!(post("patient.test").starts_with("HTTP/1.1 413"));
+    drop(server);
+    // --timeout on the command line is every app's timeout.
+    let server = config.serve(&["--timeout", "1"]);
+    assert_eq!(get(&server, "patient.test", "/sleep?s=2.5").0, 504);
+}
+
+/// Median of `n` sequential `/list` requests to `host`, in milliseconds.
+fn median_ms(server: &Server, host: &str, n: usize) -> f64 {
+    let mut times: Vec<f64> = (0..n)
+        .map(|_| {
+            let started = Instant::now();
+            let (status, body) = get(server, host, "/list");
+            assert_eq!((status, body.as_str()), (200, "abc\n"));
+            started.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[n / 2]
+}
+
+#[test]
+fn r17_a_tenant_spinning_at_its_cap_and_flooding_its_queue_does_not_slow_another() {
+    // https://github.com/wsgi-wasm/wsgi-wasm/issues/17
+    // A pool of 4 for two apps whose caps (4 each) add up to 8: each is owed
+    // a share of 2, so a flood of noisy's requests runs 2 at once and the
+    // other 2 slots stay free for quiet.
+    let config = Config::new(
+        r#"
+[server]
+max_instances = 4
+
+[defaults]
+max_instances = 4
+queue_timeout = 30
+
+[apps.noisy]
+wasm = "fixture.wasm"
+hosts = ["noisy.test"]
+timeout = 3
+
+[apps.quiet]
+wasm = "fixture.wasm"
+hosts = ["quiet.test"]
+"#,
+    );
+    let server = config.serve(&[]);
+    let baseline = median_ms(&server, "quiet.test", 15);
+    // Eight requests in `while True: pass`: 2 run, the rest wait in noisy's
+    // own queue.
+    let addr = server.addr;
+    let flood: Vec<_> = (0..8)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let request = b"GET /loop-forever HTTP/1.1\r\nHost: noisy.test\r\nConnection: close\r\n\r\n";
+                raw_exchange(addr, request, Duration::from_secs(60))
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let during = median_ms(&server, "quiet.test", 15);
+    eprintln!("quiet: {baseline:.1} ms alone, {during:.1} ms beside the flood");
+    // Within noise: two spinning guests share the two cores with it, and
+    // yield every 10 ms tick.
+    assert!(during < baseline + 40.0, "quiet's median went from {baseline:.1} ms to {during:.1} ms");
+    for reply in flood {
+        let reply = reply.join().unwrap();
+        assert!(reply.starts_with(b"HTTP/1.1 504"), "{}", String::from_utf8_lossy(&reply));
+    }
+}
+
+#[test]
+fn r17_each_config_error_is_refused_naming_the_file_the_app_and_the_key() {
+    // https://github.com/wsgi-wasm/wsgi-wasm/issues/17
+    let app = "[apps.shop]\nwasm = \"fixture.wasm\"\n";
+    for (toml, needle) in [
+        (format!("{app}timout = 3\n"), "[apps.shop]: unknown field `timout`"),
+        (format!("{app}timeout = -1\n"), "[apps.shop] timeout -1: must be a number of seconds"),
+        (format!("{app}memory = \"lots\"\n"), "[apps.shop]: invalid type: string \"lots\""),
+        ("[apps.shop]\nhosts = [\"a.test\"]\n".to_owned(), "[apps.shop] wasm: missing"),
+        ("[apps.shop]\nwasm = \"missing.wasm\"\n".to_owned(), "[apps.shop] wasm: "),
+        ("[apps.shop]\nwasm = \"wsgi-wasm.toml\"\n".to_owned(), "not a wsgi-wasm app"),
+        (format!("{app}[apps.blog]\nwasm = \"fixture.wasm\"\n"), "[apps.blog] and [apps.shop] both claim no host"),
+        (format!("[server]\nmax_conections = 3\n{app}"), "[server]: unknown field `max_conections`"),
+        (format!("[defaults]\nmemory = 1\n{app}"), "[defaults] memory 1: must be between 16 and 65536"),
+        (format!("[defaults]\nwasm = \"x\"\n{app}"), "[defaults] wasm: is an app's own"),
+        (format!("[servers]\n{app}"), "unknown table [servers]"),
+        (format!("{app}mounts = [\"nowhere:/data\"]\n"), "[apps.shop] mounts "),
+        ("[server]\n".to_owned(), "no [apps.NAME] table"),
+        (format!("{app}timeout = "), "is not valid TOML"),
+    ] {
+        let config = Config::new(&toml);
+        let stderr = config.refused();
+        let file = config.path().display().to_string();
+        assert!(stderr.contains(needle), "{toml:?}: wanted {needle:?} in {stderr}");
+        assert!(stderr.contains(&file), "{toml:?}: the file is not named in {stderr}");
+    }
+    // The missing file is named by its path, relative to the config's dir.
+    let config = Config::new("[apps.shop]\nwasm = \"apps/missing.wasm\"\n");
+    let stderr = config.refused();
+    let expected = config.dir.path().join("apps/missing.wasm");
+    assert!(stderr.contains(&format!("{}: no such file", expected.display())), "{stderr}");
+}
