@@ -70,7 +70,7 @@ pub struct BuildArgs {
     pub python: PathBuf,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct RunArgs {
     /// The component made by `wsgi-wasm build`: one app, at every host and
     /// path. Or give --config.
@@ -248,7 +248,7 @@ pub struct RunArgs {
 }
 
 /// The cache both subcommands share.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct CacheArgs {
     /// Cache for the guest toolchain (componentize-py), compiled code and
     /// unpacked app files. Default: `$XDG_CACHE_HOME/wsgi-wasm`, else

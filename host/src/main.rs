@@ -56,6 +56,22 @@ fn given_flags(matches: &ArgMatches) -> HashSet<String> {
         .collect()
 }
 
+/// What a reload reads: the config again (the file, with the same flags
+/// over it). `[server]` settings, the listeners and the pool are fixed at
+/// startup; a reload that changes them says so and applies the rest.
+fn rereader(args: RunArgs, given: HashSet<String>, startup: &RunConfig) -> impl Fn() -> Result<RunConfig> + Send {
+    let fixed =
+        |c: &RunConfig| (c.http.clone(), c.uwsgi.clone(), c.server.clone(), c.pool, c.cache_dir.clone(), c.metrics);
+    let at_startup = fixed(startup);
+    move || {
+        let config = RunConfig::from_args(&args, &given)?;
+        if fixed(&config) != at_startup {
+            tracing::warn!("[server] settings take effect only on restart; reloading the apps");
+        }
+        Ok(config)
+    }
+}
+
 /// Task polls between two checks for I/O events (tokio's default is 61).
 /// A guest computing without pause is polled for one epoch tick (10 ms) at
 /// a time, so with every worker running such guests a new connection waited
@@ -65,7 +81,7 @@ const EVENT_INTERVAL: u32 = 4;
 fn run(args: RunArgs, given: &HashSet<String>) -> Result<()> {
     // First, while this is the only thread: it clears LISTEN_FDS and the rest.
     let inherited = wsgi_wasm::activation::take()?;
-    let config = RunConfig::from_args(args, given)?;
+    let config = RunConfig::from_args(&args, given)?;
     wsgi_wasm::descriptors::ensure(&config)?;
     // Everything that can be wrong with an app is found before listening.
     let metrics = config.metrics.map(|_| wsgi_wasm::metrics::Metrics::new());
@@ -87,6 +103,7 @@ fn run(args: RunArgs, given: &HashSet<String>) -> Result<()> {
             None => None,
         };
         let shutdown = shutdown::on_signals().context("installing signal handlers")?;
+        tokio::spawn(Arc::clone(&tenants).watch(rereader(args, given.clone(), &config), shutdown.clone()));
         let options = ServeOptions {
             limits: config.server.clone(),
             metrics,

@@ -49,6 +49,12 @@ struct ProtocolLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    app: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct InfoLabels {
     app: String,
     digest: String,
@@ -79,6 +85,7 @@ pub struct Metrics {
     memory: Histograms<AppLabel>,
     connections: Family<ProtocolLabel, Gauge>,
     info: Family<InfoLabels, Gauge>,
+    reloads: Family<ReloadLabels, Counter>,
 }
 
 impl Metrics {
@@ -96,6 +103,7 @@ impl Metrics {
             memory: Family::new_with_constructor(bytes),
             connections: Family::default(),
             info: Family::default(),
+            reloads: Family::default(),
             registry: Registry::default(),
         };
         registry.register("requests", "Requests answered, by status code", m.requests.clone());
@@ -120,12 +128,19 @@ impl Metrics {
         registry.register("request_memory_bytes", "Each request's peak linear memory", m.memory.clone());
         registry.register("connections_active", "Open client connections", m.connections.clone());
         registry.register("app_info", "1 for the version of each app being served", m.info.clone());
+        registry.register("reloads", "Reloads of an app (a new or changed version), by result", m.reloads.clone());
         Arc::new(Self { registry, ..m })
     }
 
     /// One app's metrics, and its `app_info` series set to 1.
     pub fn app(self: &Arc<Self>, name: &str, digest: &str) -> AppMetrics {
-        self.info.get_or_create(&InfoLabels { app: name.into(), digest: digest.into() }).set(1);
+        let m = self.app_series(name);
+        m.serving(digest);
+        m
+    }
+
+    /// One app's metrics, with no `app_info` yet (see [`AppMetrics::serving`]).
+    pub fn app_series(self: &Arc<Self>, name: &str) -> AppMetrics {
         let label = AppLabel { app: name.into() };
         AppMetrics {
             instances: self.instances.get_or_create_owned(&label),
@@ -151,6 +166,12 @@ impl Metrics {
             app: "-".into(),
             all: Arc::clone(self),
         }
+    }
+
+    /// Counts a reload of `app` (`-` for the config as a whole) that ended
+    /// in `result`: `ok` or `error`.
+    pub fn reload(&self, app: &str, result: &str) {
+        self.reloads.get_or_create(&ReloadLabels { app: app.into(), result: result.into() }).inc();
     }
 
     /// Counts an open connection of `protocol` until the guard is dropped.
@@ -182,6 +203,16 @@ impl AppMetrics {
     /// The registry these series are in.
     pub fn registry(&self) -> &Arc<Metrics> {
         &self.all
+    }
+
+    /// Marks `digest` as the version of this app being served.
+    pub fn serving(&self, digest: &str) {
+        self.all.info.get_or_create(&InfoLabels { app: self.app.clone(), digest: digest.into() }).set(1);
+    }
+
+    /// Drops the `app_info` series of a version no longer served.
+    pub fn retire(&self, digest: &str) {
+        self.all.info.remove(&InfoLabels { app: self.app.clone(), digest: digest.into() });
     }
 
     /// A request answered with `code`, `took` after its dispatch.

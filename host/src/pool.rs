@@ -34,14 +34,20 @@ struct AppState {
     /// Senders to waiting requests, oldest first. One whose receiver is gone
     /// (its request timed out or its client left) is skipped.
     waiters: VecDeque<oneshot::Sender<Slot>>,
-    /// Gone from the config: still releasing slots, never granted new ones.
+    /// Replaced or gone from the config: once its queue is empty, owed no
+    /// share and granted no slot.
     retired: bool,
 }
 
 impl AppState {
+    /// Retired with nothing queued: it only gives slots back now.
+    fn gone(&self) -> bool {
+        self.retired && self.waiters.is_empty()
+    }
+
     /// Slots of its share it does not use: what it may still claim at once.
     fn owed(&self) -> usize {
-        if self.retired {
+        if self.gone() {
             0
         } else {
             self.share.saturating_sub(self.in_use)
@@ -53,7 +59,7 @@ impl State {
     /// Whether app `i` may take a free slot now.
     fn may_take(&self, i: usize) -> bool {
         let app = &self.apps[i];
-        if self.free == 0 || app.in_use >= app.cap || app.retired {
+        if self.free == 0 || app.in_use >= app.cap {
             return false;
         }
         if app.in_use < app.share {
@@ -65,10 +71,10 @@ impl State {
 
     /// Shares after the set of apps changed.
     fn reshare(&mut self, total: usize) {
-        let live = self.apps.iter().filter(|a| !a.retired).count().max(1);
+        let live = self.apps.iter().filter(|a| !a.gone()).count().max(1);
         let even = (total / live).max(1);
         for app in &mut self.apps {
-            app.share = app.cap.min(even);
+            app.share = if app.gone() { 0 } else { app.cap.min(even) };
         }
     }
 }
@@ -107,6 +113,9 @@ impl Pool {
 
     /// Gives freed slots to waiters, furthest below its share first.
     fn grant(self: &Arc<Self>, state: &mut State) {
+        // A retired app whose queue emptied leaves its share to the others.
+        let total = Self::total(state);
+        state.reshare(total);
         loop {
             let next = (0..state.apps.len())
                 .filter(|&i| !state.apps[i].waiters.is_empty() && state.may_take(i))
@@ -152,12 +161,16 @@ impl AppSlots {
         self.pool.state.lock().expect("the pool lock is never poisoned").apps[self.index].in_use
     }
 
-    /// Takes the app out of sharing: it is granted no new slot, and its
-    /// share goes to the others. Requests holding its slots finish.
+    /// Takes the app out of sharing, once it is replaced or removed: what
+    /// it has queued is still served as before, and then its share goes to
+    /// the others. Requests holding its slots finish. Retiring twice is
+    /// retiring once.
     pub fn retire(&self) {
         let mut state = self.pool.state.lock().expect("the pool lock is never poisoned");
+        if state.apps[self.index].retired {
+            return;
+        }
         state.apps[self.index].retired = true;
-        state.apps[self.index].waiters.clear();
         let total = Pool::total(&state);
         state.reshare(total);
         self.pool.grant(&mut state);
@@ -268,7 +281,18 @@ mod tests {
         let new = pool.register(4);
         let _held = futures_slots(&new, 2).await;
         assert!(try_acquire(&new).await.is_none(), "two are kept for the old app");
+        let old_held = futures_slots(&old, 2).await;
+        let queued = tokio::spawn({
+            let old = old.clone();
+            async move { old.acquire().await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
         old.retire();
+        // Its share is the new app's now; what it had queued is still served
+        // once a slot is free.
+        drop(old_held);
+        let served = tokio::time::timeout(Duration::from_secs(1), queued).await.unwrap().unwrap();
         assert!(try_acquire(&new).await.is_some());
+        drop(served);
     }
 }

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use anyhow::{bail, Result};
 
 /// Where one app is mounted.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mount {
     /// Exact names and `*.suffix` wildcards; empty for a catch-all.
     pub hosts: Vec<String>,

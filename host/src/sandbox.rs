@@ -131,6 +131,14 @@ pub struct Grants {
     pub env: Vec<(String, String)>,
 }
 
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        // A version loaded for a reload that failed never served: its slot
+        // registration must not hold a share.
+        self.slots.retire();
+    }
+}
+
 /// The compiled, linked app and the limits every instance runs under.
 pub struct Sandbox {
     /// The compiled component, its engine and its file tree.
@@ -194,6 +202,13 @@ impl Sandbox {
     /// This app's metrics, with `--metrics`.
     pub fn metrics(&self) -> Option<&AppMetrics> {
         self.metrics.as_ref()
+    }
+
+    /// Takes this version out of the pool's sharing once it no longer takes
+    /// new requests (replaced or removed by a reload); its requests in
+    /// flight, and those queued, finish.
+    pub fn retire(&self) {
+        self.slots.retire();
     }
 
     /// The app's name in log lines and metrics.

@@ -199,7 +199,7 @@ pub async fn run(
         tracing::info!("serving metrics on http://{}/metrics", listener.local_addr()?);
         tasks.spawn(serve_metrics(listener, Arc::clone(m), shutdown.clone()));
     }
-    for (name, sandbox) in tenants.table().apps() {
+    for (name, sandbox) in tenants.apps() {
         tracing::info!(app = %name, digest = %sandbox.digest(), "serving app {name}");
     }
     let max_connections = limits.max_connections;

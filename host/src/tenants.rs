@@ -1,14 +1,25 @@
 //! The apps one server hosts: each loaded from its config into a
-//! [`Sandbox`] of its own, in one shared engine and pool, and the routing
-//! table that picks one for a request.
+//! [`Sandbox`] of its own, in one shared engine and pool; the routing table
+//! that picks one for a request; and hot deploy, which swaps in a new set.
 //!
 //! Each app has its own limits, grants, file tree, slot cap and queue; what
 //! they share is the engine (one compile cache, one epoch thread) and the
 //! pool of instance slots, which `pool` divides fairly.
+//!
+//! A reload ([`Tenants::reload`], on `SIGHUP` or when an app's `wasm` file
+//! is replaced) builds the new set beside the old: an app whose settings and
+//! file are unchanged keeps its sandbox; a new or changed one is loaded,
+//! compiled and instantiated once before it takes traffic. Then the table
+//! is swapped in one step. Requests already routed hold their app's sandbox
+//! and finish on it. If anything in the new set fails, nothing changes.
 
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{AppConfig, RunConfig};
 use crate::engine::{LoadedApp, PoolSpec, SharedEngine};
@@ -18,14 +29,50 @@ use crate::router::{self, Router};
 use crate::sandbox::{Grants, Sandbox};
 use crate::wsgi::CgiVars;
 
+/// How often the apps' `wasm` files are checked for a replacement.
+pub const WATCH_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Every app being served, and how requests find them.
 pub struct Tenants {
-    table: RwLock<Arc<Router<Arc<Sandbox>>>>,
+    shared: Arc<SharedEngine>,
+    pool: Arc<Pool>,
+    served: RwLock<Arc<Served>>,
     metrics: Option<Arc<Metrics>>,
     /// Requests no app took (no match, or refused before routing).
     unrouted: Option<AppMetrics>,
-    /// Whether the apps came from a config file (messages name it).
+    /// The config file, if the apps came from one (messages name it).
     file: Option<String>,
+    /// One reload at a time.
+    reloading: tokio::sync::Mutex<()>,
+}
+
+/// One generation of apps: the table and what each was loaded from.
+struct Served {
+    table: Router<Arc<Sandbox>>,
+    apps: Vec<Entry>,
+}
+
+struct Entry {
+    config: AppConfig,
+    stamp: Option<Stamp>,
+    sandbox: Arc<Sandbox>,
+}
+
+/// What identifies a version of a file without reading it: a replacement by
+/// `mv` changes the inode, one written in place the size or mtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+}
+
+impl Stamp {
+    fn of(path: &Path) -> Option<Self> {
+        let m = std::fs::metadata(path).ok()?;
+        Some(Self { dev: m.dev(), ino: m.ino(), len: m.len(), mtime: (m.mtime(), m.mtime_nsec()) })
+    }
 }
 
 impl Tenants {
@@ -43,17 +90,26 @@ impl Tenants {
         let shared = SharedEngine::new(spec, &config.cache_dir)?;
         let pool = Pool::new(config.pool);
         let file = config.file.as_ref().map(|f| f.display().to_string());
-        let mut routes = Vec::new();
+        let mut apps = Vec::new();
         for app in &config.apps {
-            let sandbox = load_app(app, &shared, &pool, metrics.as_ref()).with_context(|| match &file {
-                Some(file) => format!("{file}: [apps.{}] ({})", app.name, app.wasm.display()),
-                None => format!("{}", app.wasm.display()),
-            })?;
-            routes.push((app.name.clone(), app.mount.clone(), Arc::new(sandbox)));
+            let stamp = Stamp::of(&app.wasm);
+            let sandbox = load_app(app, &shared, &pool, metrics.as_ref()).with_context(|| describe(&file, app))?;
+            if let Some(m) = sandbox.metrics() {
+                m.serving(sandbox.digest());
+            }
+            apps.push(Entry { config: app.clone(), stamp, sandbox: Arc::new(sandbox) });
         }
-        let table = Router::new(routes).with_context(|| file.clone().unwrap_or_default())?;
+        let served = Served::new(apps, &file)?;
         let unrouted = metrics.as_ref().map(|m| m.unrouted());
-        Ok(Self { table: RwLock::new(Arc::new(table)), metrics, unrouted, file })
+        Ok(Self {
+            shared,
+            pool,
+            served: RwLock::new(Arc::new(served)),
+            metrics,
+            unrouted,
+            file,
+            reloading: tokio::sync::Mutex::new(()),
+        })
     }
 
     /// Instantiates every app once, so that what would fail each of its
@@ -62,32 +118,32 @@ impl Tenants {
     /// # Errors
     /// Names the app and says what to change.
     pub async fn check(&self) -> Result<()> {
-        let table = self.table();
-        for (name, sandbox) in table.apps() {
-            sandbox.check().await.with_context(|| match &self.file {
-                Some(file) => format!("{file}: [apps.{name}]"),
-                None => format!("app {name}"),
-            })?;
+        for entry in &self.served().apps {
+            entry.sandbox.check().await.with_context(|| describe(&self.file, &entry.config))?;
         }
         Ok(())
     }
 
-    /// The routing table in force.
-    pub fn table(&self) -> Arc<Router<Arc<Sandbox>>> {
-        Arc::clone(&self.table.read().expect("the table lock is never poisoned"))
+    fn served(&self) -> Arc<Served> {
+        Arc::clone(&self.served.read().expect("the table lock is never poisoned"))
+    }
+
+    /// The apps being served, in config order.
+    pub fn apps(&self) -> Vec<(String, Arc<Sandbox>)> {
+        self.served().apps.iter().map(|e| (e.config.name.clone(), Arc::clone(&e.sandbox))).collect()
     }
 
     /// The app for a request, by `UWSGI_APPID` or by host and path; moves
     /// its prefix from `PATH_INFO` to the end of `SCRIPT_NAME`.
     pub fn route(&self, vars: &mut CgiVars) -> Option<Arc<Sandbox>> {
-        let table = self.table();
+        let served = self.served();
         let routed = match vars.get("UWSGI_APPID") {
             // An app exists only if the config names it: an unknown id is
             // a miss, never a path to load.
-            Some(id) => table.by_name(std::str::from_utf8(id).ok()?)?,
+            Some(id) => served.table.by_name(std::str::from_utf8(id).ok()?)?,
             None => {
                 let host = vars.get("HTTP_HOST").or_else(|| vars.get("SERVER_NAME"));
-                table.route(host, vars.get("PATH_INFO").unwrap_or_default())?
+                served.table.route(host, vars.get("PATH_INFO").unwrap_or_default())?
             }
         };
         let prefix = routed.prefix;
@@ -113,6 +169,168 @@ impl Tenants {
     pub fn unrouted(&self) -> Option<&AppMetrics> {
         self.unrouted.as_ref()
     }
+
+    /// Whether any app's `wasm` file is not the one it was loaded from.
+    fn files_changed(&self) -> bool {
+        self.served().apps.iter().any(|e| Stamp::of(&e.config.wasm) != e.stamp)
+    }
+
+    /// Serves `config` from now on, or, if any part of it fails, goes on
+    /// serving as before and says why.
+    ///
+    /// # Errors
+    /// The first app that failed to load or instantiate, or a routing
+    /// conflict; nothing has changed then.
+    pub async fn reload(&self, config: &RunConfig) -> Result<()> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let old = self.served();
+        let mut apps = Vec::new();
+        let mut fresh = Vec::new();
+        for app in &config.apps {
+            let stamp = Stamp::of(&app.wasm);
+            if let Some(kept) = old.apps.iter().find(|e| e.config == *app && e.stamp == stamp && stamp.is_some()) {
+                apps.push(Entry { config: app.clone(), stamp, sandbox: Arc::clone(&kept.sandbox) });
+                continue;
+            }
+            let result = self.load_checked(app).await.with_context(|| describe(&self.file, app));
+            let sandbox = match result {
+                Ok(sandbox) => sandbox,
+                Err(err) => {
+                    self.count_reload(&app.name, "error");
+                    return Err(err);
+                }
+            };
+            // Touched but the same bytes and settings: keep the old one.
+            if let Some(same) = old.apps.iter().find(|e| e.config == *app && e.sandbox.digest() == sandbox.digest()) {
+                apps.push(Entry { config: app.clone(), stamp, sandbox: Arc::clone(&same.sandbox) });
+                continue;
+            }
+            fresh.push(app.name.clone());
+            apps.push(Entry { config: app.clone(), stamp, sandbox: Arc::new(sandbox) });
+        }
+        let new = Served::new(apps, &self.file)?;
+        *self.served.write().expect("the table lock is never poisoned") = Arc::new(new);
+        let new = self.served();
+        for entry in &old.apps {
+            if !new.apps.iter().any(|e| Arc::ptr_eq(&e.sandbox, &entry.sandbox)) {
+                entry.sandbox.retire();
+                if let Some(m) = entry.sandbox.metrics() {
+                    m.retire(entry.sandbox.digest());
+                }
+                if !new.apps.iter().any(|e| e.config.name == entry.config.name) {
+                    tracing::info!(app = %entry.config.name, "app {} removed; its requests in flight finish", entry.config.name);
+                }
+            }
+        }
+        for entry in &new.apps {
+            if fresh.contains(&entry.config.name) {
+                self.count_reload(&entry.config.name, "ok");
+                // The series of the version being served (a replaced one's
+                // were dropped above).
+                if let Some(m) = entry.sandbox.metrics() {
+                    m.serving(entry.sandbox.digest());
+                }
+                tracing::info!(
+                    app = %entry.config.name,
+                    digest = %entry.sandbox.digest(),
+                    "app {} now serves {}",
+                    entry.config.name,
+                    entry.sandbox.digest()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads `app` off the async threads (compiling can take seconds), then
+    /// instantiates it once.
+    async fn load_checked(&self, app: &AppConfig) -> Result<Sandbox> {
+        let spec = self.shared.spec;
+        if app.limits.memory_bytes > spec.memory_bytes {
+            bail!(
+                "memory {} MiB is more than the pool's slots hold ({} MiB, the largest at startup); restart to raise it",
+                app.limits.memory_bytes >> 20,
+                spec.memory_bytes >> 20
+            );
+        }
+        if app.limits.fuel.is_some() && !spec.fuel {
+            bail!("fuel: no app metered fuel at startup, so the engine counts none; restart to meter it");
+        }
+        let (app, shared, pool, metrics) =
+            (app.clone(), Arc::clone(&self.shared), Arc::clone(&self.pool), self.metrics.clone());
+        let sandbox = tokio::task::spawn_blocking(move || load_app(&app, &shared, &pool, metrics.as_ref()))
+            .await
+            .context("the loading thread panicked")??;
+        sandbox.check().await?;
+        Ok(sandbox)
+    }
+
+    fn count_reload(&self, app: &str, result: &str) {
+        if let Some(m) = &self.metrics {
+            m.reload(app, result);
+        }
+    }
+
+    /// Reloads on `SIGHUP`, and when an app's `wasm` file is replaced, with
+    /// the config `reread` gives, until `shutdown`. A failed reload is
+    /// logged and the server goes on as before; the same files are not
+    /// retried until they change again.
+    pub async fn watch(
+        self: Arc<Self>,
+        reread: impl Fn() -> Result<RunConfig> + Send + 'static,
+        shutdown: CancellationToken,
+    ) {
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(hup) => hup,
+            Err(err) => return tracing::error!(cause = %err, "cannot watch for SIGHUP; reload by restarting"),
+        };
+        let mut failed_stamps: Option<Vec<Option<Stamp>>> = None;
+        loop {
+            let why = tokio::select! {
+                _ = hup.recv() => "SIGHUP",
+                () = tokio::time::sleep(WATCH_INTERVAL) => {
+                    let stamps: Vec<_> = self.served().apps.iter().map(|e| Stamp::of(&e.config.wasm)).collect();
+                    if !self.files_changed() || failed_stamps.as_ref() == Some(&stamps) {
+                        continue;
+                    }
+                    failed_stamps = Some(stamps);
+                    "an app's wasm file changed"
+                }
+                () = shutdown.cancelled() => return,
+            };
+            tracing::info!("reloading: {why}");
+            let result = match reread() {
+                Ok(config) => self.reload(&config).await,
+                Err(err) => {
+                    self.count_reload("-", "error");
+                    Err(err)
+                }
+            };
+            match result {
+                Ok(()) => {
+                    failed_stamps = None;
+                    tracing::info!("reloaded: serving {} apps", self.served().apps.len());
+                }
+                Err(err) => tracing::error!("reload failed, still serving as before: {err:#}"),
+            }
+        }
+    }
+}
+
+impl Served {
+    fn new(apps: Vec<Entry>, file: &Option<String>) -> Result<Self> {
+        let routes = apps.iter().map(|e| (e.config.name.clone(), e.config.mount.clone(), Arc::clone(&e.sandbox)));
+        let table = Router::new(routes.collect()).with_context(|| file.clone().unwrap_or_default())?;
+        Ok(Self { table, apps })
+    }
+}
+
+/// The app in messages: its file and table, or its path.
+fn describe(file: &Option<String>, app: &AppConfig) -> String {
+    match file {
+        Some(file) => format!("{file}: [apps.{}] ({})", app.name, app.wasm.display()),
+        None => format!("{}", app.wasm.display()),
+    }
 }
 
 fn load_app(
@@ -123,7 +341,7 @@ fn load_app(
 ) -> Result<Sandbox> {
     let loaded = LoadedApp::load(&app.wasm, shared, &app.limits)?;
     let grants = Grants { mounts: app.mounts.clone(), env: app.env.clone() };
-    let metrics = metrics.map(|m| m.app(&app.name, &loaded.digest));
+    let metrics = metrics.map(|m| m.app_series(&app.name));
     let slots = pool.register(app.limits.max_instances);
     Sandbox::new(loaded, app.name.clone(), app.limits.clone(), grants, metrics, slots)
 }

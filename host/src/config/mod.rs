@@ -240,7 +240,7 @@ impl Mount {
 }
 
 /// The uwsgi listeners and their settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UwsgiConfig {
     pub addrs: Vec<UwsgiAddr>,
     /// Mode of Unix socket files.
@@ -250,7 +250,7 @@ pub struct UwsgiConfig {
 }
 
 /// One app the server hosts.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AppConfig {
     /// Its name in logs and metrics: the config's `[apps.NAME]`, or for
     /// `run app.wasm` the file's stem.
@@ -293,8 +293,8 @@ impl RunConfig {
     /// # Errors
     /// Fails on out-of-range limits or a missing app file, naming the flag,
     /// or the file, app and key.
-    pub fn from_args(args: RunArgs, given: &HashSet<String>) -> Result<Self> {
-        let defaults = file::Settings::from_args(&args)?;
+    pub fn from_args(args: &RunArgs, given: &HashSet<String>) -> Result<Self> {
+        let defaults = file::Settings::from_args(args)?;
         let flags = defaults.only(given);
         let loaded = match &args.config {
             Some(path) => file::load(path)?,

@@ -301,3 +301,165 @@ fn r17_each_config_error_is_refused_naming_the_file_the_app_and_the_key() {
     let expected = config.dir.path().join("apps/missing.wasm");
     assert!(stderr.contains(&format!("{}: no such file", expected.display())), "{stderr}");
 }
+
+/// The fixture built with a warm-up of `/counter`: a second version, whose
+/// `/counter` answers 5 where the first's answers 1.
+fn fixture_v2() -> &'static std::path::Path {
+    static WASM: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    WASM.get_or_init(|| {
+        let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("apps/fixture-v2.wasm");
+        let apps = crate::common::repo().join("tests/apps");
+        let args =
+            ["fixture:app", "--path", apps.to_str().unwrap(), "--warmup", "/counter", "-o", out.to_str().unwrap()];
+        let build = crate::common::build_cmd(&args, &crate::common::repo());
+        assert!(build.status.success(), "{}", String::from_utf8_lossy(&build.stderr));
+        out
+    })
+}
+
+/// The `counter` a fresh sandbox of the app at `host` reports: its version.
+fn version(server: &Server, host: &str) -> Result<u64, String> {
+    let (status, body) = get(server, host, "/counter");
+    if status != 200 {
+        return Err(format!("{status}: {body}"));
+    }
+    body_json(format!("\r\n\r\n{body}").as_bytes())["counter"].as_u64().ok_or(body)
+}
+
+/// Replaces `to` with a copy of `from` the way a deploy does: written
+/// beside it, then renamed over it in one step.
+fn deploy(from: &std::path::Path, to: &std::path::Path) {
+    let tmp = to.with_extension("wasm.new");
+    std::fs::copy(from, &tmp).unwrap();
+    std::fs::rename(&tmp, to).unwrap();
+}
+
+#[test]
+fn r17_a_replaced_wasm_is_served_within_seconds_and_no_request_fails_meanwhile() {
+    // https://github.com/wsgi-wasm/wsgi-wasm/issues/17
+    let config = Config::new(
+        r#"
+[apps.shop]
+wasm = "shop.wasm"
+hosts = ["shop.test"]
+
+[apps.spare]
+wasm = "v2.wasm"
+hosts = ["spare.test"]
+"#,
+    );
+    // `spare` serves v2 from the start, so its code is compiled and cached:
+    // the swap then loads it in milliseconds, as a deploy of a built app does.
+    let shop = config.dir.path().join("shop.wasm");
+    std::fs::copy(fixture(), &shop).unwrap();
+    std::fs::copy(fixture_v2(), config.dir.path().join("v2.wasm")).unwrap();
+    let server = config.serve(&["--metrics", "127.0.0.1:0"]);
+    assert_eq!(version(&server, "shop.test"), Ok(1));
+    assert_eq!(version(&server, "spare.test"), Ok(5));
+    // Two clients in a loop the whole time.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let addr = server.addr;
+    let clients: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = std::sync::Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut seen = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let request = b"GET /counter HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\r\n";
+                    let reply =
+                        String::from_utf8_lossy(&raw_exchange(addr, request, Duration::from_secs(30))).into_owned();
+                    seen.push(reply);
+                }
+                seen
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    deploy(fixture_v2(), &shop);
+    let swapped = Instant::now();
+    while version(&server, "shop.test") != Ok(5) {
+        assert!(swapped.elapsed() < Duration::from_secs(10), "still the old version: {}", server.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let took = swapped.elapsed();
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let replies: Vec<String> = clients.into_iter().flat_map(|c| c.join().unwrap()).collect();
+    let failed: Vec<_> = replies.iter().filter(|r| !r.starts_with("HTTP/1.1 200")).collect();
+    assert!(failed.is_empty(), "{} of {} failed: {:?}", failed.len(), replies.len(), failed.first());
+    assert!(
+        replies.iter().any(|r| r.contains("\"counter\": 1")) && replies.iter().any(|r| r.contains("\"counter\": 5"))
+    );
+    eprintln!("the new version answered {took:?} after the rename; {} requests, none failed", replies.len());
+    let log = server.log();
+    let v2_digest = log.split("app=spare digest=").nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
+    assert!(log.contains(&format!("app shop now serves {v2_digest}")), "{log}");
+    // The metrics name the version served, and count the reload.
+    let text = crate::common::client().get(metrics_url(&server)).send().unwrap().text().unwrap();
+    assert!(text.contains(&format!("wsgi_wasm_app_info{{app=\"shop\",digest=\"{v2_digest}\"}} 1")), "{text}");
+    assert_eq!(text.matches("wsgi_wasm_app_info{app=\"shop\"").count(), 1, "{text}");
+    assert!(text.contains("wsgi_wasm_reloads_total{app=\"shop\",result=\"ok\"} 1"), "{text}");
+
+    // A broken new version: the old one goes on serving, and the log says why.
+    std::fs::write(config.dir.path().join("broken.wasm"), b"not a component").unwrap();
+    deploy(&config.dir.path().join("broken.wasm"), &shop);
+    assert!(server.wait_for_log("reload failed, still serving as before", Duration::from_secs(10)), "{}", server.log());
+    assert!(server.log().contains("not a wsgi-wasm app"), "{}", server.log());
+    assert_eq!(version(&server, "shop.test"), Ok(5));
+    // Not retried every second while the file stays the same.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(server.log().matches("reload failed").count(), 1, "{}", server.log());
+    let text = crate::common::client().get(metrics_url(&server)).send().unwrap().text().unwrap();
+    assert!(text.contains("wsgi_wasm_reloads_total{app=\"shop\",result=\"error\"} 1"), "{text}");
+}
+
+#[test]
+fn r17_sighup_adds_and_removes_apps_and_a_bad_config_changes_nothing() {
+    // https://github.com/wsgi-wasm/wsgi-wasm/issues/17
+    let config = Config::new(ROUTED);
+    let server = config.serve(&[]);
+    let hup = |server: &Server| {
+        let status = Command::new("kill").args(["-HUP", &server.pid().to_string()]).status().unwrap();
+        assert!(status.success());
+    };
+    // A request in flight to blog, which the new config removes, finishes.
+    let addr = server.addr;
+    let inflight = std::thread::spawn(move || {
+        let request = b"GET /blog/sleep?s=2 HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n";
+        String::from_utf8_lossy(&raw_exchange(addr, request, Duration::from_secs(30))).into_owned()
+    });
+    assert!(server.wait_for_log("sleep started", Duration::from_secs(10)), "{}", server.log());
+    let without_blog = ROUTED.replace("[apps.blog]", "[apps.news]").replace("\"/blog\"", "\"/news\"");
+    std::fs::write(config.path(), &without_blog).unwrap();
+    hup(&server);
+    assert!(server.wait_for_log("reloaded: serving 3 apps", Duration::from_secs(30)), "{}", server.log());
+    assert!(server.log().contains("app blog removed"), "{}", server.log());
+    assert!(server.log().contains("app news now serves"), "{}", server.log());
+    let reply = inflight.join().unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200") && reply.ends_with("slept\n"), "{reply}");
+    // blog's prefix now falls to site; news answers at its own.
+    assert_eq!(whoami(&server, "example.com", "/blog/whoami").0, "site");
+    assert_eq!(whoami(&server, "example.com", "/news/whoami").0, "blog", "news has blog's old env");
+    // Unchanged apps kept their sandboxes: nothing was loaded for them.
+    assert!(!server.log().contains("app shop now serves"), "{}", server.log());
+
+    // A config that does not parse, then one with an app that fails: each is
+    // refused, and everything serves as before.
+    for (bad, why) in [
+        (format!("{without_blog}\n[apps.x\n"), "is not valid TOML"),
+        (format!("{without_blog}\n[apps.x]\nwasm = \"missing.wasm\"\n"), "no such file"),
+        (format!("{without_blog}\n[apps.x]\nwasm = \"fixture.wasm\"\nhosts = [\"shop.example.com\"]\n"), "both claim"),
+    ] {
+        std::fs::write(config.path(), &bad).unwrap();
+        let failures = server.log().matches("reload failed").count();
+        hup(&server);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while server.log().matches("reload failed").count() == failures {
+            assert!(Instant::now() < deadline, "{bad:?} was not refused: {}", server.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(server.log().contains(why), "{why}: {}", server.log());
+        assert_eq!(whoami(&server, "shop.example.com", "/whoami").0, "shop");
+        assert_eq!(whoami(&server, "example.com", "/news/whoami").0, "blog");
+    }
+}
