@@ -49,6 +49,9 @@ pub struct SharedEngine {
     pub engine: Engine,
     pub spec: PoolSpec,
     cache_dir: PathBuf,
+    /// Compiled components by digest: apps with the same `wasm` share one,
+    /// and with it one copy of its code and memory image.
+    components: std::sync::Mutex<std::collections::HashMap<String, Component>>,
     /// Keeps the epoch advancing for as long as the engine is in use.
     _ticker: EpochTicker,
 }
@@ -61,7 +64,14 @@ impl SharedEngine {
     pub fn new(spec: PoolSpec, cache_dir: &Path) -> Result<Arc<Self>> {
         let engine = new_engine(&spec)?;
         let ticker = EpochTicker::start(engine.clone());
-        Ok(Arc::new(Self { engine, spec, cache_dir: cache_dir.to_path_buf(), _ticker: ticker }))
+        let components = std::sync::Mutex::default();
+        Ok(Arc::new(Self { engine, spec, cache_dir: cache_dir.to_path_buf(), components, _ticker: ticker }))
+    }
+
+    /// Forgets the compiled components of every digest not in `keep` (the
+    /// versions no longer served, after a reload).
+    pub fn keep_only(&self, keep: &[&str]) {
+        self.components.lock().expect("never poisoned").retain(|digest, _| keep.contains(&digest.as_str()));
     }
 }
 
@@ -120,8 +130,16 @@ impl LoadedApp {
         let mut compat = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut compat);
         let compiled = cache_dir.join("compiled").join(format!("{digest}-{:016x}.cwasm", compat.finish()));
-        let component = load_or_compile(&engine, &bytes, &compiled)
-            .with_context(|| format!("{} is not a valid component", path.display()))?;
+        let known = shared.components.lock().expect("never poisoned").get(&digest).cloned();
+        let component = match known {
+            Some(component) => component,
+            None => {
+                let component = load_or_compile(&engine, &bytes, &compiled)
+                    .with_context(|| format!("{} is not a valid component", path.display()))?;
+                shared.components.lock().expect("never poisoned").insert(digest.clone(), component.clone());
+                component
+            }
+        };
         let metered = shared.spec.fuel;
         Ok(Self { engine, metered, component, tree_dir, roots, digest, _shared: Arc::clone(shared) })
     }

@@ -211,6 +211,8 @@ impl Tenants {
         let new = Served::new(apps, &self.file)?;
         *self.served.write().expect("the table lock is never poisoned") = Arc::new(new);
         let new = self.served();
+        let digests: Vec<&str> = new.apps.iter().map(|e| e.sandbox.digest()).collect();
+        self.shared.keep_only(&digests);
         for entry in &old.apps {
             if !new.apps.iter().any(|e| Arc::ptr_eq(&e.sandbox, &entry.sandbox)) {
                 entry.sandbox.retire();
