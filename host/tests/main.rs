@@ -8,7 +8,7 @@ mod limits;
 mod nginx;
 mod operations;
 mod readme;
-mod tenants;
+pub mod tenants;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

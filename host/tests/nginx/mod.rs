@@ -401,3 +401,35 @@ fn r16_nginx_passes_header_names_in_the_apps_case() {
         assert!(reply.contains(line), "{line:?} in {reply:?}");
     }
 }
+
+#[test]
+fn r17_nginx_sends_every_tenant_to_one_socket_and_the_host_or_uwsgi_appid_picks_the_app() {
+    // https://github.com/wsgi-wasm/wsgi-wasm/issues/17
+    let config = crate::tenants::Config::new(crate::tenants::ROUTED);
+    let server = config.serve(&["--uwsgi", "127.0.0.1:0"]);
+    let up = server.uwsgi_addr();
+    let nginx = Nginx::start(
+        "tenants",
+        &format!(
+            "    location / {{ include /etc/nginx/uwsgi_params; uwsgi_pass {up}; }}\n\
+             location /by-id/ {{ include /etc/nginx/uwsgi_params; uwsgi_param UWSGI_APPID blog; uwsgi_pass {up}; }}"
+        ),
+    );
+    let ask = |host: &str, path: &str| {
+        let resp = client().get(nginx.url(path)).header("Host", host).send().unwrap();
+        (resp.status().as_u16(), resp.text().unwrap())
+    };
+    let who = |host: &str, path: &str| {
+        let (status, body) = ask(host, path);
+        assert_eq!(status, 200, "{host}{path}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        (v["tenant"].as_str().unwrap().to_owned(), v["script_name"].as_str().unwrap().to_owned())
+    };
+    assert_eq!(who("shop.example.com", "/whoami"), ("shop".into(), String::new()));
+    assert_eq!(who("www.shop.example.com", "/whoami"), ("shop".into(), String::new()));
+    assert_eq!(who("example.com", "/blog/whoami"), ("blog".into(), "/blog".into()));
+    assert_eq!(who("example.com", "/whoami"), ("site".into(), String::new()));
+    // UWSGI_APPID from nginx's config beats the Host header.
+    assert_eq!(who("shop.example.com", "/by-id/whoami"), ("blog".into(), String::new()));
+    assert_eq!(ask("other.org", "/whoami"), (404, "404 Not Found\n".into()));
+}

@@ -14,12 +14,12 @@ use crate::common::{body_json, cache_dir, fixture, metrics_url, raw_exchange, uw
 
 /// A config file in a fresh directory, with `wasm = "fixture.wasm"` usable
 /// as a path relative to it.
-struct Config {
-    dir: tempfile::TempDir,
+pub struct Config {
+    pub dir: tempfile::TempDir,
 }
 
 impl Config {
-    fn new(toml: &str) -> Self {
+    pub fn new(toml: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(fixture(), dir.path().join("fixture.wasm")).unwrap();
         std::fs::write(dir.path().join("wsgi-wasm.toml"), toml).unwrap();
@@ -38,7 +38,7 @@ impl Config {
     }
 
     /// Serves the config over HTTP on an ephemeral port (and `args`).
-    fn serve(&self, args: &[&str]) -> Server {
+    pub fn serve(&self, args: &[&str]) -> Server {
         let listeners = 1 + args.iter().filter(|a| **a == "--uwsgi").count();
         Server::spawn(self.command(&[&["--http", "127.0.0.1:0"], args].concat()), listeners)
     }
@@ -71,7 +71,7 @@ fn whoami(server: &Server, host: &str, path: &str) -> (String, String, String) {
     (s("tenant"), s("script_name"), s("path_info"))
 }
 
-const ROUTED: &str = r#"
+pub const ROUTED: &str = r#"
 [defaults]
 memory = 128
 
