@@ -1,15 +1,24 @@
 #!/usr/bin/env python3
 """Measures wsgi-wasm against the WSGI servers people run today, in one run.
 
-Every server gets the same core (CPU 0) and one worker process per core;
-wrk runs on the other core. Servers are interleaved round by round, so a
-drift in the machine's speed hits all of them alike, and each figure is the
+Two modes, both by default:
+
+- **both cores** (what users get): every server as users run it on this
+  machine, unpinned, with its defaults: wsgi-wasm `run` with no flag,
+  Gunicorn sync `-w 2`, Gunicorn gthread `-w 2 --threads 4`, uWSGI with 2
+  processes, Granian `--workers 2`; `wrk -t2 -c32` beside them.
+- **one core** (controlled): every server on CPU 0 with one worker and no
+  access log, wrk on CPU 1.
+
+wsgi-wasm runs each app twice: built with no flags, and built with
+`--warmup` of its route. Servers are interleaved round by round, so a drift
+in the machine's speed hits all of them alike, and each figure is the
 median over the rounds. Traffic goes to 127.0.0.1 only, for a bounded time.
 
-    bench/run.sh [--rounds N] [--duration SECONDS] [--servers a,b] [--apps x,y]
+    bench/run.sh [--rounds N] [--duration SECONDS] [--mode both|one|all] [--servers a,b] [--apps x,y]
 
-Prints a table (requests/s, p50, p99, peak RSS, ratio to gunicorn sync) and
-writes bench/results/latest.json.
+Prints a table per mode (requests/s, p50, p99, PSS under load, peak RSS,
+ratio to gunicorn sync) and writes bench/results/latest.json.
 """
 
 import argparse
@@ -41,7 +50,8 @@ APPS = {
 # app -> the `--warmup` request its component is built with.
 WARMUP = {"hello": "/", "flask_json": "/api/items/1", "echo_64k": "POST /"}
 
-SERVERS = ["wsgi-wasm", "gunicorn-sync", "gunicorn-gthread", "uwsgi", "granian"]
+SERVERS = ["wsgi-wasm", "wsgi-wasm-warmup", "gunicorn-sync", "gunicorn-gthread", "uwsgi", "granian"]
+MODES = ["both", "one"]
 
 
 def free_port():
@@ -63,19 +73,21 @@ def wait_ready(port, proc, timeout=120):
     raise RuntimeError("server did not start")
 
 
-def wasm_for(app):
+def wasm_for(app, warm=True):
     module = APPS[app][0]
-    out = BUILD / f"{app}.wasm"
+    out = BUILD / (f"{app}.wasm" if warm else f"{app}-plain.wasm")
     sources = [HERE / "apps", REPO / "guest-sdk", WSGI_WASM]
     newest = max(p.stat().st_mtime for src in sources for p in ([src] if src.is_file() else src.rglob("*")))
     if not out.exists() or out.stat().st_mtime < newest:
         BUILD.mkdir(exist_ok=True)
         cmd = [str(WSGI_WASM), "build", module, "--path", str(HERE / "apps"), "-o", str(out)]
-        # Each app is warmed up at build time, as the README tells users to:
-        # the route's first-request work and bytecode specialization happen
-        # once, not in every sandbox. Flask's warms another item than the
-        # one measured.
-        cmd += ["--warmup", WARMUP[app]]
+        # The warm build warms its route at build time, as the README tells
+        # users to: the route's first-request work and bytecode
+        # specialization happen once, not in every sandbox. Flask's warms
+        # another item than the one measured. The plain build is what a
+        # user gets with no flag (the automatic warm-up only).
+        if warm:
+            cmd += ["--warmup", WARMUP[app]]
         if app == "flask_json":
             cmd += ["--requirements", str(HERE / "apps" / "requirements.txt")]
         subprocess.run(cmd, check=True)
@@ -87,10 +99,10 @@ def wasm_for(app):
 WASMS = {}
 
 
-def prepare_wasm(app):
-    WASMS[app] = wasm_for(app)
+def prepare_wasm(app, server):
+    WASMS[(app, server)] = wasm_for(app, warm=server == "wsgi-wasm-warmup")
     port = free_port()
-    proc = subprocess.Popen(server_cmd("wsgi-wasm", app, port), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(server_cmd(server, app, port, "one"), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         wait_ready(port, proc)
@@ -98,14 +110,16 @@ def prepare_wasm(app):
         stop(proc)
 
 
-def server_cmd(server, app, port):
+def server_cmd(server, app, port, mode):
+    if mode == "both":
+        return both_cores_cmd(server, app, port)
     module = APPS[app][0]
     py = VENV / "bin"
     pin = ["taskset", "-c", SERVER_CPU]
     # No server writes an access log: Gunicorn and Granian log none by
     # default, uWSGI is given --disable-logging, wsgi-wasm --no-access-log.
-    if server == "wsgi-wasm":
-        return pin + [str(WSGI_WASM), "run", str(WASMS[app]), "--http", f"127.0.0.1:{port}", "--no-access-log"]
+    if server.startswith("wsgi-wasm"):
+        return pin + [str(WSGI_WASM), "run", str(WASMS[(app, server)]), "--http", f"127.0.0.1:{port}", "--no-access-log"]
     if server == "gunicorn-sync":
         return pin + [str(py / "gunicorn"), "-w", "1", "-k", "sync", "-b", f"127.0.0.1:{port}", "--chdir", str(HERE / "apps"), module]
     if server == "gunicorn-gthread":
@@ -119,6 +133,58 @@ def server_cmd(server, app, port):
         return pin + [str(py / "granian"), "--interface", "wsgi", "--workers", "1", "--host", "127.0.0.1", "--port", str(port),
                       "--working-dir", str(HERE / "apps"), module]
     raise ValueError(server)
+
+
+def both_cores_cmd(server, app, port):
+    """The server as a user runs it on a two-core machine: defaults, no pin.
+
+    Gunicorn and Granian write no access log by default; uWSGI and
+    wsgi-wasm do (to /dev/null here), as users get them.
+    """
+    module = APPS[app][0]
+    py = VENV / "bin"
+    bind = f"127.0.0.1:{port}"
+    if server.startswith("wsgi-wasm"):
+        return [str(WSGI_WASM), "run", str(WASMS[(app, server)]), "--http", bind]
+    if server == "gunicorn-sync":
+        return [str(py / "gunicorn"), "-w", "2", "-b", bind, "--chdir", str(HERE / "apps"), module]
+    if server == "gunicorn-gthread":
+        return [str(py / "gunicorn"), "-w", "2", "-k", "gthread", "--threads", "4", "-b", bind,
+                "--chdir", str(HERE / "apps"), module]
+    if server == "uwsgi":
+        mod, call = module.split(":")
+        return [str(py / "uwsgi"), "--http11-socket", bind, "--processes", "2", "--master",
+                "--chdir", str(HERE / "apps"), "--module", mod, "--callable", call]
+    if server == "granian":
+        return [str(py / "granian"), "--interface", "wsgi", "--workers", "2", "--host", "127.0.0.1",
+                "--port", str(port), "--working-dir", str(HERE / "apps"), module]
+    raise ValueError(server)
+
+
+def tree_pids(pid):
+    """A process and its descendants."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for tid in os.listdir(f"/proc/{p}/task"):
+                todo.extend(int(c) for c in Path(f"/proc/{p}/task/{tid}/children").read_text().split())
+        except OSError:
+            pass
+    return out
+
+
+def tree_pss_mib(pid):
+    """PSS summed over a process and its descendants: shared pages counted once."""
+    total = 0
+    for p in tree_pids(pid):
+        try:
+            rollup = Path(f"/proc/{p}/smaps_rollup").read_text()
+            total += int(re.search(r"^Pss:\s+(\d+)", rollup, re.M).group(1))
+        except (OSError, AttributeError):
+            pass
+    return total / 1024
 
 
 def tree_peak_rss_mib(pid):
@@ -137,9 +203,13 @@ def tree_peak_rss_mib(pid):
     return total / 1024
 
 
-def wrk(url, method, body_len, duration):
+def wrk(url, method, body_len, duration, mode, during=None):
+    """Runs wrk; `during()` is called once, halfway through the load."""
     script = None
-    cmd = ["taskset", "-c", CLIENT_CPU, "wrk", "-t1", "-c32", f"-d{duration}s", "--latency", "--timeout", "10s"]
+    if mode == "both":
+        cmd = ["wrk", "-t2", "-c32", f"-d{duration}s", "--latency", "--timeout", "10s"]
+    else:
+        cmd = ["taskset", "-c", CLIENT_CPU, "wrk", "-t1", "-c32", f"-d{duration}s", "--latency", "--timeout", "10s"]
     if method == "POST":
         script = BUILD / "post.lua"
         script.write_text(
@@ -148,7 +218,14 @@ def wrk(url, method, body_len, duration):
             'wrk.headers["Content-Type"] = "application/octet-stream"\n'
         )
         cmd += ["-s", str(script)]
-    out = subprocess.run(cmd + [url], check=True, capture_output=True, text=True, timeout=duration + 60).stdout
+    proc = subprocess.Popen(cmd + [url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sampled = None
+    if during:
+        time.sleep(duration / 2)
+        sampled = during()
+    out, err = proc.communicate(timeout=duration + 60)
+    if proc.returncode:
+        raise RuntimeError(f"wrk failed: {err}")
 
     def latency(label):
         m = re.search(rf"^\s*{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
@@ -163,20 +240,23 @@ def wrk(url, method, body_len, duration):
         "p99_ms": latency("99"),
         "non_2xx": int(errors.group(1)) if errors else 0,
         "socket_errors": socket_errors.group(1) if socket_errors else "",
+        "sampled": sampled,
     }
 
 
-def run_one(server, app, duration):
+def run_one(server, app, duration, mode):
     port = free_port()
-    env = dict(os.environ, WSGI_WASM_LOG="warn")
-    proc = subprocess.Popen(server_cmd(server, app, port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    # One core: wsgi-wasm logs warnings only. Both cores: as users run it.
+    env = dict(os.environ, WSGI_WASM_LOG="warn") if mode == "one" else dict(os.environ)
+    proc = subprocess.Popen(server_cmd(server, app, port, mode), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=env, start_new_session=True)
     try:
         wait_ready(port, proc)
         _, path, method, body_len = APPS[app]
         url = f"http://127.0.0.1:{port}{path}"
-        wrk(url, method, body_len, 1)  # warm-up: imports, caches, JIT of the peers
-        result = wrk(url, method, body_len, duration)
+        wrk(url, method, body_len, 1, mode)  # warm-up: imports, caches, JIT of the peers
+        result = wrk(url, method, body_len, duration, mode, during=lambda: tree_pss_mib(proc.pid))
+        result["pss_mib"] = result.pop("sampled")
         result["peak_rss_mib"] = tree_peak_rss_mib(proc.pid)
         return result
     finally:
@@ -202,38 +282,13 @@ def stop(proc):
         pass
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--duration", type=int, default=10, help="seconds of load per server, app and round")
-    ap.add_argument("--servers", default=",".join(SERVERS))
-    ap.add_argument("--apps", default=",".join(APPS))
-    args = ap.parse_args()
-    servers, apps = args.servers.split(","), args.apps.split(",")
-    if not (1 <= args.rounds <= 10 and 1 <= args.duration <= 60):
-        sys.exit("--rounds must be 1..10 and --duration 1..60")
-    for app in apps:
-        if "wsgi-wasm" in servers:
-            prepare_wasm(app)
-
-    samples = {(s, a): [] for s in servers for a in apps}
-    for r in range(args.rounds):
-        for app in apps:
-            for server in servers:
-                res = run_one(server, app, args.duration)
-                samples[(server, app)].append(res)
-                print(f"round {r + 1}/{args.rounds} {app:<10} {server:<17} {res['rps']:>9.0f} req/s  "
-                      f"p50 {res['p50_ms']:.2f} ms  p99 {res['p99_ms']:.2f} ms", file=sys.stderr)
-
-    summary = {}
-    for (server, app), runs in samples.items():
-        summary.setdefault(app, {})[server] = {
-            key: statistics.median(run[key] for run in runs) for key in ("rps", "p50_ms", "p99_ms", "peak_rss_mib")
-        } | {"non_2xx": sum(run["non_2xx"] for run in runs), "rounds": len(runs)}
-
-    lines = [f"wrk -t1 -c32, {args.duration} s x {args.rounds} rounds (median); server on CPU {SERVER_CPU}, wrk on CPU {CLIENT_CPU}", ""]
-    lines.append(f"| app | server | req/s | p50 ms | p99 ms | peak RSS MiB | vs gunicorn sync |")
-    lines.append("|---|---|---:|---:|---:|---:|---:|")
+def table(mode, summary, servers, apps, args):
+    where = ("unpinned, each server with its defaults; wrk -t2 -c32" if mode == "both"
+             else f"server on CPU {SERVER_CPU} with one worker, wrk -t1 -c32 on CPU {CLIENT_CPU}")
+    lines = [f"**{'Both cores' if mode == 'both' else 'One core'}**: {where}; {args.duration} s x {args.rounds} "
+             "rounds (median)", ""]
+    lines.append("| app | server | req/s | p50 ms | p99 ms | PSS under load MiB | peak RSS MiB | vs gunicorn sync |")
+    lines.append("|---|---|---:|---:|---:|---:|---:|---:|")
     for app in apps:
         base = summary[app].get("gunicorn-sync", {}).get("rps")
         for server in servers:
@@ -241,14 +296,51 @@ def main():
             ratio = f"{m['rps'] / base:.2f}x" if base else "-"
             flag = f" ({m['non_2xx']} non-2xx)" if m["non_2xx"] else ""
             lines.append(f"| {app} | {server} | {m['rps']:.0f}{flag} | {m['p50_ms']:.2f} | {m['p99_ms']:.2f} | "
-                         f"{m['peak_rss_mib']:.0f} | {ratio} |")
-    table = "\n".join(lines)
-    print(table)
+                         f"{m['pss_mib']:.0f} | {m['peak_rss_mib']:.0f} | {ratio} |")
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=10, help="seconds of load per server, app and round")
+    ap.add_argument("--mode", default="all", choices=["all", *MODES])
+    ap.add_argument("--servers", default=",".join(SERVERS))
+    ap.add_argument("--apps", default=",".join(APPS))
+    args = ap.parse_args()
+    servers, apps = args.servers.split(","), args.apps.split(",")
+    modes = MODES if args.mode == "all" else [args.mode]
+    if not (1 <= args.rounds <= 10 and 1 <= args.duration <= 60):
+        sys.exit("--rounds must be 1..10 and --duration 1..60")
+    for app in apps:
+        for server in servers:
+            if server.startswith("wsgi-wasm"):
+                prepare_wasm(app, server)
+
+    samples = {(m, s, a): [] for m in modes for s in servers for a in apps}
+    for r in range(args.rounds):
+        for mode in modes:
+            for app in apps:
+                for server in servers:
+                    res = run_one(server, app, args.duration, mode)
+                    samples[(mode, server, app)].append(res)
+                    print(f"round {r + 1}/{args.rounds} {mode:<4} {app:<10} {server:<17} {res['rps']:>9.0f} req/s  "
+                          f"p50 {res['p50_ms']:.2f} ms  p99 {res['p99_ms']:.2f} ms", file=sys.stderr)
+
+    summaries = {}
+    for (mode, server, app), runs in samples.items():
+        summaries.setdefault(mode, {}).setdefault(app, {})[server] = {
+            key: statistics.median(run[key] for run in runs)
+            for key in ("rps", "p50_ms", "p99_ms", "pss_mib", "peak_rss_mib")
+        } | {"non_2xx": sum(run["non_2xx"] for run in runs), "rounds": len(runs)}
+
+    text = "\n\n".join(table(mode, summaries[mode], servers, apps, args) for mode in modes)
+    print(text)
     out = HERE / "results"
     out.mkdir(exist_ok=True)
-    (out / "latest.json").write_text(json.dumps({"args": vars(args), "results": summary, "samples": {
-        f"{s}/{a}": runs for (s, a), runs in samples.items()}}, indent=2))
-    (out / "latest.md").write_text(table + "\n")
+    (out / "latest.json").write_text(json.dumps({"args": vars(args), "results": summaries, "samples": {
+        f"{m}/{s}/{a}": runs for (m, s, a), runs in samples.items()}}, indent=2))
+    (out / "latest.md").write_text(text + "\n")
 
 
 if __name__ == "__main__":
