@@ -183,6 +183,14 @@ pub struct RunArgs {
     #[arg(long = "mount", value_name = "HOST:GUEST[:rw]")]
     pub mounts: Vec<String>,
 
+    /// Grant TCP connections to HOST:PORT, and DNS lookups of HOST when it is
+    /// a name; HOST may also be an IP address or a CIDR block. Repeat for
+    /// more. By default a sandbox has no network. Loopback, private and
+    /// link-local addresses are reachable only through a grant of their own
+    /// address or block, never through a name.
+    #[arg(long = "allow-outbound", value_name = "HOST:PORT")]
+    pub allow_outbound: Vec<String>,
+
     /// Set an environment variable in every sandbox (`os.environ`). Repeat
     /// for more. By default a sandbox sees no environment variable.
     #[arg(long = "env", value_name = "KEY=VALUE")]

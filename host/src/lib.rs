@@ -17,6 +17,7 @@
 //! | [`router`] | which app a request is for: `UWSGI_APPID`, host, prefix |
 //! | [`wsgi`] | CGI environ, response validation and framing, dispatch |
 //! | [`sandbox`] | one fresh store and instance per request; limits; host imports |
+//! | [`outbound`] | outbound network grants: the address check and the names a guest may resolve |
 //! | [`pool`] | the sandbox slots all apps share, fairly |
 //! | [`engine`] | wasmtime engine, compiled-code cache, epoch ticker |
 //! | [`bundle`] | the guest file tree inside `app.wasm` |
@@ -35,6 +36,7 @@ pub mod descriptors;
 pub mod engine;
 pub mod error;
 pub mod metrics;
+pub mod outbound;
 pub mod pool;
 pub mod protocol;
 pub mod router;

@@ -31,6 +31,7 @@ use crate::config::{Limits, Mount};
 use crate::engine::LoadedApp;
 use crate::error::SandboxError;
 use crate::metrics::AppMetrics;
+use crate::outbound::Policy;
 use crate::pool::AppSlots;
 
 mod output;
@@ -129,6 +130,8 @@ pub struct Grants {
     pub mounts: Vec<Mount>,
     /// The environment `os.environ` holds.
     pub env: Vec<(String, String)>,
+    /// Outbound connections (`--allow-outbound`); none by default.
+    pub outbound: Vec<crate::outbound::Grant>,
 }
 
 impl Drop for Sandbox {
@@ -188,6 +191,7 @@ impl Sandbox {
         random::add_bulk_get_random_bytes(&mut linker)?;
         bindings::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
         add_log_to_linker(&mut linker)?;
+        restrict_name_lookup(&mut linker)?;
         let pre = linker
             .instantiate_pre(&app.component)
             .map_err(anyhow::Error::from)
@@ -372,6 +376,10 @@ impl Sandbox {
     fn new_store(&self, req_id: u64, io: GuestIo) -> anyhow::Result<Store<HostState>> {
         let log = output::LogBudget::new(req_id, self.limits.max_log_bytes, self.limits.max_log_lines);
         let mut wasi = WasiCtxBuilder::new();
+        let outbound = (!self.grants.outbound.is_empty()).then(|| Arc::new(Policy::new(self.grants.outbound.clone())));
+        if let Some(policy) = &outbound {
+            grant_outbound(&mut wasi, policy, req_id);
+        }
         wasi.stdout(output::GuestLog::new(Arc::clone(&log), "stdout"))
             .stderr(output::GuestLog::new(Arc::clone(&log), "stderr"));
         let mut wasi = wasi.build();
@@ -383,6 +391,8 @@ impl Sandbox {
         let state = HostState {
             wasi,
             table,
+            outbound,
+            dns_refused: false,
             log,
             limiter: Limiter {
                 inner: StoreLimitsBuilder::new().memory_size(self.limits.memory_bytes).build(),
@@ -420,6 +430,68 @@ impl Sandbox {
         store.set_epoch_deadline(1);
         Ok(store)
     }
+}
+
+/// Lets a store's guest open TCP connections that `policy` grants, and
+/// nothing else: no listening, no UDP. The first refusal of a request is
+/// logged, naming the address.
+fn grant_outbound(wasi: &mut WasiCtxBuilder, policy: &Arc<Policy>, req_id: u64) {
+    use wasmtime_wasi::sockets::SocketAddrUse;
+    let policy_for_check = Arc::clone(policy);
+    let warned = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Name lookup is on: `restrict_name_lookup` decides which names (an IP
+    // literal resolves to itself, and getaddrinfo asks for those too).
+    wasi.allow_tcp(true).allow_udp(false).allow_ip_name_lookup(true).socket_addr_check(
+        move |addr, usage| {
+            let (policy, warned) = (Arc::clone(&policy_for_check), Arc::clone(&warned));
+            Box::pin(async move {
+                let allowed = match usage {
+                    SocketAddrUse::TcpConnect => policy.allows(addr).await,
+                    // The implicit bind a connect makes: any local address.
+                    SocketAddrUse::TcpBind => addr.ip().is_unspecified() && addr.port() == 0,
+                    _ => false,
+                };
+                if !allowed && !warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::warn!(req_id, %addr, ?usage, "refused an outbound connection: no --allow-outbound grants {addr}");
+                }
+                allowed
+            })
+        },
+    );
+}
+
+/// Replaces wasmtime-wasi's `resolve-addresses` with one that resolves
+/// only the names the app's grants name (and IP literals, which resolve to
+/// themselves and are checked at connect).
+fn restrict_name_lookup(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
+    use wasmtime::component::Resource;
+    use wasmtime_wasi::p2::bindings::sockets::ip_name_lookup::{Host as _, ResolveAddressStream};
+    use wasmtime_wasi::p2::bindings::sockets::network::{ErrorCode, Network};
+    use wasmtime_wasi::sockets::WasiSocketsView as _;
+    type Reply = (Result<Resource<ResolveAddressStream>, ErrorCode>,);
+    linker.allow_shadowing(true);
+    let mut lookup = linker.instance("wasi:sockets/ip-name-lookup@0.2.12")?;
+    lookup.func_wrap(
+        "resolve-addresses",
+        |mut store: wasmtime::StoreContextMut<'_, HostState>,
+         (network, name): (Resource<Network>, String)|
+         -> wasmtime::Result<Reply> {
+            let state = store.data_mut();
+            if !state.outbound.as_ref().is_some_and(|p| p.may_resolve(&name)) {
+                // Once per request: a guest may ask in a loop.
+                if !std::mem::replace(&mut state.dns_refused, true) {
+                    tracing::warn!(req_id = state.req_id, %name, "refused a DNS lookup: no --allow-outbound grant names {name}");
+                }
+                return Ok((Err(ErrorCode::PermanentResolverFailure),));
+            }
+            match state.sockets().resolve_addresses(network, name) {
+                Ok(stream) => Ok((Ok(stream),)),
+                Err(err) => err.downcast().map(|code| (Err(code),)),
+            }
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
 }
 
 /// Opens the app's file tree and the operator's mounts, for every store to
@@ -507,6 +579,10 @@ enum HeadState {
 pub struct HostState {
     /// This instance's WASI context: its own stdio, clocks, random, preopens.
     wasi: WasiCtx,
+    /// The app's outbound grants, with what this request resolved.
+    outbound: Option<Arc<Policy>>,
+    /// Whether a DNS lookup was refused (and logged) already.
+    dns_refused: bool,
     /// WASI resources the guest holds, at most `--max-open-files`.
     table: ResourceTable,
     /// What the guest may still write to the log.

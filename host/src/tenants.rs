@@ -342,7 +342,7 @@ fn load_app(
     metrics: Option<&Arc<Metrics>>,
 ) -> Result<Sandbox> {
     let loaded = LoadedApp::load(&app.wasm, shared, &app.limits)?;
-    let grants = Grants { mounts: app.mounts.clone(), env: app.env.clone() };
+    let grants = Grants { mounts: app.mounts.clone(), env: app.env.clone(), outbound: app.outbound.clone() };
     let metrics = metrics.map(|m| m.app_series(&app.name));
     let slots = pool.register(app.limits.max_instances);
     Sandbox::new(loaded, app.name.clone(), app.limits.clone(), grants, metrics, slots)

@@ -7,6 +7,7 @@ mod hostile;
 mod limits;
 mod nginx;
 mod operations;
+mod outbound;
 mod readme;
 pub mod tenants;
 

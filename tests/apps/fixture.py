@@ -414,6 +414,20 @@ def header_case(environ, start_response):
     return [b"case\n"]
 
 
+def fetch(environ, start_response):
+    """An HTTP GET from inside the sandbox: `url`, or `host` and `port`."""
+    import urllib.request
+
+    q = _query(environ)
+    url = q.get("url") or f"http://{q['host']}:{q['port']}/"
+
+    def get():
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.read().decode()
+
+    return _json(start_response, {"result": _attempt(get)})
+
+
 def whoami(environ, start_response):
     """Which app this is (its TENANT variable) and where it is mounted."""
     import os
@@ -463,6 +477,7 @@ ROUTES = {
     "/alloc-forever": alloc_forever,
     "/list": list_of_chunks,
     "/whoami": whoami,
+    "/fetch": fetch,
     "/case": header_case,
     "/recurse": recurse,
     "/deep-c-recursion": deep_c_recursion,

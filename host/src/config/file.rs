@@ -70,6 +70,7 @@ table! {
         max_log_lines: u64,
         mounts: Vec<String>,
         env: BTreeMap<String, String>,
+        allow_outbound: Vec<String>,
     }
 }
 
@@ -147,6 +148,7 @@ impl Settings {
             max_log_lines: Some(args.max_log_lines),
             mounts: Some(args.mounts.clone()),
             env: Some(parse_env(&args.env)?),
+            allow_outbound: Some(args.allow_outbound.clone()),
         };
         Ok(Self { server, app })
     }
@@ -387,6 +389,10 @@ impl AppTable {
             }
             env.push((k, v));
         }
+        let outbound = must(&self.allow_outbound)
+            .iter()
+            .map(|g| crate::outbound::Grant::parse(g, &key("allow_outbound")))
+            .collect::<Result<Vec<_>>>()?;
         let hosts = self.hosts.clone().unwrap_or_default();
         Ok(AppConfig {
             name: name.to_owned(),
@@ -407,6 +413,7 @@ impl AppTable {
             },
             mounts,
             env,
+            outbound,
         })
     }
 }

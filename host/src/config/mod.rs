@@ -263,6 +263,8 @@ pub struct AppConfig {
     pub mounts: Vec<Mount>,
     /// Environment variables its sandboxes see.
     pub env: Vec<(String, String)>,
+    /// Outbound TCP connections its sandboxes may open.
+    pub outbound: Vec<crate::outbound::Grant>,
 }
 
 /// Everything `wsgi-wasm run` needs.

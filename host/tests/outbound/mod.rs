@@ -1,0 +1,118 @@
+//! Outbound network grants (issue 18): a sandbox reaches what
+//! `--allow-outbound` grants, over wasi:sockets, and nothing else.
+//!
+//! The peer is a plain HTTP server this test starts on 127.0.0.1 (Python's
+//! `http.server`, in a directory of its own); the app fetches from it with
+//! `urllib.request`.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::{client, fixture, json, Server};
+
+/// `python3 -m http.server` on a free loopback port, serving one file.
+struct HttpServer {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl HttpServer {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("index.html"), "hello from the peer\n").unwrap();
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new("python3")
+            .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1"])
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "http.server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { child, port, _dir: dir }
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What `/fetch?QUERY` got: `Ok(body)` or `Err("Type: message")`.
+fn fetch(server: &Server, query: &str) -> Result<String, String> {
+    let v = json(client().get(server.url(&format!("/fetch?{query}"))).send().unwrap());
+    let r = &v["result"];
+    if r["ok"].as_bool().unwrap() {
+        Ok(r["value"].as_str().unwrap().to_owned())
+    } else {
+        Err(r["error"].as_str().unwrap().to_owned())
+    }
+}
+
+#[test]
+fn r18_a_granted_address_is_reached_and_everything_else_is_refused() {
+    // https://github.com/wsgi-wasm/wsgi-wasm/issues/18
+    let peer = HttpServer::start();
+    let other = HttpServer::start();
+    let grant = format!("127.0.0.1:{}", peer.port);
+    let server = Server::start(fixture(), &["--allow-outbound", &grant]);
+    // urllib.request, over a connection the grant allows.
+    assert_eq!(fetch(&server, &format!("host=127.0.0.1&port={}", peer.port)), Ok("hello from the peer\n".into()));
+    // Another port of the same host, another host, the metadata address.
+    for query in [
+        format!("host=127.0.0.1&port={}", other.port),
+        format!("host=127.0.0.2&port={}", peer.port),
+        "host=169.254.169.254&port=80".to_owned(),
+    ] {
+        let err = fetch(&server, &query).unwrap_err();
+        assert!(err.starts_with("URLError"), "{query}: {err}");
+    }
+    assert!(server.wait_for_log("refused an outbound connection", Duration::from_secs(5)), "{}", server.log());
+    // A name no grant names is not even looked up.
+    let err = fetch(&server, &format!("host=localhost&port={}", peer.port)).unwrap_err();
+    assert!(err.starts_with("URLError"), "{err}");
+    let refused = "refused a DNS lookup: no --allow-outbound grant names localhost";
+    assert!(server.wait_for_log(refused, Duration::from_secs(5)), "{}", server.log());
+    // Every refusal is logged with its request's id.
+    let log = server.log();
+    assert!(log.lines().filter(|l| l.contains("refused a")).all(|l| l.contains("req_id=")), "{log}");
+    // The other peer was never reached.
+    assert_eq!(fetch(&server, &format!("host=127.0.0.1&port={}", peer.port)), Ok("hello from the peer\n".into()));
+}
+
+#[test]
+fn r18_a_granted_name_resolves_but_loopback_needs_its_own_grant() {
+    // https://github.com/wsgi-wasm/wsgi-wasm/issues/18
+    let peer = HttpServer::start();
+    let name_only = format!("localhost:{}", peer.port);
+    let server = Server::start(fixture(), &["--allow-outbound", &name_only]);
+    // localhost resolves, but to loopback, which no address grant names.
+    let err = fetch(&server, &format!("host=localhost&port={}", peer.port)).unwrap_err();
+    assert!(err.starts_with("URLError"), "{err}");
+    assert!(server.wait_for_log("refused an outbound connection", Duration::from_secs(5)), "{}", server.log());
+    drop(server);
+    let both = format!("127.0.0.1:{}", peer.port);
+    let server = Server::start(fixture(), &["--allow-outbound", &name_only, "--allow-outbound", &both]);
+    assert_eq!(fetch(&server, &format!("host=localhost&port={}", peer.port)), Ok("hello from the peer\n".into()));
+}
+
+#[test]
+fn r18_without_a_grant_there_is_no_network_and_a_bad_grant_is_refused() {
+    // https://github.com/wsgi-wasm/wsgi-wasm/issues/18
+    let peer = HttpServer::start();
+    let server = Server::start(fixture(), &[]);
+    let err = fetch(&server, &format!("host=127.0.0.1&port={}", peer.port)).unwrap_err();
+    assert!(err.starts_with("URLError"), "{err}");
+    for bad in ["db", "db:0", "10.0.0.0/40:1"] {
+        let stderr = crate::common::refused_run(fixture(), &["--allow-outbound", bad]);
+        assert!(stderr.contains(&format!("--allow-outbound {bad}")), "{stderr}");
+    }
+}
