@@ -21,6 +21,8 @@ module, in that single run:
    live object for the host to make immortal, and fills the free holes;
 6. returns the ``WitWorld`` class that componentize-py exports.
 
+Steps 1 to 3 run with the network forbidden (``network.forbidden``).
+
 Errors are reported as one ``WSGI_WASM_BUILD_ERROR <json string>`` line on
 stderr, which ``wsgi-wasm build`` turns into its own error message.
 """
@@ -38,7 +40,7 @@ import types
 
 import wit_world
 
-from . import adapter
+from . import adapter, network
 
 PLAN_FILE = "wsgi_wasm_plan.json"
 REPORT_FILE = "wsgi_wasm_report.json"
@@ -371,11 +373,14 @@ def _export_tree(export_dir, roots):
 def prepare():
     """Everything the entry module does at pre-init; returns the WitWorld class."""
     plan = _load_plan()
-    app = _import_app(plan)
-    _probe_native(plan)
-    warmed = _warm_up(app, plan)
-    _warm_adapter()
-    _warm_reseed()
+    network.install()
+    # No network while the app is built: see `network`.
+    with network.forbidden():
+        app = _import_app(plan)
+        _probe_native(plan)
+        warmed = _warm_up(app, plan)
+        _warm_adapter()
+        _warm_reseed()
     export_dir = plan["export_dir"]
     _export_tree(export_dir, _mounted_roots({export_dir}))
     # Read (and removed) by `wsgi-wasm build`, which has no other channel

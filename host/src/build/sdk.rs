@@ -15,6 +15,7 @@ const PYTHON: &[(&str, &str)] = &[
     ("wsgi_wasm/build.py", include_str!("../../../guest-sdk/python/wsgi_wasm/build.py")),
     ("wsgi_wasm/errors.py", include_str!("../../../guest-sdk/python/wsgi_wasm/errors.py")),
     ("wsgi_wasm/input.py", include_str!("../../../guest-sdk/python/wsgi_wasm/input.py")),
+    ("wsgi_wasm/network.py", include_str!("../../../guest-sdk/python/wsgi_wasm/network.py")),
 ];
 
 /// The module componentize-py imports at pre-init (see `wsgi_wasm/build.py`).

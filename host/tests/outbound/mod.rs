@@ -116,3 +116,45 @@ fn r18_without_a_grant_there_is_no_network_and_a_bad_grant_is_refused() {
         assert!(stderr.contains(&format!("--allow-outbound {bad}")), "{stderr}");
     }
 }
+
+#[test]
+fn r18_the_network_is_off_while_an_app_is_built_and_on_for_its_requests() {
+    // https://github.com/wsgi-wasm/wsgi-wasm/issues/18
+    // A connection tried at build time would leave the guest's libc with a
+    // network handle no request has (every request's first socket call then
+    // trapped): the build refuses it with a clear error instead.
+    let apps = crate::common::repo().join("tests/apps");
+    let tmp = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let wasm = crate::common::build_component(&apps, "net_at_import:app", None, &tmp.join("apps/net-at-import.wasm"));
+    let peer = HttpServer::start();
+    let grant = format!("127.0.0.1:{}", peer.port);
+    let server = Server::start(&wasm, &["--allow-outbound", &grant]);
+    let v = json(client().get(server.url(&format!("/?port={}", peer.port))).send().unwrap());
+    assert!(v["at_import"].as_str().unwrap().contains("no network while the app is built"), "{v}");
+    assert_eq!(v["fetched"], "hello from the peer\n", "{v}");
+    // Uncaught, it fails the build, saying why.
+    let out = tmp.join("apps/net-at-import-strict.wasm");
+    let build = crate::common::build_cmd(
+        &["net_at_import_strict:app", "--path", apps.to_str().unwrap(), "-o", out.to_str().unwrap()],
+        &crate::common::repo(),
+    );
+    let stderr = String::from_utf8_lossy(&build.stderr);
+    assert!(!build.status.success(), "{stderr}");
+    assert!(stderr.contains("no network while the app is built"), "{stderr}");
+}
+
+#[test]
+fn r18_a_refusal_names_the_missing_grant_in_the_apps_exception() {
+    // https://github.com/wsgi-wasm/wsgi-wasm/issues/18
+    let peer = HttpServer::start();
+    let server = Server::start(fixture(), &["--allow-outbound", "10.0.0.1:80"]);
+    let err = fetch(&server, &format!("host=127.0.0.1&port={}", peer.port)).unwrap_err();
+    let grant = format!("--allow-outbound 127.0.0.1:{}", peer.port);
+    assert!(err.contains("PermissionError") || err.contains("not granted"), "{err}");
+    assert!(err.contains(&grant), "{err}");
+    let err = fetch(&server, "host=db.internal&port=5432").unwrap_err();
+    assert!(
+        err.contains("looking up 'db.internal' is not granted") && err.contains("--allow-outbound db.internal:5432"),
+        "{err}"
+    );
+}
