@@ -218,3 +218,38 @@ fn each_example_builds_with_its_build_sh_and_answers() {
         assert!(body.ends_with(expected), "{name}: {body}");
     }
 }
+
+#[test]
+fn the_hosting_many_apps_config_in_the_readme_runs_as_written() {
+    // The README's `[apps]` example, with the fixture as both apps' wasm and
+    // the listeners given on the command line (which override `[server]`).
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let section = readme.split("## Hosting many apps").nth(1).unwrap();
+    let toml = section.split("```toml\n").nth(1).unwrap().split("```").next().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("apps")).unwrap();
+    std::fs::create_dir_all(dir.path().join("data/shop")).unwrap();
+    for app in ["shop", "blog"] {
+        std::fs::copy(fixture(), dir.path().join(format!("apps/{app}.wasm"))).unwrap();
+    }
+    let config = dir.path().join("wsgi-wasm.toml");
+    std::fs::write(&config, toml).unwrap();
+    let sock = dir.path().join("x.sock");
+    let mut cmd = wsgi_wasm();
+    cmd.arg("run").arg("--config").arg(&config).arg("--cache-dir").arg(cache_dir());
+    cmd.args(["--http", "127.0.0.1:0", "--uwsgi"]).arg(format!("unix:{}", sock.display()));
+    let server = Server::spawn(cmd, 2);
+    let get = |host: &str, path: &str| {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        let (reply, _) = raw_reply(server.addr, request.as_bytes(), Duration::from_secs(30));
+        String::from_utf8_lossy(&reply).into_owned()
+    };
+    let shop = get("www.shop.example.com", "/environ");
+    assert!(shop.starts_with("HTTP/1.1 200") && shop.contains("\"SCRIPT_NAME\": \"\""), "{shop}");
+    let blog = get("example.com", "/blog/environ");
+    assert!(blog.contains("\"SCRIPT_NAME\": \"/blog\"") && blog.contains("\"PATH_INFO\": \"/environ\""), "{blog}");
+    assert!(get("example.com", "/").starts_with("HTTP/1.1 404"));
+    // shop's env and mount are its own.
+    let caps = get("shop.example.com", "/capabilities");
+    assert!(caps.contains("\"SHOP_MODE\": \"prod\""), "{caps}");
+}
