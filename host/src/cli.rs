@@ -191,6 +191,12 @@ pub struct RunArgs {
     #[arg(long = "allow-outbound", value_name = "HOST:PORT")]
     pub allow_outbound: Vec<String>,
 
+    /// Most outbound connections one request may open (with
+    /// --allow-outbound); past it, a connect is refused like an ungranted
+    /// one. Every connection closes with its sandbox.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub max_outbound_connections: usize,
+
     /// Set an environment variable in every sandbox (`os.environ`). Repeat
     /// for more. By default a sandbox sees no environment variable.
     #[arg(long = "env", value_name = "KEY=VALUE")]

@@ -378,7 +378,7 @@ impl Sandbox {
         let mut wasi = WasiCtxBuilder::new();
         let outbound = (!self.grants.outbound.is_empty()).then(|| Arc::new(Policy::new(self.grants.outbound.clone())));
         if let Some(policy) = &outbound {
-            grant_outbound(&mut wasi, policy, req_id);
+            grant_outbound(&mut wasi, policy, req_id, self.limits.max_outbound_connections);
         }
         wasi.stdout(output::GuestLog::new(Arc::clone(&log), "stdout"))
             .stderr(output::GuestLog::new(Arc::clone(&log), "stderr"));
@@ -432,26 +432,37 @@ impl Sandbox {
     }
 }
 
-/// Lets a store's guest open TCP connections that `policy` grants, and
-/// nothing else: no listening, no UDP. The first refusal of a request is
-/// logged, naming the address.
-fn grant_outbound(wasi: &mut WasiCtxBuilder, policy: &Arc<Policy>, req_id: u64) {
+/// Lets a store's guest open up to `max` TCP connections that `policy`
+/// grants, and nothing else: no listening, no UDP. The first refusal of a
+/// request is logged, naming the address.
+fn grant_outbound(wasi: &mut WasiCtxBuilder, policy: &Arc<Policy>, req_id: u64, max: usize) {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use wasmtime_wasi::sockets::SocketAddrUse;
     let policy_for_check = Arc::clone(policy);
-    let warned = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let warned = Arc::new(AtomicBool::new(false));
+    let opened = Arc::new(AtomicUsize::new(0));
     // Name lookup is on: `restrict_name_lookup` decides which names (an IP
     // literal resolves to itself, and getaddrinfo asks for those too).
     wasi.allow_tcp(true).allow_udp(false).allow_ip_name_lookup(true).socket_addr_check(
         move |addr, usage| {
-            let (policy, warned) = (Arc::clone(&policy_for_check), Arc::clone(&warned));
+            let (policy, warned, opened) = (Arc::clone(&policy_for_check), Arc::clone(&warned), Arc::clone(&opened));
             Box::pin(async move {
                 let allowed = match usage {
+                    SocketAddrUse::TcpConnect if opened.load(Ordering::Relaxed) >= max => {
+                        if !warned.swap(true, Ordering::Relaxed) {
+                            tracing::warn!(req_id, %addr, "refused an outbound connection: past --max-outbound-connections {max}");
+                        }
+                        return false;
+                    }
                     SocketAddrUse::TcpConnect => policy.allows(addr).await,
                     // The implicit bind a connect makes: any local address.
                     SocketAddrUse::TcpBind => addr.ip().is_unspecified() && addr.port() == 0,
                     _ => false,
                 };
-                if !allowed && !warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                if allowed && matches!(usage, SocketAddrUse::TcpConnect) {
+                    opened.fetch_add(1, Ordering::Relaxed);
+                }
+                if !allowed && !warned.swap(true, Ordering::Relaxed) {
                     tracing::warn!(req_id, %addr, ?usage, "refused an outbound connection: no --allow-outbound grants {addr}");
                 }
                 allowed

@@ -425,7 +425,9 @@ def fetch(environ, start_response):
         with urllib.request.urlopen(url, timeout=5) as resp:
             return resp.read().decode()
 
-    return _json(start_response, {"result": _attempt(get)})
+    # `times`: that many fetches, each on a connection of its own.
+    results = [_attempt(get) for _ in range(int(q.get("times", "1")))]
+    return _json(start_response, {"result": results[-1], "ok": sum(r["ok"] for r in results)})
 
 
 def whoami(environ, start_response):

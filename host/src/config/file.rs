@@ -71,6 +71,7 @@ table! {
         mounts: Vec<String>,
         env: BTreeMap<String, String>,
         allow_outbound: Vec<String>,
+        max_outbound_connections: usize,
     }
 }
 
@@ -149,6 +150,7 @@ impl Settings {
             mounts: Some(args.mounts.clone()),
             env: Some(parse_env(&args.env)?),
             allow_outbound: Some(args.allow_outbound.clone()),
+            max_outbound_connections: Some(args.max_outbound_connections),
         };
         Ok(Self { server, app })
     }
@@ -393,6 +395,10 @@ impl AppTable {
             .iter()
             .map(|g| crate::outbound::Grant::parse(g, &key("allow_outbound")))
             .collect::<Result<Vec<_>>>()?;
+        let max_outbound_connections = must(&self.max_outbound_connections);
+        if !(1..=4096).contains(&max_outbound_connections) {
+            bail!("{} {max_outbound_connections}: must be between 1 and 4096", key("max_outbound_connections"));
+        }
         let hosts = self.hosts.clone().unwrap_or_default();
         Ok(AppConfig {
             name: name.to_owned(),
@@ -410,6 +416,7 @@ impl AppTable {
                 max_open_files,
                 max_log_bytes: must(&self.max_log_bytes),
                 max_log_lines: must(&self.max_log_lines),
+                max_outbound_connections,
             },
             mounts,
             env,

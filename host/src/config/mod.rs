@@ -174,6 +174,8 @@ pub struct Limits {
     pub max_log_bytes: u64,
     /// Most lines of guest output one request may log.
     pub max_log_lines: u64,
+    /// Most outbound connections one request may open.
+    pub max_outbound_connections: usize,
 }
 
 /// Connection-level limits, the same for every app: they apply before a

@@ -158,3 +158,17 @@ fn r18_a_refusal_names_the_missing_grant_in_the_apps_exception() {
         "{err}"
     );
 }
+
+#[test]
+fn r18_a_request_opens_at_most_max_outbound_connections() {
+    // https://github.com/wsgi-wasm/wsgi-wasm/issues/18
+    let peer = HttpServer::start();
+    let grant = format!("127.0.0.1:{}", peer.port);
+    let server = Server::start(fixture(), &["--allow-outbound", &grant, "--max-outbound-connections", "3"]);
+    let url = server.url(&format!("/fetch?host=127.0.0.1&port={}&times=5", peer.port));
+    let v = json(client().get(&url).send().unwrap());
+    assert_eq!(v["ok"], 3, "{v}");
+    assert!(server.wait_for_log("past --max-outbound-connections 3", Duration::from_secs(5)), "{}", server.log());
+    // The cap is per request: the next one opens its own three.
+    assert_eq!(json(client().get(&url).send().unwrap())["ok"], 3);
+}
