@@ -13,9 +13,9 @@
 //! | [`activation`] | the listening sockets systemd passes (`LISTEN_FDS`) |
 //! | [`shutdown`] | SIGINT/SIGTERM → cancellation; a second signal exits |
 //! | [`protocol`] | wire protocols (HTTP/1.1 via hyper; uwsgi) → [`wsgi::WsgiRequest`] |
+//! | [`wsgi`] | CGI environ, response validation and framing, routing and dispatch |
 //! | [`tenants`] | the apps served: each loaded into its sandbox, and the routing table |
 //! | [`router`] | which app a request is for: `UWSGI_APPID`, host, prefix |
-//! | [`wsgi`] | CGI environ, response validation and framing, dispatch |
 //! | [`sandbox`] | one fresh store and instance per request; limits; host imports |
 //! | [`outbound`] | outbound network grants: the address check and the names a guest may resolve |
 //! | [`pool`] | the sandbox slots all apps share, fairly |

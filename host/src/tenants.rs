@@ -25,9 +25,8 @@ use crate::config::{AppConfig, RunConfig};
 use crate::engine::{LoadedApp, PoolSpec, SharedEngine};
 use crate::metrics::{AppMetrics, Metrics};
 use crate::pool::Pool;
-use crate::router::{self, Router};
+use crate::router::Router;
 use crate::sandbox::{Grants, Sandbox};
-use crate::wsgi::CgiVars;
 
 /// How often the apps' `wasm` files are checked for a replacement.
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(1);
@@ -133,31 +132,18 @@ impl Tenants {
         self.served().apps.iter().map(|e| (e.config.name.clone(), Arc::clone(&e.sandbox))).collect()
     }
 
-    /// The app for a request, by `UWSGI_APPID` or by host and path; moves
-    /// its prefix from `PATH_INFO` to the end of `SCRIPT_NAME`.
-    pub fn route(&self, vars: &mut CgiVars) -> Option<Arc<Sandbox>> {
+    /// The app for a request and the prefix it is mounted at (`""` for
+    /// `/`): the app named `appid` (`UWSGI_APPID`) if given, else the one
+    /// for `host` and `path`.
+    pub fn route(&self, appid: Option<&[u8]>, host: Option<&[u8]>, path: &[u8]) -> Option<(Arc<Sandbox>, String)> {
         let served = self.served();
-        let routed = match vars.get("UWSGI_APPID") {
+        let routed = match appid {
             // An app exists only if the config names it: an unknown id is
             // a miss, never a path to load.
             Some(id) => served.table.by_name(std::str::from_utf8(id).ok()?)?,
-            None => {
-                let host = vars.get("HTTP_HOST").or_else(|| vars.get("SERVER_NAME"));
-                served.table.route(host, vars.get("PATH_INFO").unwrap_or_default())?
-            }
+            None => served.table.route(host, path)?,
         };
-        let prefix = routed.prefix;
-        if !prefix.is_empty() {
-            let path = vars.get("PATH_INFO").unwrap_or_default();
-            if router::under(path, prefix) {
-                let rest = path[prefix.len()..].to_vec();
-                let mut script = vars.get("SCRIPT_NAME").unwrap_or_default().to_vec();
-                script.extend_from_slice(prefix.as_bytes());
-                vars.set("SCRIPT_NAME", script);
-                vars.set("PATH_INFO", rest);
-            }
-        }
-        Some(Arc::clone(routed.app))
+        Some((Arc::clone(routed.app), routed.prefix.to_owned()))
     }
 
     /// The metrics registry, with `--metrics`.

@@ -183,6 +183,23 @@ impl Dispatcher {
         self.tenants.metrics()
     }
 
+    /// The app for a request, by `UWSGI_APPID` or by host and path; moves
+    /// its prefix from `PATH_INFO` to the end of `SCRIPT_NAME`, as uWSGI's
+    /// `mount` with `manage-script-name` does.
+    fn route(&self, vars: &mut CgiVars) -> Option<Arc<Sandbox>> {
+        let host = vars.get("HTTP_HOST").or_else(|| vars.get("SERVER_NAME"));
+        let path = vars.get("PATH_INFO").unwrap_or_default();
+        let (sandbox, prefix) = self.tenants.route(vars.get("UWSGI_APPID"), host, path)?;
+        if !prefix.is_empty() && crate::router::under(path, &prefix) {
+            let rest = path[prefix.len()..].to_vec();
+            let mut script = vars.get("SCRIPT_NAME").unwrap_or_default().to_vec();
+            script.extend_from_slice(prefix.as_bytes());
+            vars.set("SCRIPT_NAME", script);
+            vars.set("PATH_INFO", rest);
+        }
+        Some(sandbox)
+    }
+
     /// The 404 for a request no app is mounted for: no sandbox is started.
     fn no_app(&self, req: &WsgiRequest, req_id: u64) -> WsgiResponse {
         let host = req.vars.get("HTTP_HOST").or_else(|| req.vars.get("SERVER_NAME")).unwrap_or_default();
@@ -226,7 +243,7 @@ impl Dispatcher {
     /// the head is known.
     pub async fn dispatch(&self, mut req: WsgiRequest) -> WsgiResponse {
         let req_id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let Some(sandbox) = self.tenants.route(&mut req.vars) else {
+        let Some(sandbox) = self.route(&mut req.vars) else {
             return self.no_app(&req, req_id);
         };
         if let Some(refused) = req.declared_length.and_then(|len| Self::refuse_declared_body(&sandbox, len, req_id)) {
