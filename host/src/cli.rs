@@ -17,6 +17,8 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once per process: the size of the larger variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Turn a WSGI app and its pure-Python dependencies into one app.wasm.
     Build(BuildArgs),

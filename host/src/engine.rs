@@ -83,8 +83,6 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 pub struct LoadedApp {
     /// The engine every instance of this app runs in.
     pub engine: Engine,
-    /// Whether the engine meters fuel.
-    pub metered: bool,
     /// The compiled component.
     pub component: Component,
     /// The unpacked file tree, mounted read-only at the guest's `/`: each of
@@ -94,8 +92,9 @@ pub struct LoadedApp {
     pub roots: Vec<String>,
     /// Hex SHA-256 of the `app.wasm` file, for logs.
     pub digest: String,
-    /// Keeps the engine and its epoch alive as long as the app is loaded.
-    _shared: Arc<SharedEngine>,
+    /// The engine it was loaded into, kept alive (and its epoch ticking)
+    /// as long as the app is loaded.
+    shared: Arc<SharedEngine>,
 }
 
 impl LoadedApp {
@@ -140,8 +139,13 @@ impl LoadedApp {
                 component
             }
         };
-        let metered = shared.spec.fuel;
-        Ok(Self { engine, metered, component, tree_dir, roots, digest, _shared: Arc::clone(shared) })
+        Ok(Self { engine, component, tree_dir, roots, digest, shared: Arc::clone(shared) })
+    }
+
+    /// Whether the engine meters fuel (some app has a budget), so that an
+    /// app without one still needs fuel in every store.
+    pub fn metered(&self) -> bool {
+        self.shared.spec.fuel
     }
 }
 

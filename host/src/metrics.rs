@@ -156,16 +156,7 @@ impl Metrics {
     /// The series of requests that reached no app: refused before routing,
     /// or for a host and path no app is mounted at. Labelled `app="-"`.
     pub fn unrouted(self: &Arc<Self>) -> AppMetrics {
-        let label = AppLabel { app: "-".into() };
-        AppMetrics {
-            instances: self.instances.get_or_create_owned(&label),
-            queue: self.queue.get_or_create_owned(&label),
-            duration: self.duration.get_or_create_owned(&label),
-            instantiate: self.instantiate.get_or_create_owned(&label),
-            memory: self.memory.get_or_create_owned(&label),
-            app: "-".into(),
-            all: Arc::clone(self),
-        }
+        self.app_series("-")
     }
 
     /// Counts a reload of `app` (`-` for the config as a whole) that ended
@@ -213,6 +204,13 @@ impl AppMetrics {
     /// Drops the `app_info` series of a version no longer served.
     pub fn retire(&self, digest: &str) {
         self.all.info.remove(&InfoLabels { app: self.app.clone(), digest: digest.into() });
+    }
+
+    /// A request the host answered itself with `code`, before any sandbox,
+    /// and the limit it hit, if one.
+    pub fn refused(&self, code: u16, limit: Option<&str>) {
+        self.request(code, Duration::ZERO);
+        limit.into_iter().for_each(|limit| self.limit(limit));
     }
 
     /// A request answered with `code`, `took` after its dispatch.

@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Result};
 
@@ -117,13 +117,14 @@ pub fn is_special(ip: IpAddr) -> bool {
 /// An app's grants, with what one request resolved.
 #[derive(Debug)]
 pub struct Policy {
-    grants: Vec<Grant>,
+    /// The app's grants, shared by all its requests.
+    grants: Arc<[Grant]>,
     /// Addresses the host resolved granted names to in this request.
     resolved: Mutex<HashMap<String, Vec<IpAddr>>>,
 }
 
 impl Policy {
-    pub fn new(grants: Vec<Grant>) -> Self {
+    pub fn new(grants: Arc<[Grant]>) -> Self {
         Self { grants, resolved: Mutex::default() }
     }
 
@@ -179,7 +180,7 @@ mod tests {
     use super::*;
 
     fn policy(specs: &[&str]) -> Policy {
-        Policy::new(specs.iter().map(|s| Grant::parse(s, "--allow-outbound").unwrap()).collect())
+        Policy::new(specs.iter().map(|s| Grant::parse(s, "--allow-outbound").unwrap()).collect::<Vec<_>>().into())
     }
 
     #[tokio::test]

@@ -130,16 +130,9 @@ pub struct Grants {
     pub mounts: Vec<Mount>,
     /// The environment `os.environ` holds.
     pub env: Vec<(String, String)>,
-    /// Outbound connections (`--allow-outbound`); none by default.
-    pub outbound: Vec<crate::outbound::Grant>,
-}
-
-impl Drop for Sandbox {
-    fn drop(&mut self) {
-        // A version loaded for a reload that failed never served: its slot
-        // registration must not hold a share.
-        self.slots.retire();
-    }
+    /// Outbound connections (`--allow-outbound`); none by default. Shared
+    /// by every request's [`Policy`].
+    pub outbound: Arc<[crate::outbound::Grant]>,
 }
 
 /// The compiled, linked app and the limits every instance runs under.
@@ -161,6 +154,14 @@ pub struct Sandbox {
     slots: AppSlots,
     /// Where to count what each request costs, with `--metrics`.
     metrics: Option<AppMetrics>,
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        // A version loaded for a reload that failed never served: its slot
+        // registration must not hold a share.
+        self.slots.retire();
+    }
 }
 
 impl Sandbox {
@@ -376,7 +377,8 @@ impl Sandbox {
     fn new_store(&self, req_id: u64, io: GuestIo) -> anyhow::Result<Store<HostState>> {
         let log = output::LogBudget::new(req_id, self.limits.max_log_bytes, self.limits.max_log_lines);
         let mut wasi = WasiCtxBuilder::new();
-        let outbound = (!self.grants.outbound.is_empty()).then(|| Arc::new(Policy::new(self.grants.outbound.clone())));
+        let outbound =
+            (!self.grants.outbound.is_empty()).then(|| Arc::new(Policy::new(Arc::clone(&self.grants.outbound))));
         if let Some(policy) = &outbound {
             grant_outbound(&mut wasi, policy, req_id, self.limits.max_outbound_connections);
         }
@@ -416,7 +418,7 @@ impl Sandbox {
         store.limiter(|s| &mut s.limiter);
         if let Some(fuel) = self.limits.fuel {
             store.set_fuel(fuel)?;
-        } else if self.app.metered {
+        } else if self.app.metered() {
             // Another app meters fuel, so this app's code counts it too.
             store.set_fuel(u64::MAX)?;
         }

@@ -156,11 +156,6 @@ impl Tenants {
         self.unrouted.as_ref()
     }
 
-    /// Whether any app's `wasm` file is not the one it was loaded from.
-    fn files_changed(&self) -> bool {
-        self.served().apps.iter().any(|e| Stamp::of(&e.config.wasm) != e.stamp)
-    }
-
     /// Serves `config` from now on, or, if any part of it fails, goes on
     /// serving as before and says why.
     ///
@@ -194,7 +189,7 @@ impl Tenants {
             fresh.push(app.name.clone());
             apps.push(Entry { config: app.clone(), stamp, sandbox: Arc::new(sandbox) });
         }
-        let new = Served::new(apps, &self.file)?;
+        let new = Served::new(apps, &self.file).inspect_err(|_| self.count_reload("-", "error"))?;
         *self.served.write().expect("the table lock is never poisoned") = Arc::new(new);
         let new = self.served();
         let digests: Vec<&str> = new.apps.iter().map(|e| e.sandbox.digest()).collect();
@@ -277,8 +272,11 @@ impl Tenants {
             let why = tokio::select! {
                 _ = hup.recv() => "SIGHUP",
                 () = tokio::time::sleep(WATCH_INTERVAL) => {
-                    let stamps: Vec<_> = self.served().apps.iter().map(|e| Stamp::of(&e.config.wasm)).collect();
-                    if !self.files_changed() || failed_stamps.as_ref() == Some(&stamps) {
+                    // Whether any app's file is not the one it was loaded from.
+                    let served = self.served();
+                    let stamps: Vec<_> = served.apps.iter().map(|e| Stamp::of(&e.config.wasm)).collect();
+                    let changed = served.apps.iter().zip(&stamps).any(|(e, stamp)| *stamp != e.stamp);
+                    if !changed || failed_stamps.as_ref() == Some(&stamps) {
                         continue;
                     }
                     failed_stamps = Some(stamps);
@@ -328,7 +326,7 @@ fn load_app(
     metrics: Option<&Arc<Metrics>>,
 ) -> Result<Sandbox> {
     let loaded = LoadedApp::load(&app.wasm, shared, &app.limits)?;
-    let grants = Grants { mounts: app.mounts.clone(), env: app.env.clone(), outbound: app.outbound.clone() };
+    let grants = Grants { mounts: app.mounts.clone(), env: app.env.clone(), outbound: app.outbound.clone().into() };
     let metrics = metrics.map(|m| m.app_series(&app.name));
     let slots = pool.register(app.limits.max_instances);
     Sandbox::new(loaded, app.name.clone(), app.limits.clone(), grants, metrics, slots)

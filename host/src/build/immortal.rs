@@ -61,7 +61,7 @@ struct Segment {
 /// one core module with a memory and data segments (a component not made by
 /// componentize-py); the component is then left as it was.
 pub fn apply(component: &mut [u8], records: &[u8]) -> Result<Outcome> {
-    if records.len() % 8 != 0 {
+    if !records.len().is_multiple_of(8) {
         bail!("the heap record is {} bytes, not a whole number of 8-byte records", records.len());
     }
     let segments = memory_segments(component)?;

@@ -95,6 +95,15 @@ table! {
     }
 }
 
+/// The flag that sets `key`: `--max-body-bytes` for `max_body_bytes`, and
+/// `--mount` for `mounts`, the one whose flag is singular.
+pub fn flag(key: &str) -> String {
+    match key {
+        "mounts" => "--mount".to_owned(),
+        _ => format!("--{}", key.replace('_', "-")),
+    }
+}
+
 /// Where a setting came from, for messages.
 #[derive(Debug, Clone, Copy)]
 pub enum Origin<'a> {
@@ -180,7 +189,7 @@ pub struct Loaded {
     pub path: Option<PathBuf>,
     pub server: ServerTable,
     pub defaults: AppTable,
-    /// In the file's order.
+    /// By name (toml's tables keep their keys sorted).
     pub apps: Vec<(String, AppTable)>,
 }
 
@@ -247,7 +256,6 @@ pub fn load(path: &Path) -> Result<Loaded> {
             other => bail!("{file}: unknown table [{other}]; expected [server], [defaults] or [apps.NAME]"),
         }
     }
-    // toml's Table keeps keys sorted; the file's order is not needed.
     Ok(loaded)
 }
 
@@ -383,7 +391,7 @@ impl AppTable {
             bail!("{} {max_open_files}: must be between 16 and 65536", key("max_open_files"));
         }
         let mounts =
-            must(&self.mounts).iter().map(|m| Mount::parse_in(m, &key("mounts"), None)).collect::<Result<Vec<_>>>()?;
+            must(&self.mounts).iter().map(|m| Mount::parse_in(m, &key("mounts"))).collect::<Result<Vec<_>>>()?;
         let mut env = Vec::new();
         for (k, v) in must(&self.env) {
             if k.is_empty() || k.contains(['\0', '=']) || v.contains('\0') {

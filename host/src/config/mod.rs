@@ -211,15 +211,15 @@ impl Mount {
     /// # Errors
     /// Says what is wrong with the spec or the directory.
     pub fn parse(spec: &str) -> Result<Self> {
-        Self::parse_in(spec, "--mount", None)
+        Self::parse_in(spec, "--mount")
     }
 
-    /// Parses a mount named `key` in messages, with a relative host
-    /// directory taken relative to `base` (a config file's directory).
+    /// Parses a mount named `key` in messages (a config file's relative
+    /// host directories are resolved when the file is loaded).
     ///
     /// # Errors
     /// Says what is wrong with the spec or the directory.
-    pub fn parse_in(spec: &str, key: &str, base: Option<&Path>) -> Result<Self> {
+    pub fn parse_in(spec: &str, key: &str) -> Result<Self> {
         let parts: Vec<&str> = spec.split(':').collect();
         let (host, guest, writable) = match parts.as_slice() {
             [h, g] => (*h, *g, false),
@@ -227,9 +227,7 @@ impl Mount {
             [h, g, "rw"] => (*h, *g, true),
             _ => bail!("{key} {spec}: expected HOST_DIR:GUEST_DIR, optionally with :rw or :ro"),
         };
-        let host = base.map_or_else(|| PathBuf::from(host), |b| b.join(host));
-        let host = std::fs::canonicalize(&host)
-            .with_context(|| format!("{key} {spec}: no such directory {}", host.display()))?;
+        let host = std::fs::canonicalize(host).with_context(|| format!("{key} {spec}: no such directory {host}"))?;
         if !host.is_dir() {
             bail!("{key} {spec}: {} is not a directory", host.display());
         }
@@ -309,7 +307,7 @@ impl RunConfig {
             }
         };
         let name_of = |origin: file::Origin<'_>, key: &str| match origin {
-            _ if given.contains(key) || loaded.path.is_none() => format!("--{}", key.replace('_', "-")),
+            _ if given.contains(key) || loaded.path.is_none() => file::flag(key),
             file::Origin::Server => format!("{}: [server] {key}", loaded.display()),
             file::Origin::App(app) => format!("{}: [apps.{app}] {key}", loaded.display()),
             file::Origin::Defaults => format!("{}: [defaults] {key}", loaded.display()),
@@ -329,14 +327,8 @@ impl RunConfig {
         for (name, table) in &loaded.apps {
             let merged = defaults.app.over(&loaded.defaults).over(table).over(&flags.app);
             let key = |k: &str| {
-                let origin = if table.has(k) {
-                    file::Origin::App(name)
-                } else if loaded.defaults.has(k) {
-                    file::Origin::Defaults
-                } else {
-                    file::Origin::App(name)
-                };
-                name_of(origin, k)
+                let from_defaults = !table.has(k) && loaded.defaults.has(k);
+                name_of(if from_defaults { file::Origin::Defaults } else { file::Origin::App(name) }, k)
             };
             apps.push(merged.into_app(name, pool, &key)?);
         }

@@ -173,8 +173,7 @@ impl Dispatcher {
     /// the limit it hit, if one.
     pub fn refused(&self, status: StatusCode, limit: Option<&str>) {
         if let Some(m) = self.tenants.unrouted() {
-            m.request(status.as_u16(), std::time::Duration::ZERO);
-            limit.into_iter().for_each(|limit| m.limit(limit));
+            m.refused(status.as_u16(), limit);
         }
     }
 
@@ -230,8 +229,7 @@ impl Dispatcher {
         }
         tracing::warn!(req_id, app = %sandbox.name(), declared, max_body, "refused a request body over the limit");
         if let Some(m) = sandbox.metrics() {
-            m.request(StatusCode::PAYLOAD_TOO_LARGE.as_u16(), std::time::Duration::ZERO);
-            m.limit("body");
+            m.refused(StatusCode::PAYLOAD_TOO_LARGE.as_u16(), Some("body"));
         }
         let mut response = WsgiResponse::error(StatusCode::PAYLOAD_TOO_LARGE);
         // The body is still on its way: the connection cannot be reused.
@@ -304,7 +302,8 @@ impl Dispatcher {
             let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
             let total = ms(started.elapsed());
             // What the request cost, as fields (one JSON key each with
-            // --log-format json); a failed run reports what is known.
+            // --log-format json); a failed run has no stats: zeros, and no
+            // app_ms.
             let stats = result.as_ref().ok();
             let app = sandbox.name();
             let bytes_in = stats.map_or(0, |s| s.bytes_in);
