@@ -8,8 +8,10 @@ use anyhow::Result;
 /// The WIT world the host links against and the guest is built for.
 pub const WIT: &str = include_str!("../../../guest-sdk/wit/wsgi.wit");
 
-/// The `wsgi_wasm` Python package, as `(path under the SDK dir, contents)`.
+/// The `wsgi_wasm` Python package and the `_ssl` stand-in, as `(path under
+/// the SDK dir, contents)`.
 const PYTHON: &[(&str, &str)] = &[
+    ("_ssl.py", include_str!("../../../guest-sdk/python/_ssl.py")),
     ("wsgi_wasm/__init__.py", include_str!("../../../guest-sdk/python/wsgi_wasm/__init__.py")),
     ("wsgi_wasm/adapter.py", include_str!("../../../guest-sdk/python/wsgi_wasm/adapter.py")),
     ("wsgi_wasm/build.py", include_str!("../../../guest-sdk/python/wsgi_wasm/build.py")),
