@@ -437,40 +437,47 @@ impl Sandbox {
 /// Lets a store's guest open up to `max` TCP connections that `policy`
 /// grants, and nothing else: no listening, no UDP. The first refusal of a
 /// request is logged, naming the address.
+///
+/// `max` counts local ports, not connect calls: wasmtime-wasi asks for a
+/// `TcpBind` of the unspecified address once per socket that takes a port,
+/// whether the guest binds it itself or a connect binds it implicitly. So
+/// a guest cannot hold more than `max` of the host's ports by binding
+/// sockets it never connects (it cannot listen on them either).
 fn grant_outbound(wasi: &mut WasiCtxBuilder, policy: &Arc<Policy>, req_id: u64, max: usize) {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use wasmtime_wasi::sockets::SocketAddrUse;
     let policy_for_check = Arc::clone(policy);
     let warned = Arc::new(AtomicBool::new(false));
-    let opened = Arc::new(AtomicUsize::new(0));
+    let ports = Arc::new(AtomicUsize::new(0));
     // Name lookup is on: `restrict_name_lookup` decides which names (an IP
     // literal resolves to itself, and getaddrinfo asks for those too).
-    wasi.allow_tcp(true).allow_udp(false).allow_ip_name_lookup(true).socket_addr_check(
-        move |addr, usage| {
-            let (policy, warned, opened) = (Arc::clone(&policy_for_check), Arc::clone(&warned), Arc::clone(&opened));
-            Box::pin(async move {
-                let allowed = match usage {
-                    SocketAddrUse::TcpConnect if opened.load(Ordering::Relaxed) >= max => {
-                        if !warned.swap(true, Ordering::Relaxed) {
-                            tracing::warn!(req_id, %addr, "refused an outbound connection: past --max-outbound-connections {max}");
-                        }
-                        return false;
+    wasi.allow_tcp(true).allow_udp(false).allow_ip_name_lookup(true).socket_addr_check(move |addr, usage| {
+        let (policy, warned, ports) = (Arc::clone(&policy_for_check), Arc::clone(&warned), Arc::clone(&ports));
+        Box::pin(async move {
+            let refused = match usage {
+                // A socket taking a local port: any port of any address
+                // (the kernel picks), up to `max` of them.
+                SocketAddrUse::TcpBind if addr.ip().is_unspecified() && addr.port() == 0 => {
+                    if ports.fetch_add(1, Ordering::Relaxed) < max {
+                        return true;
                     }
-                    SocketAddrUse::TcpConnect => policy.allows(addr).await,
-                    // The implicit bind a connect makes: any local address.
-                    SocketAddrUse::TcpBind => addr.ip().is_unspecified() && addr.port() == 0,
-                    _ => false,
-                };
-                if allowed && matches!(usage, SocketAddrUse::TcpConnect) {
-                    opened.fetch_add(1, Ordering::Relaxed);
+                    format!("refused an outbound connection: past --max-outbound-connections {max}")
                 }
-                if !allowed && !warned.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(req_id, %addr, ?usage, "refused an outbound connection: no --allow-outbound grants {addr}");
+                SocketAddrUse::TcpConnect if policy.allows(addr).await => return true,
+                SocketAddrUse::TcpConnect => {
+                    format!("refused an outbound connection: no --allow-outbound grants {addr}")
                 }
-                allowed
-            })
-        },
-    );
+                SocketAddrUse::TcpBind | SocketAddrUse::TcpListen => {
+                    "refused a bind: a sandbox cannot listen for connections".to_owned()
+                }
+                _ => "refused UDP: a sandbox has none".to_owned(),
+            };
+            if !warned.swap(true, Ordering::Relaxed) {
+                tracing::warn!(req_id, %addr, ?usage, "{refused}");
+            }
+            false
+        })
+    });
 }
 
 /// Replaces wasmtime-wasi's `resolve-addresses` with one that resolves

@@ -9,7 +9,9 @@ no request's sandbox has: every request's first socket call would then trap.
 
 At request time the host's grants (``--allow-outbound``) decide. A refusal
 reaches the app as ``PermissionError`` (a connection) or ``socket.gaierror``
-(a name lookup) whose message names the grant that is missing.
+(a name lookup) whose message names the grant that is missing. A grant is
+for TCP connections only: binding a socket (to listen) and UDP are always
+refused, and the error says so.
 
 The wrappers stay installed (a library may keep a reference to
 ``socket.getaddrinfo`` from its import); only ``_building`` changes.
@@ -25,7 +27,7 @@ _building = False
 # What reaches the guest's libc network code, as module functions and as
 # socket methods.
 _LOOKUPS = ("getaddrinfo", "gethostbyname", "gethostbyname_ex", "gethostbyaddr", "getnameinfo")
-_METHODS = ("connect", "connect_ex", "bind", "sendto")
+_METHODS = ("connect", "connect_ex", "bind", "listen", "sendto")
 
 
 def _refuse_while_building():
@@ -50,6 +52,9 @@ def _guard(fn):
     return guarded
 
 
+_NO_UDP = "wsgi-wasm: a sandbox has no UDP; a grant is for TCP connections only"
+
+
 def _connect(connect):
     @functools.wraps(connect)
     def connect_granted(self, address):
@@ -57,6 +62,8 @@ def _connect(connect):
         try:
             return connect(self, address)
         except PermissionError as e:
+            if self.type == socket.SOCK_DGRAM:
+                raise PermissionError(e.errno, _NO_UDP) from None
             where = _where(address[0], address[1])
             raise PermissionError(
                 e.errno,
@@ -65,6 +72,23 @@ def _connect(connect):
             ) from None
 
     return connect_granted
+
+
+def _refused_as(message):
+    """Wraps a call that the host always refuses, so that it says why."""
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def refused(*args, **kwargs):
+            _refuse_while_building()
+            try:
+                return fn(*args, **kwargs)
+            except PermissionError as e:
+                raise PermissionError(e.errno, message) from None
+
+        return refused
+
+    return wrap
 
 
 def _getaddrinfo(getaddrinfo):
@@ -91,9 +115,12 @@ def install():
     for name in _LOOKUPS:
         wrap = _getaddrinfo if name == "getaddrinfo" else _guard
         setattr(socket, name, wrap(getattr(socket, name)))
+    # A UDP socket is refused as it is made.
+    socket.socket.__init__ = _refused_as(_NO_UDP)(socket.socket.__init__)
+    no_listening = _refused_as("wsgi-wasm: a sandbox cannot listen for connections")
+    wraps = {"connect": _connect, "bind": no_listening, "listen": no_listening, "sendto": _refused_as(_NO_UDP)}
     for name in _METHODS:
-        wrap = _connect if name == "connect" else _guard
-        setattr(socket.socket, name, wrap(getattr(socket.socket, name)))
+        setattr(socket.socket, name, wraps.get(name, _guard)(getattr(socket.socket, name)))
 
 
 @contextlib.contextmanager
