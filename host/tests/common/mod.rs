@@ -428,3 +428,40 @@ pub fn get_json_concurrently(url: &str, n: usize) -> Vec<serde_json::Value> {
         .collect();
     threads.into_iter().map(|t| t.join().unwrap()).collect()
 }
+
+/// Installs Debian's `package` with apt-get unless `installed()` says it is
+/// there, for the tests that start a real server (nginx, PostgreSQL, Redis,
+/// MariaDB). `RUNLEVEL=1` keeps the package from starting its system
+/// service; the tests start their own, on loopback, in a directory of their
+/// own. One apt-get at a time: tests run in parallel and apt holds a lock.
+pub fn ensure_debian_package(package: &str, installed: impl Fn() -> bool) {
+    static APT: Mutex<()> = Mutex::new(());
+    let _one_at_a_time = APT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if installed() {
+        return;
+    }
+    eprintln!("installing Debian's {package} for the tests");
+    let install = format!("apt-get install -y -qq {package}");
+    let script = format!("({install} || (apt-get update -qq && {install})) >/dev/null");
+    let ok = Command::new("sh")
+        .args(["-c", &script])
+        .env("RUNLEVEL", "1")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok && installed(), "could not install {package} with apt-get (are we root?)");
+}
+
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Waits until something accepts connections on 127.0.0.1:`port`.
+pub fn wait_for_port(port: u16, what: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not start listening on 127.0.0.1:{port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -2,41 +2,17 @@
 //! in front of it with `uwsgi_pass`, started on loopback with a config and
 //! prefix of its own (never the system service).
 //!
-//! nginx is installed with apt-get when missing (`RUNLEVEL=1` keeps the
-//! package from starting the system service).
+//! nginx is installed with apt-get when missing (`common::ensure_debian_package`).
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use crate::common::{client, fixture, json, raw_exchange, raw_reply, uwsgi_packet, Server};
+use crate::common::{client, fixture, free_port, json, raw_exchange, raw_reply, uwsgi_packet, Server};
 
 const NGINX: &str = "/usr/sbin/nginx";
-
-fn ensure_nginx() {
-    static INSTALLED: OnceLock<()> = OnceLock::new();
-    INSTALLED.get_or_init(|| {
-        if Path::new(NGINX).exists() {
-            return;
-        }
-        eprintln!("installing Debian's nginx for the uwsgi tests");
-        let ok = Command::new("sh")
-            .args([
-                "-c",
-                "apt-get update -qq && RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx",
-            ])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok && Path::new(NGINX).exists(), "could not install nginx with apt-get (are we root?)");
-    });
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// A private nginx, stopped on drop.
 struct Nginx {
@@ -51,7 +27,7 @@ impl Nginx {
     /// A port taken between `free_port` and nginx's bind makes nginx exit;
     /// it is then tried again on another.
     fn start(name: &str, locations: &str) -> Self {
-        ensure_nginx();
+        crate::common::ensure_debian_package("nginx", || Path::new(NGINX).exists());
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("nginx-{name}"));
         for _attempt in 0..5 {
             let _ = std::fs::remove_dir_all(&dir);

@@ -5,6 +5,9 @@
 //! `http.server`, in a directory of its own); the app fetches from it with
 //! `urllib.request`.
 
+mod clients;
+mod servers;
+
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
