@@ -19,7 +19,7 @@
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -52,8 +52,9 @@ pub struct SharedEngine {
     /// Compiled components by digest: apps with the same `wasm` share one,
     /// and with it one copy of its code and memory image.
     components: std::sync::Mutex<std::collections::HashMap<String, Component>>,
-    /// Keeps the epoch advancing for as long as the engine is in use.
-    _ticker: EpochTicker,
+    /// Advances the epoch (faster while guests compete for the cores) for as
+    /// long as the engine is in use.
+    ticker: EpochTicker,
 }
 
 impl SharedEngine {
@@ -65,7 +66,7 @@ impl SharedEngine {
         let engine = new_engine(&spec)?;
         let ticker = EpochTicker::start(engine.clone());
         let components = std::sync::Mutex::default();
-        Ok(Arc::new(Self { engine, spec, cache_dir: cache_dir.to_path_buf(), components, _ticker: ticker }))
+        Ok(Arc::new(Self { engine, spec, cache_dir: cache_dir.to_path_buf(), components, ticker }))
     }
 
     /// Forgets the compiled components of every digest not in `keep` (the
@@ -75,9 +76,17 @@ impl SharedEngine {
     }
 }
 
-/// How often the epoch advances: the granularity at which a running guest
-/// yields to other tasks and at which deadlines are noticed.
-pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// How often the epoch advances while guests compete for the cores (at
+/// least as many run as there are cores): the slice a long-running guest
+/// gets before it yields to the other tasks (see `sandbox`).
+pub const FAST_TICK: Duration = Duration::from_millis(1);
+
+/// How often it advances while fewer guests run than there are cores: a
+/// guest that yields then leaves a core free. Ticking at 1 ms even then
+/// made a lone client's hello request take 174–206 µs instead of 140 µs
+/// (an unrelated process that wakes every millisecond does the same on this
+/// machine: 208 µs), so it ticks only as often as deadlines need.
+pub const SLOW_TICK: Duration = Duration::from_millis(10);
 
 /// A loaded, compiled app, ready to be linked and instantiated.
 pub struct LoadedApp {
@@ -140,6 +149,17 @@ impl LoadedApp {
             }
         };
         Ok(Self { engine, component, tree_dir, roots, digest, shared: Arc::clone(shared) })
+    }
+
+    /// Counts an instance of this app as running while the guard lives: the
+    /// epoch ticks faster while guests compete for the cores.
+    pub fn ticking(&self) -> Ticking<'_> {
+        self.shared.ticker.enter()
+    }
+
+    /// Whether guests compete for the cores now (see [`EpochTicker`]).
+    pub fn contended(&self) -> Arc<AtomicBool> {
+        self.shared.ticker.contended()
     }
 
     /// Whether the engine meters fuel (some app has a budget), so that an
@@ -331,14 +351,32 @@ fn store_compiled(component: &Component, cached: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Advances the engine's epoch every [`EPOCH_TICK`] on a thread of its own.
+/// Advances the engine's epoch on a thread of its own: every [`FAST_TICK`]
+/// while guests compete for the cores, else every [`SLOW_TICK`]. A guest
+/// counts from when it has its slot until it ends, waits on I/O included.
+/// The thread paces itself rather than being woken as guests start
+/// (variants that woke it measured a lone client's hello request at
+/// 280–310 µs instead of 140 µs; `docs/performance.md`).
 ///
 /// Dropping it stops and joins the thread.
 pub struct EpochTicker {
     /// Set on drop to ask the thread to finish.
     stop: Arc<AtomicBool>,
+    /// Guests running now (see [`EpochTicker::enter`]).
+    running: Arc<AtomicUsize>,
+    /// Whether the epoch ticks fast now: guests compete for the cores.
+    contended: Arc<AtomicBool>,
     /// The ticking thread; `None` only after it was joined.
     thread: Option<JoinHandle<()>>,
+}
+
+/// A guest counted as running while one of these lives.
+pub struct Ticking<'a>(&'a EpochTicker);
+
+impl Drop for Ticking<'_> {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl EpochTicker {
@@ -348,17 +386,36 @@ impl EpochTicker {
     /// If the OS refuses to start a thread.
     pub fn start(engine: Engine) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
+        let running = Arc::new(AtomicUsize::new(0));
+        let fast_from = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        let contended = Arc::new(AtomicBool::new(false));
+        let (flag, guests, fast_now) = (Arc::clone(&stop), Arc::clone(&running), Arc::clone(&contended));
         let thread = std::thread::Builder::new()
             .name("wsgi-wasm-epoch".into())
             .spawn(move || {
                 while !flag.load(Ordering::Relaxed) {
-                    std::thread::park_timeout(EPOCH_TICK);
+                    // Fast ticks begin at most a slow tick after guests
+                    // begin to compete.
+                    let fast = guests.load(Ordering::Relaxed) >= fast_from;
+                    fast_now.store(fast, Ordering::Relaxed);
+                    std::thread::park_timeout(if fast { FAST_TICK } else { SLOW_TICK });
                     engine.increment_epoch();
                 }
             })
             .expect("starting the epoch thread");
-        Self { stop, thread: Some(thread) }
+        Self { stop, running, contended, thread: Some(thread) }
+    }
+
+    /// Whether guests compete for the cores now (the epoch ticks fast), as
+    /// a flag that stays current.
+    pub fn contended(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.contended)
+    }
+
+    /// Counts a guest as running for as long as the returned guard lives.
+    pub fn enter(&self) -> Ticking<'_> {
+        self.running.fetch_add(1, Ordering::Relaxed);
+        Ticking(self)
     }
 }
 

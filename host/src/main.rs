@@ -73,11 +73,11 @@ fn rereader(args: RunArgs, given: HashSet<String>, startup: &RunConfig) -> impl 
 }
 
 /// Task polls between two checks for I/O events (tokio's default is 61).
-/// A guest computing without pause is polled for one epoch tick (10 ms) at
-/// a time, so with every worker running such guests another app's request
-/// waited a median 282 ms on two cores; with 4, 18 ms. It costs no CPU per
-/// request that we could measure, and about 1.5 ms of p99 at saturation
-/// (`docs/performance.md`).
+/// A guest computing without pause was polled for one epoch tick (10 ms
+/// then) at a time, so with every worker running such guests another app's
+/// request waited a median 282 ms on two cores; with 4, 18 ms; with 1 ms
+/// slices after a guest's first 10 ms (`sandbox`), about 2 ms. It costs no
+/// CPU per request that we could measure (`docs/performance.md`).
 const EVENT_INTERVAL: u32 = 4;
 
 fn run(args: RunArgs, given: &HashSet<String>) -> Result<()> {
