@@ -27,12 +27,16 @@ pub struct NativeDist {
 /// # Errors
 /// Fails if pip does.
 pub fn install(python: &Path, requirements: &Path, target: &Path) -> Result<()> {
+    // The guest's packages go to a directory of their own: how they fit the
+    // build machine's own installed packages does not matter, and pip's
+    // warnings about it (or about running as root) only mislead.
     let status = Command::new(python)
         .args(["-m", "pip", "install", "--disable-pip-version-check", "--no-input", "--no-compile"])
-        .args(["--quiet", "--target"])
+        .args(["--no-warn-conflicts", "--quiet", "--target"])
         .arg(target)
         .arg("-r")
         .arg(requirements)
+        .env("PIP_ROOT_USER_ACTION", "ignore")
         .status()
         .context("running pip")?;
     if !status.success() {
