@@ -74,13 +74,15 @@ def _connect(connect):
     return connect_granted
 
 
-def _refused_as(message):
-    """Wraps a call that the host always refuses, so that it says why."""
+def _refused_as(message, at_build=True):
+    """Wraps a call that the host always refuses, so that it says why (and,
+    with `at_build`, refuses it while the app is built)."""
 
     def wrap(fn):
         @functools.wraps(fn)
         def refused(*args, **kwargs):
-            _refuse_while_building()
+            if at_build:
+                _refuse_while_building()
             try:
                 return fn(*args, **kwargs)
             except PermissionError as e:
@@ -115,8 +117,9 @@ def install():
     for name in _LOOKUPS:
         wrap = _getaddrinfo if name == "getaddrinfo" else _guard
         setattr(socket, name, wrap(getattr(socket, name)))
-    # A UDP socket is refused as it is made.
-    socket.socket.__init__ = _refused_as(_NO_UDP)(socket.socket.__init__)
+    # A UDP socket is refused as it is made. Making one touches no network,
+    # so it is allowed while the app is built, as before.
+    socket.socket.__init__ = _refused_as(_NO_UDP, at_build=False)(socket.socket.__init__)
     no_listening = _refused_as("wsgi-wasm: a sandbox cannot listen for connections")
     wraps = {"connect": _connect, "bind": no_listening, "listen": no_listening, "sendto": _refused_as(_NO_UDP)}
     for name in _METHODS:
