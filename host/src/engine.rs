@@ -288,12 +288,11 @@ pub fn engine_config(spec: &PoolSpec, keep_resident: bool) -> Config {
             .pagemap_scan(wasmtime::Enabled::Yes)
             .linear_memory_keep_resident(KEEP_RESIDENT)
             .table_keep_resident(1 << 20);
-        // Each reset's scan inspects every page a slot has mapped. The
-        // vendored wasmtime maps only the image pages an instance touches
-        // (no fault-around); that needs the image in a memfd, because a
-        // file's page cache is in large folios, which a fault maps whole.
-        // The memfd holds one copy of the image per loaded app, in memory.
-        config.force_memory_init_memfd(true);
+        // The image is mapped from the `.cwasm` file's page cache, not
+        // copied into a memfd (`force_memory_init_memfd`): a memfd held a
+        // copy of every loaded app's image in memory for good, 30 MiB per
+        // app with 50 apps against 19 MiB without, and it no longer saved
+        // CPU per request in paired runs (`docs/performance.md`).
     }
     config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pooling));
     config.wasm_component_model(true);
