@@ -58,6 +58,9 @@ impl Toolchain {
                 .arg(&site)
                 .arg("-r")
                 .arg(&pins)
+                // Installing into a directory of our own: the warning
+                // about running pip as root does not apply.
+                .env("PIP_ROOT_USER_ACTION", "ignore")
                 .status()
                 .context("running pip")?;
             if !status.success() {
