@@ -337,8 +337,25 @@ fn load_or_compile(engine: &Engine, bytes: &[u8], cached: &Path) -> Result<Compo
     tracing::info!(elapsed = ?started.elapsed(), "compiled");
     if let Err(err) = store_compiled(&component, cached) {
         tracing::warn!(cause = %err, "could not cache compiled code; the next start compiles again");
+        return Ok(component);
     }
-    Ok(component)
+    // Served from the file just written, as a second start would: its code
+    // and memory image are then page cache, not this process's own memory
+    // (10 apps compiled at start held 722 MiB of anonymous memory, against
+    // 346 MiB of PSS in all from the cache). The compiler's freed memory
+    // goes back to the system too.
+    drop(component);
+    // SAFETY: as above; the file was written and moved into place just now.
+    let reloaded = unsafe { Component::deserialize_file(engine, cached) };
+    // SAFETY: malloc_trim only returns free heap memory to the system.
+    unsafe { libc::malloc_trim(0) };
+    match reloaded {
+        Ok(component) => Ok(component),
+        Err(err) => {
+            tracing::warn!(path = %cached.display(), cause = %err, "cannot load the code just cached; compiling again");
+            Ok(Component::new(engine, bytes)?)
+        }
+    }
 }
 
 fn store_compiled(component: &Component, cached: &Path) -> Result<()> {
