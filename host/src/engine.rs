@@ -348,7 +348,10 @@ fn load_or_compile(engine: &Engine, bytes: &[u8], cached: &Path) -> Result<Compo
     // SAFETY: as above; the file was written and moved into place just now.
     let reloaded = unsafe { Component::deserialize_file(engine, cached) };
     // SAFETY: malloc_trim only returns free heap memory to the system.
-    unsafe { libc::malloc_trim(0) };
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    unsafe {
+        libc::malloc_trim(0)
+    };
     match reloaded {
         Ok(component) => Ok(component),
         Err(err) => {
