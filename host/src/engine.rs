@@ -288,11 +288,15 @@ pub fn engine_config(spec: &PoolSpec, keep_resident: bool) -> Config {
             .pagemap_scan(wasmtime::Enabled::Yes)
             .linear_memory_keep_resident(KEEP_RESIDENT)
             .table_keep_resident(1 << 20);
-        // The image is mapped from the `.cwasm` file's page cache, not
-        // copied into a memfd (`force_memory_init_memfd`): a memfd held a
-        // copy of every loaded app's image in memory for good, 30 MiB per
-        // app with 50 apps against 19 MiB without, and it no longer saved
-        // CPU per request in paired runs (`docs/performance.md`).
+        // Each reset's scan inspects every page a slot has mapped. The
+        // vendored wasmtime maps only the image pages an instance touches
+        // (no fault-around); that needs the image in a memfd, because a
+        // file's page cache is in large folios, which a fault maps whole.
+        // The memfd holds one copy of the image per loaded app, in memory.
+        // Mapping the `.cwasm` instead saved 11 MiB per app at rest with 50
+        // apps, but a freshly written file's large folios made eight slots
+        // of the log-flood test map 135 MiB more (`docs/performance.md`).
+        config.force_memory_init_memfd(true);
     }
     config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pooling));
     config.wasm_component_model(true);
@@ -340,10 +344,10 @@ fn load_or_compile(engine: &Engine, bytes: &[u8], cached: &Path) -> Result<Compo
         return Ok(component);
     }
     // Served from the file just written, as a second start would: its code
-    // and memory image are then page cache, not this process's own memory
-    // (10 apps compiled at start held 722 MiB of anonymous memory, against
-    // 346 MiB of PSS in all from the cache). The compiler's freed memory
-    // goes back to the system too.
+    // is then page cache, not this process's own memory (10 apps compiled
+    // at start held 722 MiB of anonymous memory, against 346 MiB of PSS in
+    // all from the cache). The compiler's freed memory goes back to the
+    // system too.
     drop(component);
     // SAFETY: as above; the file was written and moved into place just now.
     let reloaded = unsafe { Component::deserialize_file(engine, cached) };
