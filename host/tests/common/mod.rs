@@ -452,6 +452,22 @@ pub fn ensure_debian_package(package: &str, installed: impl Fn() -> bool) {
     assert!(ok && installed(), "could not install {package} with apt-get (are we root?)");
 }
 
+/// Whether the tests run as root (then nginx, PostgreSQL and MariaDB are
+/// told which user to run as).
+pub fn running_as_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}
+
+/// A server process the test started, killed and reaped on drop.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{client, fixture, free_port, json, raw_exchange, raw_reply, uwsgi_packet, Server};
+use crate::common::{client, fixture, free_port, json, raw_exchange, raw_reply, running_as_root, uwsgi_packet, Server};
 
 const NGINX: &str = "/usr/sbin/nginx";
 
@@ -100,10 +100,6 @@ impl Drop for Nginx {
             );
         }
     }
-}
-
-fn running_as_root() -> bool {
-    Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"))
 }
 
 /// The fixture behind nginx: `/` with uwsgi_params, `/mounted/` under a

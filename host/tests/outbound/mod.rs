@@ -9,14 +9,14 @@ mod clients;
 mod servers;
 
 use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{client, fixture, json, Server};
+use crate::common::{client, fixture, json, KillOnDrop, Server};
 
 /// `python3 -m http.server` on a free loopback port, serving one file.
 struct HttpServer {
-    child: Child,
+    _child: KillOnDrop,
     port: u16,
     _dir: tempfile::TempDir,
 }
@@ -38,14 +38,7 @@ impl HttpServer {
             assert!(Instant::now() < deadline, "http.server did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
-        Self { child, port, _dir: dir }
-    }
-}
-
-impl Drop for HttpServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        Self { _child: KillOnDrop(child), port, _dir: dir }
     }
 }
 

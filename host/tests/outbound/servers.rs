@@ -5,10 +5,10 @@
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::common::{ensure_debian_package, free_port, wait_for_port};
+use crate::common::{ensure_debian_package, free_port, running_as_root, wait_for_port, KillOnDrop};
 
 /// The user, password and database every server here is set up with.
 pub const USER: &str = "app";
@@ -24,10 +24,6 @@ fn run(cmd: &mut Command, what: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-fn running_as_root() -> bool {
-    Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"))
 }
 
 /// A PostgreSQL cluster of its own (`initdb`, then `pg_ctl start`), with a
@@ -136,7 +132,7 @@ impl Drop for Postgres {
 /// `redis-server` with nothing saved to disk.
 pub struct Redis {
     pub port: u16,
-    child: Child,
+    _child: KillOnDrop,
     _dir: tempfile::TempDir,
 }
 
@@ -154,7 +150,7 @@ impl Redis {
             .spawn()
             .unwrap();
         wait_for_port(port, "redis-server", Duration::from_secs(30));
-        Self { port, child, _dir: dir }
+        Self { port, _child: KillOnDrop(child), _dir: dir }
     }
 
     /// `GET key`, asked by the test itself over RESP.
@@ -169,18 +165,11 @@ impl Redis {
     }
 }
 
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A MariaDB server of its own (`mariadb-install-db`, then `mariadbd`), with
 /// a database and a password user made by an init file at start.
 pub struct MariaDb {
     pub port: u16,
-    child: Child,
+    _child: KillOnDrop,
     _dir: tempfile::TempDir,
 }
 
@@ -224,13 +213,6 @@ impl MariaDb {
             .spawn()
             .unwrap();
         wait_for_port(port, "mariadbd", Duration::from_secs(60));
-        Self { port, child, _dir: dir }
-    }
-}
-
-impl Drop for MariaDb {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        Self { port, _child: KillOnDrop(child), _dir: dir }
     }
 }
