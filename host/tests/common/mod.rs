@@ -256,14 +256,21 @@ impl Server {
 
     /// Waits up to `timeout` for a log line containing `needle`.
     pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
+        self.wait_for_log_count(needle, 1, timeout) >= 1
+    }
+
+    /// Waits up to `timeout` until `needle` occurs `count` times in the log,
+    /// and returns how often it occurs. A request's last log lines may reach
+    /// the pipe after its reply has reached the client.
+    pub fn wait_for_log_count(&self, needle: &str, count: usize, timeout: Duration) -> usize {
         let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if self.log().contains(needle) {
-                return true;
+        loop {
+            let seen = self.log().matches(needle).count();
+            if seen >= count || Instant::now() >= deadline {
+                return seen;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        false
     }
 
     /// Sends SIGTERM.
@@ -318,6 +325,17 @@ pub fn rss_mib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
     line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() / 1024
+}
+
+/// The resident set by kind (anonymous, file, shared memory), for messages.
+pub fn rss_detail(pid: u32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kinds: Vec<_> = status
+        .lines()
+        .filter(|l| l.starts_with("Rss"))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    kinds.join(", ")
 }
 
 pub fn client() -> reqwest::blocking::Client {

@@ -33,11 +33,8 @@ fn an_endless_loop_gets_a_504_and_does_not_hold_up_others() {
             })
         })
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while server.log().matches("loop-forever started").count() < workers {
-        assert!(Instant::now() < deadline, "the spinners did not all start: {}", server.log());
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let spinning = server.wait_for_log_count("loop-forever started", workers, Duration::from_secs(10));
+    assert!(spinning >= workers, "the spinners did not all start: {}", server.log());
     let started = Instant::now();
     still_serves(&server);
     let normal = started.elapsed();
