@@ -447,19 +447,19 @@ pub fn get_json_concurrently(url: &str, n: usize) -> Vec<serde_json::Value> {
     threads.into_iter().map(|t| t.join().unwrap()).collect()
 }
 
-/// Installs Debian's `package` with apt-get unless `installed()` says it is
+/// Installs Debian's `packages` (separated by spaces) with apt-get unless `installed()` says it is
 /// there, for the tests that start a real server (nginx, PostgreSQL, Redis,
 /// MariaDB). `RUNLEVEL=1` keeps the package from starting its system
 /// service; the tests start their own, on loopback, in a directory of their
 /// own. One apt-get at a time: tests run in parallel and apt holds a lock.
-pub fn ensure_debian_package(package: &str, installed: impl Fn() -> bool) {
+pub fn ensure_debian_packages(packages: &str, installed: impl Fn() -> bool) {
     static APT: Mutex<()> = Mutex::new(());
     let _one_at_a_time = APT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if installed() {
         return;
     }
-    eprintln!("installing Debian's {package} for the tests");
-    let install = format!("apt-get install -y -qq {package}");
+    eprintln!("installing Debian's {packages} for the tests");
+    let install = format!("apt-get install -y -qq {packages}");
     let script = format!("({install} || (apt-get update -qq && {install})) >/dev/null");
     let ok = Command::new("sh")
         .args(["-c", &script])
@@ -467,7 +467,7 @@ pub fn ensure_debian_package(package: &str, installed: impl Fn() -> bool) {
         .env("DEBIAN_FRONTEND", "noninteractive")
         .status()
         .is_ok_and(|s| s.success());
-    assert!(ok && installed(), "could not install {package} with apt-get (are we root?)");
+    assert!(ok && installed(), "could not install {packages} with apt-get (are we root?)");
 }
 
 /// Whether the tests run as root (then nginx, PostgreSQL and MariaDB are

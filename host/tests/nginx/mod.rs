@@ -2,7 +2,7 @@
 //! in front of it with `uwsgi_pass`, started on loopback with a config and
 //! prefix of its own (never the system service).
 //!
-//! nginx is installed with apt-get when missing (`common::ensure_debian_package`).
+//! nginx is installed with apt-get when missing (`common::ensure_debian_packages`).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -27,7 +27,7 @@ impl Nginx {
     /// A port taken between `free_port` and nginx's bind makes nginx exit;
     /// it is then tried again on another.
     fn start(name: &str, locations: &str) -> Self {
-        crate::common::ensure_debian_package("nginx", || Path::new(NGINX).exists());
+        crate::common::ensure_debian_packages("nginx", || Path::new(NGINX).exists());
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("nginx-{name}"));
         for _attempt in 0..5 {
             let _ = std::fs::remove_dir_all(&dir);

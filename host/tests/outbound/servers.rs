@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::common::{ensure_debian_package, free_port, running_as_root, wait_for_port, KillOnDrop};
+use crate::common::{ensure_debian_packages, free_port, running_as_root, wait_for_port, KillOnDrop};
 
 /// The user, password and database every server here is set up with.
 pub const USER: &str = "app";
@@ -60,8 +60,8 @@ impl Postgres {
     }
 
     pub fn start() -> Self {
-        ensure_debian_package("postgresql", || Self::bin_dir().is_some());
-        ensure_debian_package("openssl", || Path::new("/usr/bin/openssl").exists());
+        ensure_debian_packages("postgresql", || Self::bin_dir().is_some());
+        ensure_debian_packages("openssl", || Path::new("/usr/bin/openssl").exists());
         let bin = Self::bin_dir().expect("PostgreSQL is installed");
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
@@ -138,7 +138,7 @@ pub struct Redis {
 
 impl Redis {
     pub fn start() -> Self {
-        ensure_debian_package("redis-server", || Path::new("/usr/bin/redis-server").exists());
+        ensure_debian_packages("redis-server", || Path::new("/usr/bin/redis-server").exists());
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let child = Command::new("redis-server")
@@ -175,7 +175,11 @@ pub struct MariaDb {
 
 impl MariaDb {
     pub fn start() -> Self {
-        ensure_debian_package("mariadb-server-core", || Path::new("/usr/sbin/mariadbd").exists());
+        // `mariadb-install-db` runs `my_print_defaults`, which is in the
+        // client package.
+        ensure_debian_packages("mariadb-server-core mariadb-client-core", || {
+            Path::new("/usr/sbin/mariadbd").exists() && Path::new("/usr/bin/my_print_defaults").exists()
+        });
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         // As root, the server runs as root: the package alone makes no user.
