@@ -31,7 +31,6 @@ use wasmtime::{Config, Engine};
 
 use crate::bundle;
 use crate::config::Limits;
-use crate::cores::Cores;
 
 /// What the shared instance pool is sized for.
 #[derive(Debug, Clone, Copy)]
@@ -56,8 +55,6 @@ pub struct SharedEngine {
     /// Advances the epoch (faster while guests compete for the cores) for as
     /// long as the engine is in use.
     ticker: EpochTicker,
-    /// The cores the apps' guests share.
-    cores: Arc<Cores>,
 }
 
 impl SharedEngine {
@@ -69,13 +66,7 @@ impl SharedEngine {
         let engine = new_engine(&spec)?;
         let ticker = EpochTicker::start(engine.clone());
         let components = std::sync::Mutex::default();
-        let cores = Cores::new(engine.clone());
-        Ok(Arc::new(Self { engine, spec, cache_dir: cache_dir.to_path_buf(), components, ticker, cores }))
-    }
-
-    /// The cores the apps' guests share.
-    pub fn cores(&self) -> &Arc<Cores> {
-        &self.cores
+        Ok(Arc::new(Self { engine, spec, cache_dir: cache_dir.to_path_buf(), components, ticker }))
     }
 
     /// Forgets the compiled components of every digest not in `keep` (the

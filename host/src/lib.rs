@@ -20,7 +20,6 @@
 //! | [`outbound`] | outbound network grants: the address check and the names a guest may resolve |
 //! | [`pool`] | the sandbox slots all apps share, fairly |
 //! | [`engine`] | wasmtime engine, compiled-code cache, epoch ticker |
-//! | [`cores`] | the cores all apps' guests share, fairly; preemption between apps |
 //! | [`bundle`] | the guest file tree inside `app.wasm` |
 //! | [`bindings`] | code generated from `guest-sdk/wit/wsgi.wit` |
 //! | [`error`] | typed errors and the one error → status mapping |
@@ -33,7 +32,6 @@ pub mod build;
 pub mod bundle;
 pub mod cli;
 pub mod config;
-pub mod cores;
 pub mod descriptors;
 pub mod engine;
 pub mod error;

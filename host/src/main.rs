@@ -88,14 +88,7 @@ fn run(args: RunArgs, given: &HashSet<String>) -> Result<()> {
     // Everything that can be wrong with an app is found before listening.
     let metrics = config.metrics.map(|_| wsgi_wasm::metrics::Metrics::new());
     let tenants = Arc::new(Tenants::load(&config, metrics)?);
-    // One worker more than the cores, which at most that many guests hold
-    // at once (`cores`): a worker is then always free of guests to accept,
-    // read and write, and to poll a new request's task so that it can ask
-    // for a core. With as many workers as cores, a quiet app's request
-    // waited for two spinning neighbours' ticks at each of those steps.
-    let workers = std::thread::available_parallelism().map_or(1, std::num::NonZero::get) + 1;
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
         .enable_all()
         .event_interval(EVENT_INTERVAL)
         .build()

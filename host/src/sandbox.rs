@@ -29,7 +29,6 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::bindings::{self, Header, WsgiPre};
 use crate::config::{Limits, Mount};
-use crate::cores::{AppCores, Hold};
 use crate::engine::LoadedApp;
 use crate::error::SandboxError;
 use crate::metrics::AppMetrics;
@@ -154,17 +153,8 @@ pub struct Sandbox {
     preopens: WasiFilesystemCtx,
     /// This app's share of the pool: `max_instances`, and a queue.
     slots: AppSlots,
-    /// This app's turn on the cores its guests run on.
-    cores: AppCores,
     /// Where to count what each request costs, with `--metrics`.
     metrics: Option<AppMetrics>,
-}
-
-/// What an app shares with the others: its slots of the pool, and its turn
-/// on the cores.
-pub struct Share {
-    pub slots: AppSlots,
-    pub cores: AppCores,
 }
 
 impl Drop for Sandbox {
@@ -188,7 +178,7 @@ impl Sandbox {
         limits: Limits,
         grants: Grants,
         metrics: Option<AppMetrics>,
-        share: Share,
+        slots: AppSlots,
     ) -> anyhow::Result<Self> {
         for mount in &grants.mounts {
             if let Some(root) = app.roots.iter().find(|root| overlaps(&mount.guest, root)) {
@@ -212,8 +202,7 @@ impl Sandbox {
             .map_err(anyhow::Error::from)
             .context("the component does not export the wsgi-wasm `wsgi` world")?;
         let preopens = open_preopens(&app, &grants)?;
-        let Share { slots, cores } = share;
-        Ok(Self { app, name, pre, limits, grants, slots, cores, preopens, metrics })
+        Ok(Self { app, name, pre, limits, grants, slots, preopens, metrics })
     }
 
     /// This app's metrics, with `--metrics`.
@@ -256,9 +245,8 @@ impl Sandbox {
             chunks: mpsc::channel(1).0,
         };
         let _ticking = self.app.ticking();
-        let hold = Arc::new(Hold::default());
-        let mut store = self.new_store(0, io, Arc::clone(&hold))?;
-        if let Err(err) = self.cores.run(hold, self.pre.instantiate_async(&mut store)).await {
+        let mut store = self.new_store(0, io)?;
+        if let Err(err) = self.pre.instantiate_async(&mut store).await {
             if store.data().limiter.memory_hit {
                 anyhow::bail!(
                     "the app needs more than --memory {} MiB just to start; raise --memory",
@@ -298,11 +286,7 @@ impl Sandbox {
         // enabled span costs a registry entry and a formatted field per
         // request. At debug it tags wasmtime-wasi's own events too.
         let span = tracing::debug_span!("sandbox", req_id = req.req_id);
-        // The guest runs only while it holds a core (`cores`); waiting for
-        // one counts against its deadline.
-        let hold = Arc::new(Hold::default());
-        let call = self.call(req, io, waited, Arc::clone(&hold)).instrument(span);
-        let outcome = tokio::time::timeout(timeout, self.cores.run(hold, call)).await;
+        let outcome = tokio::time::timeout(timeout, self.call(req, io, waited).instrument(span)).await;
         match outcome {
             Ok(result) => result,
             // Dropping the call future dropped the store: the instance is gone.
@@ -310,15 +294,9 @@ impl Sandbox {
         }
     }
 
-    async fn call(
-        &self,
-        req: GuestRequest,
-        io: GuestIo,
-        queue: Duration,
-        hold: Arc<Hold>,
-    ) -> Result<RunStats, SandboxError> {
+    async fn call(&self, req: GuestRequest, io: GuestIo, queue: Duration) -> Result<RunStats, SandboxError> {
         let started = Instant::now();
-        let mut store = self.new_store(req.req_id, io, hold).map_err(SandboxError::Instantiate)?;
+        let mut store = self.new_store(req.req_id, io).map_err(SandboxError::Instantiate)?;
         let wsgi = match self.pre.instantiate_async(&mut store).await {
             Ok(wsgi) => wsgi,
             Err(err) => return Err(self.classify(store.data(), err, |e| self.trapped(e, SandboxError::Instantiate))),
@@ -400,7 +378,7 @@ impl Sandbox {
         self.limits.fuel.filter(|_| matches!(err.downcast_ref(), Some(wasmtime::Trap::OutOfFuel)))
     }
 
-    fn new_store(&self, req_id: u64, io: GuestIo, hold: Arc<Hold>) -> anyhow::Result<Store<HostState>> {
+    fn new_store(&self, req_id: u64, io: GuestIo) -> anyhow::Result<Store<HostState>> {
         let log = output::LogBudget::new(req_id, self.limits.max_log_bytes, self.limits.max_log_lines);
         let mut wasi = WasiCtxBuilder::new();
         let outbound =
@@ -450,24 +428,20 @@ impl Sandbox {
         }
         // A guest yields to the executor at an epoch tick: one spinning in
         // `while True: pass` shares its core instead of holding it, and the
-        // deadline in `run` gets a chance to fire. A guest whose app holds
-        // more cores than another app that waits for one yields at once
-        // (the waiter advanced the epoch, see `cores`). Otherwise, while
-        // guests compete for the cores (1 ms ticks), a guest first runs a
-        // slice of FIRST_SLICE without yielding, so that a typical request
-        // is not sent to the back of the run queue. The first deadline must
-        // be set: a new store's is 0, already past, which made every
-        // request yield at its first instruction, so that all queued
-        // requests were started before any finished.
+        // deadline in `run` gets a chance to fire. While guests compete for
+        // the cores (1 ms ticks), a guest first runs a slice of
+        // FIRST_SLICE without yielding, so that a typical request is not
+        // sent to the back of the run queue. The first deadline must be
+        // set: a new store's is 0, already past, which made every request
+        // yield at its first instruction, so that all queued requests were
+        // started before any finished.
         let created = Instant::now();
         let contended = self.app.contended();
-        let cores = self.cores.clone();
         store.epoch_deadline_callback(move |_| {
-            let first_slice = contended.load(Ordering::Relaxed) && created.elapsed() < FIRST_SLICE;
-            Ok(if !first_slice || cores.owes_a_core(hold.held()) {
-                wasmtime::UpdateDeadline::Yield(1)
-            } else {
+            Ok(if contended.load(Ordering::Relaxed) && created.elapsed() < FIRST_SLICE {
                 wasmtime::UpdateDeadline::Continue(1)
+            } else {
+                wasmtime::UpdateDeadline::Yield(1)
             })
         });
         store.set_epoch_deadline(1);

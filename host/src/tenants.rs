@@ -26,7 +26,7 @@ use crate::engine::{LoadedApp, PoolSpec, SharedEngine};
 use crate::metrics::{AppMetrics, Metrics};
 use crate::pool::Pool;
 use crate::router::Router;
-use crate::sandbox::{Grants, Sandbox, Share};
+use crate::sandbox::{Grants, Sandbox};
 
 /// How often the apps' `wasm` files are checked for a replacement.
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(1);
@@ -328,6 +328,6 @@ fn load_app(
     let loaded = LoadedApp::load(&app.wasm, shared, &app.limits)?;
     let grants = Grants { mounts: app.mounts.clone(), env: app.env.clone(), outbound: app.outbound.clone().into() };
     let metrics = metrics.map(|m| m.app_series(&app.name));
-    let share = Share { slots: pool.register(app.limits.max_instances), cores: shared.cores().register() };
-    Sandbox::new(loaded, app.name.clone(), app.limits.clone(), grants, metrics, share)
+    let slots = pool.register(app.limits.max_instances);
+    Sandbox::new(loaded, app.name.clone(), app.limits.clone(), grants, metrics, slots)
 }
