@@ -449,9 +449,10 @@ pub fn get_json_concurrently(url: &str, n: usize) -> Vec<serde_json::Value> {
 
 /// Installs Debian's `packages` (separated by spaces) with apt-get unless
 /// `installed()` says they are there, for the tests that start a real
-/// server (nginx, PostgreSQL, Redis, MariaDB). `RUNLEVEL=1` keeps the package from starting its system
-/// service; the tests start their own, on loopback, in a directory of their
-/// own. One apt-get at a time: tests run in parallel and apt holds a lock.
+/// server (nginx, PostgreSQL, Redis, MariaDB). `RUNLEVEL=1` keeps a package
+/// from starting its system service; the tests start their own, on
+/// loopback, in a directory of their own. One apt-get at a time: tests run
+/// in parallel and apt holds a lock.
 pub fn ensure_debian_packages(packages: &str, installed: impl Fn() -> bool) {
     static APT: Mutex<()> = Mutex::new(());
     let _one_at_a_time = APT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

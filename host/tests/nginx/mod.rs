@@ -7,16 +7,18 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{client, fixture, free_port, json, raw_exchange, raw_reply, running_as_root, uwsgi_packet, Server};
+use crate::common::{
+    client, fixture, free_port, json, raw_exchange, raw_reply, running_as_root, uwsgi_packet, KillOnDrop, Server,
+};
 
 const NGINX: &str = "/usr/sbin/nginx";
 
 /// A private nginx, stopped on drop.
 struct Nginx {
-    child: Child,
+    _child: KillOnDrop,
     port: u16,
     dir: PathBuf,
 }
@@ -67,7 +69,7 @@ impl Nginx {
                     reply.starts_with("HTTP/1.1 204") && reply.contains("\r\nServer: nginx")
                 });
                 if ready {
-                    return Self { child, port, dir };
+                    return Self { _child: KillOnDrop(child), port, dir };
                 }
                 assert!(
                     Instant::now() < deadline,
@@ -90,9 +92,8 @@ impl Nginx {
 }
 
 impl Drop for Nginx {
+    // nginx itself is stopped after this, by `KillOnDrop`.
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
         if std::thread::panicking() {
             eprintln!(
                 "---- nginx error.log ----\n{}",

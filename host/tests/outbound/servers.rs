@@ -60,8 +60,9 @@ impl Postgres {
     }
 
     pub fn start() -> Self {
-        ensure_debian_packages("postgresql", || Self::bin_dir().is_some());
-        ensure_debian_packages("openssl", || Path::new("/usr/bin/openssl").exists());
+        ensure_debian_packages("postgresql openssl", || {
+            Self::bin_dir().is_some() && Path::new("/usr/bin/openssl").exists()
+        });
         let bin = Self::bin_dir().expect("PostgreSQL is installed");
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
