@@ -31,6 +31,7 @@ use wasmtime::{Config, Engine};
 
 use crate::bundle;
 use crate::config::Limits;
+use crate::yielding::LongGuests;
 
 /// What the shared instance pool is sized for.
 #[derive(Debug, Clone, Copy)]
@@ -55,6 +56,8 @@ pub struct SharedEngine {
     /// Advances the epoch (faster while guests compete for the cores) for as
     /// long as the engine is in use.
     ticker: EpochTicker,
+    /// The guests computing past their first slice, all apps together.
+    long_guests: Arc<LongGuests>,
 }
 
 impl SharedEngine {
@@ -66,7 +69,8 @@ impl SharedEngine {
         let engine = new_engine(&spec)?;
         let ticker = EpochTicker::start(engine.clone());
         let components = std::sync::Mutex::default();
-        Ok(Arc::new(Self { engine, spec, cache_dir: cache_dir.to_path_buf(), components, ticker }))
+        let long_guests = LongGuests::new(cores());
+        Ok(Arc::new(Self { engine, spec, cache_dir: cache_dir.to_path_buf(), components, ticker, long_guests }))
     }
 
     /// Forgets the compiled components of every digest not in `keep` (the
@@ -160,6 +164,11 @@ impl LoadedApp {
     /// Whether guests compete for the cores now (see [`EpochTicker`]).
     pub fn contended(&self) -> Arc<AtomicBool> {
         self.shared.ticker.contended()
+    }
+
+    /// The guests computing past their first slice (see `yielding`).
+    pub fn long_guests(&self) -> Arc<LongGuests> {
+        Arc::clone(&self.shared.long_guests)
     }
 
     /// Whether the engine meters fuel (some app has a budget), so that an
@@ -410,7 +419,7 @@ impl EpochTicker {
     pub fn start(engine: Engine) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let running = Arc::new(AtomicUsize::new(0));
-        let fast_from = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        let fast_from = cores();
         let contended = Arc::new(AtomicBool::new(false));
         let (flag, guests, fast_now) = (Arc::clone(&stop), Arc::clone(&running), Arc::clone(&contended));
         let thread = std::thread::Builder::new()
@@ -440,6 +449,11 @@ impl EpochTicker {
         self.running.fetch_add(1, Ordering::Relaxed);
         Ticking(self)
     }
+}
+
+/// The cores this process may run on: as many as tokio's worker threads.
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
 }
 
 impl Drop for EpochTicker {

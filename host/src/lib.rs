@@ -20,6 +20,7 @@
 //! | [`outbound`] | outbound network grants: the address check and the names a guest may resolve |
 //! | [`pool`] | the sandbox slots all apps share, fairly |
 //! | [`engine`] | wasmtime engine, compiled-code cache, epoch ticker |
+//! | [`yielding`] | how a guest computing for long yields while guests compete for the cores |
 //! | [`bundle`] | the guest file tree inside `app.wasm` |
 //! | [`bindings`] | code generated from `guest-sdk/wit/wsgi.wit` |
 //! | [`error`] | typed errors and the one error → status mapping |
@@ -45,3 +46,4 @@ pub mod server;
 pub mod shutdown;
 pub mod tenants;
 pub mod wsgi;
+pub mod yielding;

@@ -431,17 +431,25 @@ impl Sandbox {
         // deadline in `run` gets a chance to fire. While guests compete for
         // the cores (1 ms ticks), a guest first runs a slice of
         // FIRST_SLICE without yielding, so that a typical request is not
-        // sent to the back of the run queue. The first deadline must be
+        // sent to the back of the run queue; after it, it yields as
+        // `yielding` says, behind the requests waiting for I/O while few
+        // guests run that long. The first deadline must be
         // set: a new store's is 0, already past, which made every request
         // yield at its first instruction, so that all queued requests were
         // started before any finished.
         let created = Instant::now();
         let contended = self.app.contended();
+        let long_guests = self.app.long_guests();
+        let mut counted = None;
         store.epoch_deadline_callback(move |_| {
-            Ok(if contended.load(Ordering::Relaxed) && created.elapsed() < FIRST_SLICE {
+            Ok(if !contended.load(Ordering::Relaxed) {
+                wasmtime::UpdateDeadline::Yield(1)
+            } else if created.elapsed() < FIRST_SLICE {
                 wasmtime::UpdateDeadline::Continue(1)
             } else {
-                wasmtime::UpdateDeadline::Yield(1)
+                // Counted until the store (and this closure) is dropped.
+                counted.get_or_insert_with(|| long_guests.enter());
+                long_guests.yield_now()
             })
         });
         store.set_epoch_deadline(1);
@@ -451,9 +459,8 @@ impl Sandbox {
 
 /// How long a guest may run before its first yield while guests compete
 /// for the cores: longer than most requests take. After it, the guest
-/// yields at every epoch tick (1 ms then, see `engine::EpochTicker`), so one
-/// that computes for long holds a worker thread for a tick at a time while
-/// other requests wait for it. (Without contention, a guest yields at every
+/// yields at every epoch tick (1 ms then, see `engine::EpochTicker`), as
+/// `yielding::LongGuests` says. (Without contention, a guest yields at every
 /// 10 ms tick: running on to the end then made a lone client's hello
 /// request take 280 µs instead of 140 µs, for reasons not found.)
 const FIRST_SLICE: Duration = Duration::from_millis(10);

@@ -260,9 +260,11 @@ hosts = ["quiet.test"]
     std::thread::sleep(Duration::from_millis(500));
     let during = median_ms(&server, "quiet.test", 15);
     eprintln!("quiet: {baseline:.1} ms alone, {during:.1} ms beside the flood");
-    // Two spinning guests share the two cores with it, and yield every 1 ms
-    // tick (about 2 ms for quiet's median; 18 ms with 10 ms ticks).
-    assert!(during < baseline + 10.0, "quiet's median went from {baseline:.1} ms to {during:.1} ms");
+    // Two spinning guests share the two cores with it. They yield every 1 ms
+    // tick, behind the next poll for I/O (`yielding`): about 0.5–1 ms for
+    // quiet's median, as alone; 2 ms with plain yields, 18 ms with 10 ms
+    // ticks. The bound leaves room for the other tests running beside.
+    assert!(during < baseline + 3.0, "quiet's median went from {baseline:.1} ms to {during:.1} ms");
     for reply in flood {
         let reply = reply.join().unwrap();
         assert!(reply.starts_with(b"HTTP/1.1 504"), "{}", String::from_utf8_lossy(&reply));
