@@ -79,7 +79,7 @@ fn rereader(args: RunArgs, given: HashSet<String>, startup: &RunConfig) -> impl 
 /// slices after a guest's first 10 ms (`sandbox`), about 2 ms, and with
 /// those slices yielding behind the next I/O poll (`yielding`), 0.5–1 ms.
 /// 4 costs no CPU per request that we could measure; 1 made the p99 of a
-/// saturated server 7–10 times longer (`docs/performance.md`).
+/// saturated server 6–9 times longer (`docs/performance.md`).
 const EVENT_INTERVAL: u32 = 4;
 
 fn run(args: RunArgs, given: &HashSet<String>) -> Result<()> {
