@@ -7,7 +7,8 @@
 //! a later eager write, a copy out of a lazy range, a segment out of bounds;
 //! functions linked between a component's core instances, re-exported or
 //! later referenced as values; globals linked the same way; and a memory
-//! image that a pool slot keeps resident maps only the pages touched.
+//! image that a pool slot keeps resident maps only the pages touched, from
+//! a memfd or from a file just written.
 
 use wasmtime::{Engine, Global, GlobalType, Instance, Linker, Module, Mutability, Store, Table, Val, ValType};
 use wsgi_wasm::engine::PoolSpec;
@@ -298,20 +299,23 @@ fn paged_image() -> String {
     )
 }
 
-/// Resident size of the mapping that contains `addr`, in host pages.
-fn resident_pages_at(addr: usize) -> usize {
+/// Resident size of the mapping that contains `addr`, in host pages, and
+/// what it maps (a path, or nothing for anonymous memory).
+fn resident_pages_at(addr: usize) -> (usize, String) {
     let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
-    let mut inside = false;
+    let mut inside = None;
     for line in smaps.lines() {
-        let range = line.split(' ').next().unwrap_or("");
+        let mut fields = line.split_whitespace();
+        let range = fields.next().unwrap_or("");
         if let Some((start, end)) = range.split_once('-') {
             if let (Ok(start), Ok(end)) = (usize::from_str_radix(start, 16), usize::from_str_radix(end, 16)) {
-                inside = (start..end).contains(&addr);
+                // address perms offset dev inode [pathname]
+                inside = (start..end).contains(&addr).then(|| fields.skip(4).collect::<Vec<_>>().join(" "));
                 continue;
             }
         }
-        if let Some(kb) = line.strip_prefix("Rss:").filter(|_| inside) {
-            return kb.trim().trim_end_matches(" kB").parse::<usize>().unwrap() / 4;
+        if let (Some(kb), Some(name)) = (line.strip_prefix("Rss:"), &inside) {
+            return (kb.trim().trim_end_matches(" kB").parse::<usize>().unwrap() / 4, name.clone());
         }
     }
     panic!("no mapping contains {addr:#x}");
@@ -320,14 +324,38 @@ fn resident_pages_at(addr: usize) -> usize {
 #[test]
 fn a_resident_slot_maps_only_the_image_pages_touched_and_resets_what_was_written() {
     // The server's settings: memory kept resident, reset by PAGEMAP_SCAN.
+    // A module compiled in memory has its image copied into a memfd.
     let engine = Engine::new(&wsgi_wasm::engine::engine_config(&pool(), true)).unwrap();
     let module = Module::new(&engine, wat(&paged_image())).unwrap();
+    let mapped = assert_maps_only_touched_pages(&engine, &module);
+    assert!(mapped.starts_with("/memfd:"), "the image is mapped from {mapped:?}");
+}
+
+#[test]
+fn an_image_mapped_from_a_just_written_file_maps_only_the_pages_touched() {
+    // The server maps an image from its `.cwasm`, often written a moment
+    // before (a first start), when its page cache is in large folios: a
+    // plain read fault would map a whole folio.
+    let engine = Engine::new(&wsgi_wasm::engine::engine_config(&pool(), true)).unwrap();
+    let compiled = Module::new(&engine, wat(&paged_image())).unwrap().serialize().unwrap();
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("paged-{}.cwasm", std::process::id()));
+    std::fs::write(&path, compiled).unwrap();
+    // SAFETY: the file was written just now by this engine's `serialize`.
+    let module = unsafe { Module::deserialize_file(&engine, &path) }.unwrap();
+    let mapped = assert_maps_only_touched_pages(&engine, &module);
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(Some(mapped.as_str()), path.to_str(), "the image is mapped from the file");
+}
+
+/// Runs `module` (of `paged_image`) twice in one pool slot, writing a page
+/// and reading four others each time; returns what the image is mapped from.
+fn assert_maps_only_touched_pages(engine: &Engine, module: &Module) -> String {
     let page = 4096;
     let mut image_at = 0;
     for round in 0..2 {
-        let mut store = Store::new(&engine, ());
+        let mut store = Store::new(engine, ());
         store.set_epoch_deadline(1);
-        let instance = Instance::new(&mut store, &module, &[]).unwrap();
+        let instance = Instance::new(&mut store, module, &[]).unwrap();
         let peek = instance.get_typed_func::<i32, i32>(&mut store, "peek").unwrap();
         let poke = instance.get_typed_func::<(i32, i32), ()>(&mut store, "poke").unwrap();
         // What the first round wrote is gone: the reset copied the image back.
@@ -341,8 +369,9 @@ fn a_resident_slot_maps_only_the_image_pages_touched_and_resets_what_was_written
         image_at = memory.data_ptr(&store) as usize;
     }
     // Pages 0, 1, 16, 32 and 48 were touched. With the kernel's fault-around
-    // each read would have mapped 16 pages, all 64 in all, and every reset's
-    // scan would inspect each of them.
-    let resident = resident_pages_at(image_at);
-    assert!((5..=8).contains(&resident), "{resident} of the image's 64 pages are mapped");
+    // each read would have mapped 16 pages (a large folio, more), all 64 in
+    // all, and every reset's scan would inspect each of them.
+    let (resident, mapped) = resident_pages_at(image_at);
+    assert!((5..=8).contains(&resident), "{resident} of the image's 64 pages are mapped (from {mapped:?})");
+    mapped
 }
