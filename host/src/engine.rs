@@ -31,7 +31,6 @@ use wasmtime::{Config, Engine};
 
 use crate::bundle;
 use crate::config::Limits;
-use crate::yielding::LongGuests;
 
 /// What the shared instance pool is sized for.
 #[derive(Debug, Clone, Copy)]
@@ -56,8 +55,6 @@ pub struct SharedEngine {
     /// Advances the epoch (faster while guests compete for the cores) for as
     /// long as the engine is in use.
     ticker: EpochTicker,
-    /// The guests computing past their first slice, all apps together.
-    long_guests: Arc<LongGuests>,
 }
 
 impl SharedEngine {
@@ -69,8 +66,7 @@ impl SharedEngine {
         let engine = new_engine(&spec)?;
         let ticker = EpochTicker::start(engine.clone());
         let components = std::sync::Mutex::default();
-        let long_guests = LongGuests::new(cores());
-        Ok(Arc::new(Self { engine, spec, cache_dir: cache_dir.to_path_buf(), components, ticker, long_guests }))
+        Ok(Arc::new(Self { engine, spec, cache_dir: cache_dir.to_path_buf(), components, ticker }))
     }
 
     /// Forgets the compiled components of every digest not in `keep` (the
@@ -164,11 +160,6 @@ impl LoadedApp {
     /// Whether guests compete for the cores now (see [`EpochTicker`]).
     pub fn contended(&self) -> Arc<AtomicBool> {
         self.shared.ticker.contended()
-    }
-
-    /// The guests computing past their first slice (see `yielding`).
-    pub fn long_guests(&self) -> Arc<LongGuests> {
-        Arc::clone(&self.shared.long_guests)
     }
 
     /// Whether the engine meters fuel (some app has a budget), so that an

@@ -20,7 +20,7 @@
 //! | [`outbound`] | outbound network grants: the address check and the names a guest may resolve |
 //! | [`pool`] | the sandbox slots all apps share, fairly |
 //! | [`engine`] | wasmtime engine, compiled-code cache, epoch ticker |
-//! | [`yielding`] | how a guest computing for long yields while guests compete for the cores |
+//! | [`background`] | the low-priority runtime a guest that computes for long moves to |
 //! | [`bundle`] | the guest file tree inside `app.wasm` |
 //! | [`bindings`] | code generated from `guest-sdk/wit/wsgi.wit` |
 //! | [`error`] | typed errors and the one error → status mapping |
@@ -28,6 +28,7 @@
 //! | [`metrics`] | Prometheus metrics per app (`--metrics`) |
 
 pub mod activation;
+pub mod background;
 pub mod bindings;
 pub mod build;
 pub mod bundle;
@@ -46,4 +47,3 @@ pub mod server;
 pub mod shutdown;
 pub mod tenants;
 pub mod wsgi;
-pub mod yielding;

@@ -76,8 +76,8 @@ fn rereader(args: RunArgs, given: HashSet<String>, startup: &RunConfig) -> impl 
 /// A guest computing without pause was polled for one epoch tick (10 ms
 /// then) at a time, so with every worker running such guests another app's
 /// request waited a median 282 ms on two cores; with 4, 18 ms; with 1 ms
-/// slices after a guest's first 10 ms (`sandbox`), about 2 ms, and with
-/// those slices yielding behind the next I/O poll (`yielding`), 0.5–1 ms.
+/// slices after a guest's first 10 ms (`sandbox`), about 2 ms. (Such guests
+/// now move to a runtime of their own, `background`.)
 /// 4 costs no CPU per request that we could measure; 1 made the p99 of a
 /// saturated server 6–9 times longer (`docs/performance.md`).
 const EVENT_INTERVAL: u32 = 4;

@@ -275,7 +275,7 @@ impl Dispatcher {
         let io = GuestIo { body, on_head, chunks: chunk_tx };
         let (method, target) = (req.method, req.target);
         let task = self.tasks.spawn(async move {
-            let result = match sandbox.run(guest_req, io).await {
+            let result = match Arc::clone(&sandbox).run(guest_req, io).await {
                 Ok(stats) if !stats.head_sent => {
                     Err(SandboxError::GuestProtocol("the app finished without sending a response".into()))
                 }
