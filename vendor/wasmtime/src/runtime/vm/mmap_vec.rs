@@ -195,6 +195,18 @@ impl MmapVec {
         let mmap = Mmap::from_file(Arc::clone(&file))
             .with_context(move || format!("failed to create mmap for file {file:?}"))?;
         let len = mmap.len();
+        // wsgi-wasm patch: a read maps only the page it touches, without the
+        // kernel's fault-around or a file's large folio, so that an idle
+        // module's code and data hold in this process only the pages used.
+        // See `vendor/README.md`. Best effort: nothing changes if refused.
+        #[cfg(all(feature = "pooling-allocator", target_os = "linux"))]
+        // SAFETY: `mmap` maps `len` bytes, rounded up to whole pages, here.
+        unsafe {
+            crate::runtime::vm::sys::vm::PageMap::map_only_touched_pages(
+                mmap.as_ptr().cast_mut(),
+                len.next_multiple_of(crate::runtime::vm::host_page_size()),
+            );
+        }
         Ok(MmapVec::new_mmap(mmap, len))
     }
 

@@ -124,8 +124,9 @@ impl PageMap {
 // `vendor/README.md`.
 #[cfg(feature = "pooling-allocator")]
 impl PageMap {
-    /// Makes a read fault in `len` bytes at `ptr` (a private mapping of a
-    /// memory image) map only the page it touched.
+    /// Makes a read fault in `len` bytes at `ptr` (a private file mapping: a
+    /// memory image in a pool slot, or a module's `.cwasm`) map only the
+    /// page it touched.
     ///
     /// By default a read fault in a file mapping also maps up to 15 of its
     /// neighbours that are in the page cache ("fault-around"). Those stay
@@ -141,7 +142,7 @@ impl PageMap {
     ///
     /// # Safety
     ///
-    /// `ptr` must be the start of `len` bytes mapped by this allocator.
+    /// `ptr` must be the start of `len` bytes that wasmtime mapped.
     pub unsafe fn map_only_touched_pages(ptr: *mut u8, len: usize) -> bool {
         use rustix::fd::AsRawFd;
 
