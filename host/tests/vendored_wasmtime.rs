@@ -299,26 +299,40 @@ fn paged_image() -> String {
     )
 }
 
-/// Resident size of the mapping that contains `addr`, in host pages, and
-/// what it maps (a path, or nothing for anonymous memory).
-fn resident_pages_at(addr: usize) -> (usize, String) {
+/// One line of `/proc/self/smaps` and its `Rss`.
+struct Mapping {
+    range: std::ops::Range<usize>,
+    writable: bool,
+    /// A path, or nothing for anonymous memory.
+    name: String,
+    resident_pages: usize,
+}
+
+/// This process's mappings, from `/proc/self/smaps`.
+fn mappings() -> Vec<Mapping> {
     let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
-    let mut inside = None;
+    let mut all: Vec<Mapping> = Vec::new();
     for line in smaps.lines() {
-        let mut fields = line.split_whitespace();
-        let range = fields.next().unwrap_or("");
-        if let Some((start, end)) = range.split_once('-') {
-            if let (Ok(start), Ok(end)) = (usize::from_str_radix(start, 16), usize::from_str_radix(end, 16)) {
-                // address perms offset dev inode [pathname]
-                inside = (start..end).contains(&addr).then(|| fields.skip(4).collect::<Vec<_>>().join(" "));
-                continue;
-            }
-        }
-        if let (Some(kb), Some(name)) = (line.strip_prefix("Rss:"), &inside) {
-            return (kb.trim().trim_end_matches(" kB").parse::<usize>().unwrap() / 4, name.clone());
+        // address perms offset dev inode [pathname]
+        let fields: Vec<_> = line.split_whitespace().collect();
+        let range = fields.first().and_then(|r| r.split_once('-'));
+        if let Some((Ok(start), Ok(end))) = range.map(|(s, e)| (usize::from_str_radix(s, 16), usize::from_str_radix(e, 16))) {
+            let writable = fields.get(1).is_some_and(|perms| perms.contains('w'));
+            let name = fields.get(5..).unwrap_or_default().join(" ");
+            all.push(Mapping { range: start..end, writable, name, resident_pages: 0 });
+        } else if let (Some(kb), Some(last)) = (line.strip_prefix("Rss:"), all.last_mut()) {
+            last.resident_pages = kb.trim().trim_end_matches(" kB").parse::<usize>().unwrap() / 4;
         }
     }
-    panic!("no mapping contains {addr:#x}");
+    all
+}
+
+/// Resident size of the mapping that contains `addr`, in host pages, and
+/// what it maps.
+fn resident_pages_at(addr: usize) -> (usize, String) {
+    let mapping = mappings().into_iter().find(|m| m.range.contains(&addr));
+    let mapping = mapping.unwrap_or_else(|| panic!("no mapping contains {addr:#x}"));
+    (mapping.resident_pages, mapping.name)
 }
 
 #[test]
@@ -356,24 +370,8 @@ fn an_image_mapped_from_a_just_written_file_maps_only_the_pages_touched_as_does_
 /// Resident and mapped pages of the read-only and executable mappings of
 /// `path` (the module's own; a pool slot's image is writable).
 fn module_mapping_pages(path: &str) -> (usize, usize) {
-    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
-    let (mut resident, mut size, mut inside) = (0, 0, false);
-    for line in smaps.lines() {
-        let fields: Vec<_> = line.split_whitespace().collect();
-        if let Some((start, end)) = fields.first().and_then(|r| r.split_once('-')) {
-            if let (Ok(start), Ok(end)) = (usize::from_str_radix(start, 16), usize::from_str_radix(end, 16)) {
-                inside = fields.get(5..).is_some_and(|name| name.join(" ") == path) && !fields[1].contains('w');
-                if inside {
-                    size += (end - start) / 4096;
-                }
-                continue;
-            }
-        }
-        if let Some(kb) = line.strip_prefix("Rss:").filter(|_| inside) {
-            resident += kb.trim().trim_end_matches(" kB").parse::<usize>().unwrap() / 4;
-        }
-    }
-    (resident, size)
+    let module: Vec<_> = mappings().into_iter().filter(|m| m.name == path && !m.writable).collect();
+    (module.iter().map(|m| m.resident_pages).sum(), module.iter().map(|m| m.range.len() / 4096).sum())
 }
 
 /// Runs `module` (of `paged_image`) twice in one pool slot, writing a page
