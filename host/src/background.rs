@@ -92,9 +92,7 @@ fn runtime() -> Option<&'static Runtime> {
                 .on_thread_start(lower_priority)
                 .enable_all()
                 .build();
-            built
-                .inspect_err(|err| tracing::warn!("long-running guests stay on the main runtime: {err}"))
-                .ok()
+            built.inspect_err(|err| tracing::warn!("long-running guests stay on the main runtime: {err}")).ok()
         })
         .as_ref()
 }

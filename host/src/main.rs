@@ -72,16 +72,6 @@ fn rereader(args: RunArgs, given: HashSet<String>, startup: &RunConfig) -> impl 
     }
 }
 
-/// Task polls between two checks for I/O events (tokio's default is 61).
-/// A guest computing without pause was polled for one epoch tick (10 ms
-/// then) at a time, so with every worker running such guests another app's
-/// request waited a median 282 ms on two cores; with 4, 18 ms; with 1 ms
-/// slices after a guest's first 10 ms (`sandbox`), about 2 ms. (Such guests
-/// now move to a runtime of their own, `background`.)
-/// 4 costs no CPU per request that we could measure; 1 made the p99 of a
-/// saturated server 6–9 times longer (`docs/performance.md`).
-const EVENT_INTERVAL: u32 = 4;
-
 fn run(args: RunArgs, given: &HashSet<String>) -> Result<()> {
     // First, while this is the only thread: it clears LISTEN_FDS and the rest.
     let inherited = wsgi_wasm::activation::take()?;
@@ -90,11 +80,13 @@ fn run(args: RunArgs, given: &HashSet<String>) -> Result<()> {
     // Everything that can be wrong with an app is found before listening.
     let metrics = config.metrics.map(|_| wsgi_wasm::metrics::Metrics::new());
     let tenants = Arc::new(Tenants::load(&config, metrics)?);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .event_interval(EVENT_INTERVAL)
-        .build()
-        .context("starting the async runtime")?;
+    // tokio's defaults, event_interval (61 task polls between two looks at
+    // I/O events) included. Checking more often (it was 4, for guests that
+    // computed on these workers; they now move to `background`) woke more
+    // connections ahead of those already queued: a saturated server's p99
+    // was 25-30% longer (`docs/performance.md`).
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     runtime.block_on(async {
         tenants.check().await?;
         let listeners = server::bind(&config.http, &config.uwsgi, inherited).await?;

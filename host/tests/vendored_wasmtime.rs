@@ -316,7 +316,9 @@ fn mappings() -> Vec<Mapping> {
         // address perms offset dev inode [pathname]
         let fields: Vec<_> = line.split_whitespace().collect();
         let range = fields.first().and_then(|r| r.split_once('-'));
-        if let Some((Ok(start), Ok(end))) = range.map(|(s, e)| (usize::from_str_radix(s, 16), usize::from_str_radix(e, 16))) {
+        if let Some((Ok(start), Ok(end))) =
+            range.map(|(s, e)| (usize::from_str_radix(s, 16), usize::from_str_radix(e, 16)))
+        {
             let writable = fields.get(1).is_some_and(|perms| perms.contains('w'));
             let name = fields.get(5..).unwrap_or_default().join(" ");
             all.push(Mapping { range: start..end, writable, name, resident_pages: 0 });
