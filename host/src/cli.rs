@@ -247,6 +247,15 @@ pub struct RunArgs {
     #[arg(long)]
     pub timing: bool,
 
+    /// Write /tmp/perf-PID.map, which names each compiled guest function's
+    /// code for `perf report` (as wasm[MODULE]::function[INDEX];
+    /// `bench/profile.py` gives them their names). For profiling: the file
+    /// grows with every app loaded, and an app compiled at this start is
+    /// listed twice, the compiler's copy being dropped for the cached one;
+    /// profile a start from the cache.
+    #[arg(long)]
+    pub perf_map: bool,
+
     /// How log lines are written: `text` for people, or `json`, one JSON
     /// object per line (the access line's fields: req_id, app, status,
     /// bytes_in, bytes_out, peak_memory, app_ms, and fuel when metered).

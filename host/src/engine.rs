@@ -42,6 +42,8 @@ pub struct PoolSpec {
     /// Whether any app meters fuel (then every app's code is compiled with
     /// the checks, and an app without a budget gets an unlimited one).
     pub fuel: bool,
+    /// Whether to write `/tmp/perf-PID.map` for `perf` (`--perf-map`).
+    pub perf_map: bool,
 }
 
 /// The engine all apps run in, the compiled-code cache, and the epoch.
@@ -304,6 +306,11 @@ pub fn engine_config(spec: &PoolSpec, keep_resident: bool) -> Config {
     // when a budget is asked for (and the compiled-code cache keys on it).
     config.consume_fuel(spec.fuel);
     config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+    if spec.perf_map {
+        // Written as each module is loaded, from the cache too; it changes
+        // no compiled code.
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     // The patched wasmtime in `vendor/` serializes compiled modules in its
     // own format, so its version names the patch: the compiled-code cache
     // keys on it, and wasmtime refuses code compiled by any other build.

@@ -85,6 +85,7 @@ impl Tenants {
             slots: config.pool,
             memory_bytes: config.apps.iter().map(|a| a.limits.memory_bytes).max().unwrap_or(0),
             fuel: config.apps.iter().any(|a| a.limits.fuel.is_some()),
+            perf_map: config.perf_map,
         };
         let shared = SharedEngine::new(spec, &config.cache_dir)?;
         let pool = Pool::new(config.pool);

@@ -283,6 +283,8 @@ pub struct RunConfig {
     pub shutdown_timeout: Duration,
     /// Report per-request timing (`--timing`).
     pub timing: bool,
+    /// Write a perf map of the compiled guest code (`--perf-map`).
+    pub perf_map: bool,
     /// Where to serve `/metrics`, if anywhere.
     pub metrics: Option<SocketAddr>,
 }
@@ -348,6 +350,7 @@ impl RunConfig {
             apps,
             shutdown_timeout: server_cfg.shutdown_timeout,
             timing: args.timing,
+            perf_map: args.perf_map,
             metrics: server_cfg.metrics,
         })
     }

@@ -208,3 +208,47 @@ fn r19_a_passed_descriptor_that_is_not_a_listening_socket_is_refused() {
     assert!(!out.status.success());
     assert!(stderr.contains("descriptor 3") && stderr.contains("Accept=no"), "{stderr}");
 }
+
+#[test]
+fn r20_perf_map_names_the_compiled_guest_code_of_the_running_server() {
+    // https://github.com/wsgi-wasm/wsgi-wasm/issues/20: `bench/profile.py`
+    // places perf's samples in guest functions through this file.
+    // Without the flag, no file. This start also compiles the fixture into
+    // the cache if needed: a start that compiles lists the compiler's copy
+    // too, which is dropped for the one loaded from the cache.
+    let server = Server::start(fixture(), &[]);
+    assert_eq!(client().get(server.url("/list")).send().unwrap().status(), 200);
+    assert!(!std::path::Path::new(&format!("/tmp/perf-{}.map", server.pid())).exists());
+    drop(server);
+
+    let server = Server::start(fixture(), &["--perf-map"]);
+    assert_eq!(client().get(server.url("/list")).send().unwrap().status(), 200);
+    let path = format!("/tmp/perf-{}.map", server.pid());
+    let map = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}\n{}", server.log()));
+    let _ = std::fs::remove_file(&path);
+    // "ADDRESS SIZE NAME" per function; libpython alone has thousands.
+    let functions: Vec<(u64, u64)> = map
+        .lines()
+        .filter(|l| l.contains("::function["))
+        .map(|l| {
+            let mut f = l.split(' ');
+            let addr = u64::from_str_radix(f.next().unwrap().trim_start_matches("0x"), 16).unwrap();
+            (addr, u64::from_str_radix(f.next().unwrap(), 16).unwrap())
+        })
+        .collect();
+    assert!(functions.len() > 1000, "{} functions in {path}", functions.len());
+    // Each lies in the server's own executable mappings.
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", server.pid())).unwrap();
+    let executable: Vec<(u64, u64)> = maps
+        .lines()
+        .filter(|l| l.split_whitespace().nth(1).is_some_and(|p| p.contains('x')))
+        .filter_map(|l| l.split_whitespace().next()?.split_once('-'))
+        .map(|(a, b)| (u64::from_str_radix(a, 16).unwrap(), u64::from_str_radix(b, 16).unwrap()))
+        .collect();
+    for (addr, size) in functions.iter().step_by(97) {
+        assert!(
+            executable.iter().any(|&(lo, hi)| lo <= *addr && addr + size <= hi),
+            "{addr:#x} (+{size:#x}) is in no executable mapping of the server"
+        );
+    }
+}
