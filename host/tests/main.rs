@@ -677,6 +677,50 @@ fn r20_every_build_warms_up_on_a_404_unless_told_not_to() {
 }
 
 #[test]
+fn r20_the_automatic_warm_up_compiles_flask_and_django_templates_and_loads_djangos_locale() {
+    // https://github.com/wsgi-wasm/wsgi-wasm/issues/20: built with no flag,
+    // a template page starts with its template compiled (the Flask
+    // example's page: 170 to 2,200 requests/s; docs/performance.md).
+    let repo = common::repo();
+    let tmp = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let flask = tmp.join("apps/flask-auto.wasm");
+    let dir = repo.join("examples/flask");
+    let out = common::build_cmd(&["app:app", "-r", "requirements.txt", "-o", flask.to_str().unwrap()], &dir);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("warm-up (automatic) Jinja templates: 1 compiled"), "{stderr}");
+    let server = Server::start(&flask, &[]);
+    let page = client().get(server.url("/")).send().unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().unwrap().contains("<li>"), "the page lists the books");
+    drop(server);
+
+    // The benchmark's one-file Django site: its URLconf, its default
+    // language's catalogs and formats, and its one template.
+    let django = tmp.join("apps/django-auto.wasm");
+    let apps = repo.join("bench/apps");
+    let args = ["django_site:app", "--path", apps.to_str().unwrap(), "-r"];
+    let reqs = apps.join("django-requirements.txt");
+    let out =
+        common::build_cmd(&[&args[..], &[reqs.to_str().unwrap(), "-o", django.to_str().unwrap()]].concat(), &repo);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    for line in [
+        "warm-up (automatic) Django URL resolver: 2 patterns",
+        "warm-up (automatic) Django translations and formats: en-us",
+        "warm-up (automatic) Django templates: 1 compiled",
+    ] {
+        assert!(stderr.contains(line), "{line}\n{stderr}");
+    }
+    let server = Server::start(&django, &[]);
+    let page = client().get(server.url("/page")).send().unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().unwrap().contains("<li class=\"even\">Item 1: 10.99</li>"));
+    let item = json(client().get(server.url("/api/items/7")).send().unwrap());
+    assert_eq!(item["name"], "item 7");
+}
+
+#[test]
 fn timing_reports_where_the_time_went() {
     let server = Server::start(fixture(), &["--timing"]);
     let resp = client().get(server.url("/list")).send().unwrap();

@@ -9,8 +9,10 @@ module, in that single run:
 1. imports the app and checks that the named object is a WSGI callable;
 2. imports every dependency that ships native code, to prove it has a
    pure-Python fallback (a clear build error names the package if not);
-3. runs the automatic warm-up (a GET and a HEAD of a path that 404s, and
-   Django's URL resolver where Django is configured), the ``--warmup``
+3. runs the automatic warm-up (a GET and a HEAD of a path that 404s;
+   where Django is configured, its URL resolver, its default language's
+   catalogs and formats; and every template Django or Jinja can list,
+   compiled), the ``--warmup``
    requests, the adapter's own request path and the runtime's reseeding of
    ``random``, a few times each, so that their first-request work is in the
    snapshot;
@@ -228,28 +230,109 @@ def _warm_up(app, plan):
             _fail(f"the warm-up request {method} {target} failed:\n{traceback.format_exc()}")
         report.append({"request": f"{method} {target}", "automatic": automatic, "status": status[0] if status else None})
     if plan.get("auto_warmup"):
-        report.extend(_warm_frameworks())
+        report.extend(_warm_frameworks(app))
     return report
 
 
-def _warm_frameworks():
-    """Framework setup that public API offers and a first request would do:
-    Django's URL resolver imports the URLconf and every view module it names
-    (Django loads them lazily, by dotted path). Nothing an app must ask for."""
+def _warm_frameworks(app):
+    """Framework setup that public API offers and a first request would do,
+    nothing an app must ask for:
+
+    - Django's URL resolver imports the URLconf and every view module it
+      names (Django loads them lazily, by dotted path);
+    - Django's default language: its message catalogs and formats;
+    - every template Django or Jinja (Flask's ``app.jinja_env``, Django's
+      Jinja2 backend) can list is compiled into the engine's cache, as its
+      first render would do in every fresh instance. A template that does
+      not compile is counted, and left to fail when it is rendered.
+    """
     done = []
-    if "django" in sys.modules:
+
+    def attempt(what, step):
         try:
-            from django.conf import settings
-
-            if settings.configured:
-                from django.urls import get_resolver
-
-                patterns = get_resolver().url_patterns
-                done.append({"request": "Django URL resolver", "automatic": True, "status": f"{len(patterns)} patterns"})
+            done.append({"request": what, "automatic": True, "status": step()})
         except Exception as e:  # noqa: BLE001
             warning = traceback.format_exception_only(e)[-1].strip()
-            done.append({"request": "Django URL resolver", "automatic": True, "warning": warning})
+            done.append({"request": what, "automatic": True, "warning": warning})
+
+    django = "django" in sys.modules and _django_configured()
+    if django:
+        attempt("Django URL resolver", _django_urls)
+        attempt("Django translations and formats", _django_locale)
+        attempt("Django templates", _django_templates)
+    jinja = getattr(app, "jinja_env", None)
+    if jinja is not None and hasattr(jinja, "list_templates"):
+        attempt("Jinja templates", lambda: _compile_all(jinja.list_templates(), jinja.get_template))
     return done
+
+
+def _django_configured():
+    try:
+        from django.conf import settings
+
+        return settings.configured
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _django_urls():
+    from django.urls import get_resolver
+
+    return f"{len(get_resolver().url_patterns)} patterns"
+
+
+def _django_locale():
+    """The default language's message catalogs and number and date formats,
+    which Django reads from its tree (``.mo`` files, format modules) on
+    their first use and keeps in module-level caches."""
+    from django.conf import settings
+    from django.utils import formats, translation
+
+    translation.gettext("")
+    for name in ("DECIMAL_SEPARATOR", "THOUSAND_SEPARATOR", "NUMBER_GROUPING", "DATE_FORMAT", "DATETIME_FORMAT"):
+        formats.get_format(name)
+    return settings.LANGUAGE_CODE if settings.USE_I18N else "i18n off"
+
+
+def _django_templates():
+    from django.template import engines
+
+    counts = []
+    for backend in engines.all():
+        env = getattr(backend, "env", None)  # the Jinja2 backend
+        if env is not None and hasattr(env, "list_templates"):
+            counts.append(_compile_all(env.list_templates(), env.get_template))
+        elif hasattr(backend, "engine"):  # DjangoTemplates
+            names = sorted(set(_django_template_names(backend.engine.template_loaders)))
+            counts.append(_compile_all(names, backend.get_template))
+    return "; ".join(counts) or "no engine"
+
+
+def _django_template_names(loaders):
+    """The names every loader can find: a cached loader's own loaders, a
+    locmem loader's dict, and the files under a loader's directories."""
+    for loader in loaders:
+        if hasattr(loader, "loaders"):
+            yield from _django_template_names(loader.loaders)
+        if isinstance(getattr(loader, "templates_dict", None), dict):
+            yield from loader.templates_dict
+        get_dirs = getattr(loader, "get_dirs", None)
+        for root in get_dirs() if get_dirs else ():
+            root = os.fspath(root)
+            for parent, _dirs, files in os.walk(root):
+                for name in files:
+                    yield os.path.relpath(os.path.join(parent, name), root).replace(os.sep, "/")
+
+
+def _compile_all(names, get_template):
+    compiled = failed = 0
+    for name in names:
+        try:
+            get_template(name)
+            compiled += 1
+        except Exception:  # noqa: BLE001
+            failed += 1
+    return f"{compiled} compiled" + (f", {failed} did not compile" if failed else "")
 
 
 class _StandInHost:
