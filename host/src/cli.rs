@@ -249,8 +249,9 @@ pub struct RunArgs {
     pub timing: bool,
 
     /// Write /tmp/perf-PID.map, which names each compiled guest function's
-    /// code for `perf report` (as wasm[MODULE]::function[INDEX];
-    /// `bench/profile.py` gives them their names). For profiling: the file
+    /// code for `perf report` (wasm[MODULE]::function[INDEX], and its name
+    /// where wasmtime kept the name section; `bench/profile.py` adds the
+    /// rest). For profiling: the file
     /// grows with every app loaded, and an app compiled at this start is
     /// listed twice, the compiler's copy being dropped for the cached one;
     /// profile a start from the cache.

@@ -84,7 +84,7 @@ fn run(args: RunArgs, given: &HashSet<String>) -> Result<()> {
     // I/O events) included. Checking more often (it was 4, for guests that
     // computed on these workers; they now move to `background`) woke more
     // connections ahead of those already queued: a saturated server's p99
-    // was 25-30% longer (`docs/performance.md`).
+    // was 20-30% longer (`docs/performance.md`).
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     runtime.block_on(async {
