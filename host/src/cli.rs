@@ -50,8 +50,9 @@ pub struct BuildArgs {
     /// times, so CPython's bytecode specialization settles too. The app runs
     /// these for real: use paths without side effects. A warm-up request that
     /// raises fails the build. These add to the automatic warm-up (a GET and
-    /// a HEAD of a path that 404s; Django's URL resolver, translations and
-    /// formats; and every Django or Jinja template, compiled), which runs
+    /// a HEAD of a path that 404s; Django's URL resolver, translations,
+    /// formats and context processors; and every Django or Jinja template,
+    /// compiled), which runs
     /// unless --no-warmup is given.
     #[arg(long, value_name = "REQUEST", conflicts_with = "no_warmup")]
     pub warmup: Vec<String>,

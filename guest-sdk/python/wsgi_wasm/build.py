@@ -11,11 +11,10 @@ module, in that single run:
    pure-Python fallback (a clear build error names the package if not);
 3. runs the automatic warm-up (a GET and a HEAD of a path that 404s;
    where Django is configured, its URL resolver, its default language's
-   catalogs and formats; and every template Django or Jinja can list,
-   compiled), the ``--warmup``
-   requests, the adapter's own request path and the runtime's reseeding of
-   ``random``, a few times each, so that their first-request work is in the
-   snapshot;
+   catalogs and formats and its context processors; and every template
+   Django or Jinja can list, compiled), the ``--warmup`` requests, the
+   adapter's own request path and the runtime's reseeding of ``random``, a
+   few times each, so that their first-request work is in the snapshot;
 4. copies every mounted directory into the export directory, with bytecode
    compiled for this exact interpreter, so the host can ship the tree inside
    ``app.wasm`` and mount it read-only at the same paths for every request;
@@ -241,6 +240,7 @@ def _warm_frameworks(app):
     - Django's URL resolver imports the URLconf and every view module it
       names (Django loads them lazily, by dotted path);
     - Django's default language: its message catalogs and formats;
+    - the context processors of each Django template engine;
     - every template Django or Jinja (Flask's ``app.jinja_env``, Django's
       Jinja2 backend) can list is compiled into the engine's cache, as its
       first render would do in every fresh instance. A template that does
@@ -303,6 +303,9 @@ def _django_templates():
         if env is not None and hasattr(env, "list_templates"):
             counts.append(_compile_all(env.list_templates(), env.get_template))
         elif hasattr(backend, "engine"):  # DjangoTemplates
+            # Imports the context processors, which the first render with a
+            # request (RequestContext) would import.
+            backend.engine.template_context_processors
             names = sorted(set(_django_template_names(backend.engine.template_loaders)))
             counts.append(_compile_all(names, backend.get_template))
     return "; ".join(counts) or "no engine"
