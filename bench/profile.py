@@ -12,25 +12,23 @@ functions.
 `--perf-map` has wasmtime write /tmp/perf-PID.map with the address of each
 compiled function, named `wasm[MODULE]::function[INDEX]`, and its name when
 wasmtime kept the name section; otherwise this script names them from the
-`name` sections of the component's core modules (libpython has one). It needs `perf` (Debian's linux-perf) and `wrk`. On a
-VM without hardware counters, perf samples by timer, which is enough here.
+`name` sections of the component's core modules (libpython has one). It
+needs `perf` (Debian's linux-perf) and `wrk`. On a VM without hardware
+counters, perf samples by timer, which is enough here.
 """
 
 import argparse
 import bisect
 import collections
-import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-WSGI_WASM = REPO / "target" / "release" / "wsgi-wasm"
+from bench import WSGI_WASM, free_port, wait_ready
 
 # First match wins; the rest is "the host: other".
 GROUPS = [
@@ -99,43 +97,30 @@ def function_names(wasm):
     return names
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_ready(port, proc):
-    for _ in range(1200):
-        if proc.poll() is not None:
-            sys.exit(f"the server exited with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    sys.exit("the server did not start listening")
-
-
 def record(args, workdir):
     """Runs the server under load and perf; returns (perf.data, perf map, wrk's output)."""
+
+    def start(*flags):
+        port = free_port()
+        cmd = [str(WSGI_WASM), "run", args.wasm, "--http", f"127.0.0.1:{port}", "--no-access-log", *flags]
+        proc = subprocess.Popen(cmd + args.run_args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_ready(port, proc)
+        except BaseException:
+            proc.terminate()
+            proc.wait()
+            raise
+        return proc, port
+
     # A first start compiles the app into the cache if it is not there yet:
     # a start that compiles maps the compiler's copy of the code as well,
     # and the perf map would list both.
-    port = free_port()
-    cmd = [str(WSGI_WASM), "run", args.wasm, "--http", f"127.0.0.1:{port}", "--no-access-log"]
-    first = subprocess.Popen(cmd + args.run_args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_ready(port, first)
-    finally:
-        first.terminate()
-        first.wait()
-    port = free_port()
+    first, _ = start()
+    first.terminate()
+    first.wait()
+    server, port = start("--perf-map")
     url = f"http://127.0.0.1:{port}{args.path}"
-    cmd = [str(WSGI_WASM), "run", args.wasm, "--http", f"127.0.0.1:{port}", "--perf-map", "--no-access-log"]
-    server = subprocess.Popen(cmd + args.run_args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_ready(port, server)
         subprocess.run(["wrk", "-t2", "-c32", "-d3", url], capture_output=True, check=True)
         load = subprocess.Popen(
             ["wrk", "-t2", "-c32", f"-d{args.seconds + 2}", url], stdout=subprocess.PIPE, text=True
@@ -149,8 +134,7 @@ def record(args, workdir):
         )
         out, _ = load.communicate()
         perf_map = workdir / "perf.map"
-        shutil.copy(f"/tmp/perf-{server.pid}.map", perf_map)
-        os.unlink(f"/tmp/perf-{server.pid}.map")
+        shutil.move(f"/tmp/perf-{server.pid}.map", perf_map)
         return data, perf_map, out
     finally:
         server.terminate()

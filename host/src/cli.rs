@@ -52,8 +52,7 @@ pub struct BuildArgs {
     /// raises fails the build. These add to the automatic warm-up (a GET and
     /// a HEAD of a path that 404s; Django's URL resolver, translations,
     /// formats and context processors; and every Django or Jinja template,
-    /// compiled), which runs
-    /// unless --no-warmup is given.
+    /// compiled), which runs unless --no-warmup is given.
     #[arg(long, value_name = "REQUEST", conflicts_with = "no_warmup")]
     pub warmup: Vec<String>,
 
@@ -252,10 +251,9 @@ pub struct RunArgs {
     /// Write /tmp/perf-PID.map, which names each compiled guest function's
     /// code for `perf report` (wasm[MODULE]::function[INDEX], and its name
     /// where wasmtime kept the name section; `bench/profile.py` adds the
-    /// rest). For profiling: the file
-    /// grows with every app loaded, and an app compiled at this start is
-    /// listed twice, the compiler's copy being dropped for the cached one;
-    /// profile a start from the cache.
+    /// rest). For profiling: the file grows with every app loaded, and an
+    /// app compiled at this start is listed twice, the compiler's copy being
+    /// dropped for the cached one; profile a start from the cache.
     #[arg(long)]
     pub perf_map: bool,
 

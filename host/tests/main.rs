@@ -699,10 +699,9 @@ fn r20_the_automatic_warm_up_compiles_flask_and_django_templates_and_loads_djang
     // language's catalogs and formats, and its one template.
     let django = tmp.join("apps/django-auto.wasm");
     let apps = repo.join("bench/apps");
-    let args = ["django_site:app", "--path", apps.to_str().unwrap(), "-r"];
     let reqs = apps.join("django-requirements.txt");
-    let out =
-        common::build_cmd(&[&args[..], &[reqs.to_str().unwrap(), "-o", django.to_str().unwrap()]].concat(), &repo);
+    let (apps, reqs, out) = (apps.to_str().unwrap(), reqs.to_str().unwrap(), django.to_str().unwrap());
+    let out = common::build_cmd(&["django_site:app", "--path", apps, "-r", reqs, "-o", out], &repo);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     for line in [
