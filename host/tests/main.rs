@@ -15,7 +15,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{client, fixture, json, raw_exchange, Server};
+use common::{client, fixture, json, raw_exchange, raw_get, raw_text, Server};
 
 fn fixture_server() -> Server {
     Server::start(fixture(), &[])
@@ -61,12 +61,11 @@ fn environ_follows_pep_3333() {
 #[test]
 fn path_info_is_decoded_with_the_latin1_rule_and_headers_are_joined() {
     let server = fixture_server();
-    let reply = raw_exchange(
+    let reply = raw_text(
         server.addr,
         b"GET /environ/caf%C3%A9%2Fx?q=%C3%A9 HTTP/1.1\r\nHost: t\r\nAccept: a\r\nAccept: b\r\nCookie: a=1\r\nCookie: b=2\r\nConnection: close\r\n\r\n",
-        Duration::from_secs(30),
     );
-    let env = common::body_json(&reply);
+    let env = common::body_json(reply.as_bytes());
     // The UTF-8 bytes of "é" arrive as two latin-1 characters; %2F decodes to "/".
     assert_eq!(env["PATH_INFO"], "/environ/caf\u{c3}\u{a9}/x");
     assert_eq!(env["QUERY_STRING"], "q=%C3%A9");
@@ -298,8 +297,7 @@ fn an_exception_before_start_response_is_a_500_without_the_traceback() {
 #[test]
 fn an_exception_after_the_headers_cuts_the_connection() {
     let server = fixture_server();
-    let reply = raw_exchange(server.addr, b"GET /raise-after HTTP/1.1\r\nHost: t\r\n\r\n", Duration::from_secs(30));
-    let text = String::from_utf8_lossy(&reply);
+    let text = raw_text(server.addr, b"GET /raise-after HTTP/1.1\r\nHost: t\r\n\r\n");
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.contains("first part"), "{text}");
     // No terminating zero-length chunk: the client can tell the body is cut.
@@ -326,30 +324,16 @@ fn write_callable_file_wrapper_exc_info_and_validator() {
 #[test]
 fn a_small_complete_body_gets_a_content_length_and_a_custom_reason_is_kept() {
     let server = fixture_server();
-    let reply = raw_exchange(
-        server.addr,
-        b"GET /list HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
-        Duration::from_secs(30),
-    );
-    let text = String::from_utf8_lossy(&reply).to_lowercase();
+    let text = raw_get(server.addr, "t", "/list").to_lowercase();
     assert!(text.contains("content-length: 4\r\n") && !text.contains("transfer-encoding"), "{text}");
-    let reply = raw_exchange(
-        server.addr,
-        b"GET /status?code=418 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
-        Duration::from_secs(30),
-    );
-    assert!(String::from_utf8_lossy(&reply).starts_with("HTTP/1.1 418 I'm a teapot\r\n"));
+    let text = raw_get(server.addr, "t", "/status?code=418");
+    assert!(text.starts_with("HTTP/1.1 418 I'm a teapot\r\n"));
 }
 
 #[test]
 fn an_injected_header_never_reaches_the_wire() {
     let server = fixture_server();
-    let reply = raw_exchange(
-        server.addr,
-        b"GET /bad-header HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
-        Duration::from_secs(30),
-    );
-    let text = String::from_utf8_lossy(&reply);
+    let text = raw_get(server.addr, "t", "/bad-header");
     assert!(text.starts_with("HTTP/1.1 500"), "{text}");
     assert!(!text.contains("pwned") && !text.contains("should never be seen"), "{text}");
 }
@@ -357,17 +341,10 @@ fn an_injected_header_never_reaches_the_wire() {
 #[test]
 fn head_204_and_304_have_no_body() {
     let server = fixture_server();
-    let reply = raw_exchange(
-        server.addr,
-        b"HEAD /big?size=1000 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
-        Duration::from_secs(30),
-    );
-    let text = String::from_utf8_lossy(&reply);
+    let text = raw_text(server.addr, b"HEAD /big?size=1000 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
     assert!(text.starts_with("HTTP/1.1 200") && text.ends_with("\r\n\r\n"), "{text:?}");
     for code in ["204", "304"] {
-        let req = format!("GET /status?code={code} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
-        let reply = raw_exchange(server.addr, req.as_bytes(), Duration::from_secs(30));
-        let text = String::from_utf8_lossy(&reply);
+        let text = raw_get(server.addr, "t", &format!("/status?code={code}"));
         assert!(text.starts_with(&format!("HTTP/1.1 {code}")) && text.ends_with("\r\n\r\n"), "{text:?}");
         assert!(!text.to_lowercase().contains("transfer-encoding"), "{text:?}");
     }
@@ -376,12 +353,7 @@ fn head_204_and_304_have_no_body() {
 #[test]
 fn keep_alive_and_pipelining_serve_requests_in_order() {
     let server = fixture_server();
-    let reply = raw_exchange(
-        server.addr,
-        b"GET /counter?1 HTTP/1.1\r\nHost: t\r\n\r\nGET /list HTTP/1.1\r\nHost: t\r\n\r\nGET /counter?3 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
-        Duration::from_secs(30),
-    );
-    let text = String::from_utf8_lossy(&reply);
+    let text = raw_text(server.addr, b"GET /counter?1 HTTP/1.1\r\nHost: t\r\n\r\nGET /list HTTP/1.1\r\nHost: t\r\n\r\nGET /counter?3 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
     assert_eq!(text.matches("HTTP/1.1 200").count(), 3, "{text}");
     let first = text.find("\"counter\"").unwrap();
     let second = text.find("abc\n").unwrap();
@@ -641,7 +613,7 @@ fn headers_seen_at_warm_up_skip_the_checks_but_still_bind_the_response() {
 
 #[test]
 fn r20_every_build_warms_up_on_a_404_unless_told_not_to() {
-    // https://github.com/wsgi-wasm/wsgi-wasm/issues/20
+    // Issue 20.
     let apps = common::repo().join("tests/apps");
     let tmp = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
     let build = |name: &str, target: &str, extra: &[&str]| {
@@ -678,7 +650,7 @@ fn r20_every_build_warms_up_on_a_404_unless_told_not_to() {
 
 #[test]
 fn r20_the_automatic_warm_up_compiles_flask_and_django_templates_and_loads_djangos_locale() {
-    // https://github.com/wsgi-wasm/wsgi-wasm/issues/20: built with no flag,
+    // Issue 20: built with no flag,
     // a template page starts with its template compiled (the Flask
     // example's page: 170 to 2,200 requests/s; docs/performance.md).
     let repo = common::repo();

@@ -393,6 +393,18 @@ pub fn raw_exchange(addr: SocketAddr, request: &[u8], timeout: Duration) -> Vec<
     out
 }
 
+/// The whole reply to `request`, sent on a connection of its own, as text;
+/// the server must close the connection within 30 s.
+pub fn raw_text(addr: SocketAddr, request: &[u8]) -> String {
+    String::from_utf8_lossy(&raw_exchange(addr, request, Duration::from_secs(30))).into_owned()
+}
+
+/// The whole reply to a `GET target` with `Host: host` and `Connection:
+/// close`, as text.
+pub fn raw_get(addr: SocketAddr, host: &str, target: &str) -> String {
+    raw_text(addr, format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
+}
+
 /// A uwsgi packet of these vars, with no body.
 pub fn uwsgi_packet(vars: &[(&str, &str)]) -> Vec<u8> {
     let mut block = Vec::new();

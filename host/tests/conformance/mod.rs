@@ -34,7 +34,7 @@ fn refused(server: &Server, name: &str, request: &[u8], status: &str) {
 
 #[test]
 fn r16_a_half_closed_client_gets_its_whole_response() {
-    // https://github.com/wsgi-wasm/wsgi-wasm/issues/16
+    // Issue 16.
     let server = server();
     for (name, request, body) in [
         ("get", &b"GET /list HTTP/1.1\r\nHost: t\r\n\r\n"[..], "abc\n"),

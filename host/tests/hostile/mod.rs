@@ -53,7 +53,7 @@ fn still_serves(server: &Server) {
 
 #[test]
 fn r22_statuses_outside_200_to_599_never_reach_the_wire() {
-    // https://github.com/wsgi-wasm/wsgi-wasm/issues/22
+    // Issue 22.
     let server = hostile_server(&[]);
     for status in ["999%20WAT", "600%20Nope", "199%20Early", "100%20Continue", "000%20Zero", "20%20Short"] {
         assert_refused(&server, "/raw/status", &format!("s={status}"));

@@ -315,7 +315,7 @@ fn a_uwsgi_body_is_read_exactly_up_to_content_length() {
 
 #[test]
 fn nginx_passes_on_nothing_the_host_refused_and_notices_a_cut_response() {
-    // https://github.com/wsgi-wasm/wsgi-wasm/issues/22: the guest skips the SDK.
+    // Issue 22: the guest skips the SDK.
     let (server, nginx) = fixture_behind_nginx("hostile");
     let get = |target: &str| {
         let request = format!("GET {target} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
@@ -359,7 +359,7 @@ fn nginx_passes_on_nothing_the_host_refused_and_notices_a_cut_response() {
 
 #[test]
 fn r16_nginx_passes_header_names_in_the_apps_case() {
-    // https://github.com/wsgi-wasm/wsgi-wasm/issues/16, as nginx's own uwsgi
+    // Issue 16, as nginx's own uwsgi
     // tests expect: `X-Forwarded-For: foo, bar, bazz`, byte for byte.
     let (_server, nginx) = fixture_behind_nginx("case");
     let request = b"GET /case HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
@@ -377,7 +377,7 @@ fn r16_nginx_passes_header_names_in_the_apps_case() {
 
 #[test]
 fn r17_nginx_sends_every_tenant_to_one_socket_and_the_host_or_uwsgi_appid_picks_the_app() {
-    // https://github.com/wsgi-wasm/wsgi-wasm/issues/17
+    // Issue 17.
     let config = crate::tenants::Config::new(crate::tenants::ROUTED);
     let server = config.serve(&["--uwsgi", "127.0.0.1:0"]);
     let up = server.uwsgi_addr();

@@ -13,7 +13,7 @@ use crate::common::{cache_dir, client, fixture, metrics_url, raw_exchange, uwsgi
 
 #[test]
 fn r19_metrics_count_known_traffic_exactly_per_app() {
-    // https://github.com/wsgi-wasm/wsgi-wasm/issues/19
+    // Issue 19.
     let server = Server::start(
         fixture(),
         &["--metrics", "127.0.0.1:0", "--timeout", "2", "--memory", "64", "--max-body-bytes", "1000"],
@@ -71,7 +71,7 @@ fn r19_metrics_count_known_traffic_exactly_per_app() {
 
 #[test]
 fn r19_json_log_lines_parse_and_name_the_request_app_and_status() {
-    // https://github.com/wsgi-wasm/wsgi-wasm/issues/19
+    // Issue 19.
     let mut server = Server::start(fixture(), &["--log-format", "json", "--memory", "64"]);
     let c = client();
     assert_eq!(c.get(server.url("/list")).send().unwrap().status(), 200);
@@ -158,7 +158,7 @@ fn uwsgi_over(mut stream: impl Read + Write) -> String {
 
 #[test]
 fn r19_systemd_sockets_are_served_by_name_then_by_address_and_nothing_else_is_bound() {
-    // https://github.com/wsgi-wasm/wsgi-wasm/issues/19
+    // Issue 19.
     let dir = tempfile::tempdir().unwrap();
     let web = TcpListener::bind("127.0.0.1:0").unwrap();
     let by_address = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -195,7 +195,7 @@ fn r19_systemd_sockets_are_served_by_name_then_by_address_and_nothing_else_is_bo
 
 #[test]
 fn r19_a_passed_descriptor_that_is_not_a_listening_socket_is_refused() {
-    // https://github.com/wsgi-wasm/wsgi-wasm/issues/19
+    // Issue 19.
     // Accept=yes passes a connection, not a listener.
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let conn = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
@@ -211,7 +211,7 @@ fn r19_a_passed_descriptor_that_is_not_a_listening_socket_is_refused() {
 
 #[test]
 fn r20_perf_map_names_the_compiled_guest_code_of_the_running_server() {
-    // https://github.com/wsgi-wasm/wsgi-wasm/issues/20: `bench/profile.py`
+    // Issue 20: `bench/profile.py`
     // places perf's samples in guest functions through this file.
     // Without the flag, no file. This start also compiles the fixture into
     // the cache if needed: a start that compiles lists the compiler's copy

@@ -47,7 +47,7 @@ const NO_TLS: &str = "TLS is not available in the sandbox";
 
 #[test]
 fn r18_pg8000_writes_in_one_request_and_reads_back_in_the_next() {
-    // https://github.com/wsgi-wasm/wsgi-wasm/issues/18
+    // Issue 18.
     let pg = Postgres::start();
     let server = Server::start(clients(), &["--allow-outbound", &format!("127.0.0.1:{}", pg.port)]);
     let at = login(pg.port);
@@ -67,7 +67,7 @@ fn r18_pg8000_writes_in_one_request_and_reads_back_in_the_next() {
 
 #[test]
 fn r18_redis_py_counts_across_requests() {
-    // https://github.com/wsgi-wasm/wsgi-wasm/issues/18
+    // Issue 18.
     let redis = Redis::start();
     let server = Server::start(clients(), &["--allow-outbound", &format!("127.0.0.1:{}", redis.port)]);
     let at = format!("host=127.0.0.1&port={}&key=hits", redis.port);
@@ -83,7 +83,7 @@ fn r18_redis_py_counts_across_requests() {
 
 #[test]
 fn r18_pymysql_writes_in_one_request_and_reads_back_in_the_next() {
-    // https://github.com/wsgi-wasm/wsgi-wasm/issues/18
+    // Issue 18.
     let db = MariaDb::start();
     let server = Server::start(clients(), &["--allow-outbound", &format!("127.0.0.1:{}", db.port)]);
     let at = login(db.port);
@@ -93,7 +93,7 @@ fn r18_pymysql_writes_in_one_request_and_reads_back_in_the_next() {
 
 #[test]
 fn r18_the_socket_module_connects_sends_reads_and_times_out_and_nothing_else() {
-    // https://github.com/wsgi-wasm/wsgi-wasm/issues/18
+    // Issue 18.
     let peer = HttpServer::start();
     // Accepts (in the kernel's backlog) and never answers.
     let silent = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -124,7 +124,7 @@ fn r18_the_socket_module_connects_sends_reads_and_times_out_and_nothing_else() {
 
 #[test]
 fn r18_sockets_bound_and_never_connected_count_against_the_cap() {
-    // https://github.com/wsgi-wasm/wsgi-wasm/issues/18
+    // Issue 18.
     // Each takes one of the host's ports: no more than
     // --max-outbound-connections of them, per request.
     let server = Server::start(clients(), &["--allow-outbound", "127.0.0.1:1", "--max-outbound-connections", "3"]);
@@ -136,7 +136,7 @@ fn r18_sockets_bound_and_never_connected_count_against_the_cap() {
 
 #[test]
 fn r18_tls_is_refused_before_a_single_byte_is_sent() {
-    // https://github.com/wsgi-wasm/wsgi-wasm/issues/18
+    // Issue 18.
     // A TLS handshake through `ssl` gets a clear SSLError, and the peer sees
     // a connection that carries nothing: no ClientHello, no clear text.
     let peer = TcpListener::bind("127.0.0.1:0").unwrap();

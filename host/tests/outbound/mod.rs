@@ -55,7 +55,7 @@ fn fetch(server: &Server, query: &str) -> Result<String, String> {
 
 #[test]
 fn r18_a_granted_address_is_reached_and_everything_else_is_refused() {
-    // https://github.com/wsgi-wasm/wsgi-wasm/issues/18
+    // Issue 18.
     let peer = HttpServer::start();
     let other = HttpServer::start();
     let grant = format!("127.0.0.1:{}", peer.port);
@@ -86,7 +86,7 @@ fn r18_a_granted_address_is_reached_and_everything_else_is_refused() {
 
 #[test]
 fn r18_a_granted_name_resolves_but_loopback_needs_its_own_grant() {
-    // https://github.com/wsgi-wasm/wsgi-wasm/issues/18
+    // Issue 18.
     let peer = HttpServer::start();
     let name_only = format!("localhost:{}", peer.port);
     let server = Server::start(fixture(), &["--allow-outbound", &name_only]);
@@ -102,7 +102,7 @@ fn r18_a_granted_name_resolves_but_loopback_needs_its_own_grant() {
 
 #[test]
 fn r18_without_a_grant_there_is_no_network_and_a_bad_grant_is_refused() {
-    // https://github.com/wsgi-wasm/wsgi-wasm/issues/18
+    // Issue 18.
     let peer = HttpServer::start();
     let server = Server::start(fixture(), &[]);
     let err = fetch(&server, &format!("host=127.0.0.1&port={}", peer.port)).unwrap_err();
@@ -115,7 +115,7 @@ fn r18_without_a_grant_there_is_no_network_and_a_bad_grant_is_refused() {
 
 #[test]
 fn r18_the_network_is_off_while_an_app_is_built_and_on_for_its_requests() {
-    // https://github.com/wsgi-wasm/wsgi-wasm/issues/18
+    // Issue 18.
     // A connection tried at build time would leave the guest's libc with a
     // network handle no request has (every request's first socket call then
     // trapped): the build refuses it with a clear error instead.
@@ -141,7 +141,7 @@ fn r18_the_network_is_off_while_an_app_is_built_and_on_for_its_requests() {
 
 #[test]
 fn r18_a_refusal_names_the_missing_grant_in_the_apps_exception() {
-    // https://github.com/wsgi-wasm/wsgi-wasm/issues/18
+    // Issue 18.
     let peer = HttpServer::start();
     let server = Server::start(fixture(), &["--allow-outbound", "10.0.0.1:80"]);
     let err = fetch(&server, &format!("host=127.0.0.1&port={}", peer.port)).unwrap_err();
@@ -157,7 +157,7 @@ fn r18_a_refusal_names_the_missing_grant_in_the_apps_exception() {
 
 #[test]
 fn r18_a_request_opens_at_most_max_outbound_connections() {
-    // https://github.com/wsgi-wasm/wsgi-wasm/issues/18
+    // Issue 18.
     let peer = HttpServer::start();
     let grant = format!("127.0.0.1:{}", peer.port);
     let server = Server::start(fixture(), &["--allow-outbound", &grant, "--max-outbound-connections", "3"]);

@@ -10,7 +10,9 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{body_json, cache_dir, fixture, metrics_url, raw_exchange, uwsgi_packet, wsgi_wasm, Server};
+use crate::common::{
+    body_json, cache_dir, fixture, metrics_url, raw_exchange, raw_text, uwsgi_packet, wsgi_wasm, Server,
+};
 
 /// A config file in a fresh directory, with `wasm = "fixture.wasm"` usable
 /// as a path relative to it.
@@ -50,6 +52,18 @@ impl Config {
         assert!(!out.status.success(), "started: {stderr}");
         stderr
     }
+}
+
+/// A config of fixture apps: `head` (`[server]`, `[defaults]`), then for
+/// each `(name, keys)` an `[apps.NAME]` at host `NAME.test`, serving
+/// `fixture.wasm` unless `keys` name another `wasm`.
+pub fn fixture_apps(head: &str, apps: &[(&str, &str)]) -> String {
+    let mut toml = head.to_owned();
+    for (name, keys) in apps {
+        let wasm = if keys.contains("wasm =") { "" } else { "wasm = \"fixture.wasm\"\n" };
+        toml.push_str(&format!("\n[apps.{name}]\n{wasm}hosts = [\"{name}.test\"]\n{keys}\n"));
+    }
+    toml
 }
 
 /// A GET of `path` with this `Host`, over a connection of its own.
@@ -94,7 +108,7 @@ env = { TENANT = "site" }
 
 #[test]
 fn r17_apps_are_chosen_by_host_then_prefix_and_a_miss_is_the_hosts_own_404() {
-    // https://github.com/wsgi-wasm/wsgi-wasm/issues/17
+    // Issue 17.
     let config = Config::new(ROUTED);
     let server = config.serve(&["--metrics", "127.0.0.1:0"]);
     let owned = |t: &str, s: &str, p: &str| (t.to_owned(), s.to_owned(), p.to_owned());
@@ -132,7 +146,7 @@ fn r17_apps_are_chosen_by_host_then_prefix_and_a_miss_is_the_hosts_own_404() {
 
 #[test]
 fn r17_uwsgi_appid_chooses_the_app_and_otherwise_the_host_does() {
-    // https://github.com/wsgi-wasm/wsgi-wasm/issues/17
+    // Issue 17.
     let config = Config::new(ROUTED);
     let server = config.serve(&["--uwsgi", "127.0.0.1:0"]);
     let ask = |vars: &[(&str, &str)]| {
@@ -169,23 +183,11 @@ fn r17_uwsgi_appid_chooses_the_app_and_otherwise_the_host_does() {
 
 #[test]
 fn r17_each_app_has_its_own_limits_and_a_flag_overrides_the_file_for_all() {
-    // https://github.com/wsgi-wasm/wsgi-wasm/issues/17
-    let config = Config::new(
-        r#"
-[defaults]
-timeout = 30
-
-[apps.hasty]
-wasm = "fixture.wasm"
-hosts = ["hasty.test"]
-timeout = 1
-
-[apps.patient]
-wasm = "fixture.wasm"
-hosts = ["patient.test"]
-max_body_bytes = 100
-"#,
-    );
+    // Issue 17.
+    let config = Config::new(&fixture_apps(
+        "[defaults]\ntimeout = 30\n",
+        &[("hasty", "timeout = 1"), ("patient", "max_body_bytes = 100")],
+    ));
     let server = config.serve(&[]);
     assert_eq!(get(&server, "hasty.test", "/sleep?s=2.5").0, 504);
     assert_eq!(get(&server, "patient.test", "/sleep?s=2.5"), (200, "slept\n".to_owned()));
@@ -195,7 +197,7 @@ max_body_bytes = 100
             "POST /echo HTTP/1.1\r\nHost: {host}\r\nContent-Length: 200\r\nConnection: close\r\n\r\n{}",
             "x".repeat(200)
         );
-        String::from_utf8_lossy(&raw_exchange(server.addr, request.as_bytes(), Duration::from_secs(30))).into_owned()
+        raw_text(server.addr, request.as_bytes())
     };
     assert!(post("hasty.test").starts_with("HTTP/1.1 200"));
     assert!(post("patient.test").starts_with("HTTP/1.1 413"));
@@ -221,29 +223,14 @@ fn median_ms(server: &Server, host: &str, n: usize) -> f64 {
 
 #[test]
 fn r17_a_tenant_spinning_at_its_cap_and_flooding_its_queue_does_not_slow_another() {
-    // https://github.com/wsgi-wasm/wsgi-wasm/issues/17
+    // Issue 17.
     // A pool of 12 for two apps whose caps (12 each) add up to 24: each is
     // owed a share of 6, so a flood of noisy's requests runs 6 at once, more
     // than there are cores, and the other 6 slots stay free for quiet.
-    let config = Config::new(
-        r#"
-[server]
-max_instances = 12
-
-[defaults]
-max_instances = 12
-queue_timeout = 30
-
-[apps.noisy]
-wasm = "fixture.wasm"
-hosts = ["noisy.test"]
-timeout = 3
-
-[apps.quiet]
-wasm = "fixture.wasm"
-hosts = ["quiet.test"]
-"#,
-    );
+    let config = Config::new(&fixture_apps(
+        "[server]\nmax_instances = 12\n\n[defaults]\nmax_instances = 12\nqueue_timeout = 30\n",
+        &[("noisy", "timeout = 3"), ("quiet", "")],
+    ));
     let server = config.serve(&[]);
     let baseline = median_ms(&server, "quiet.test", 15);
     // Twelve requests in `while True: pass`: 6 run, the rest wait in noisy's
@@ -274,7 +261,7 @@ hosts = ["quiet.test"]
 
 #[test]
 fn r17_each_config_error_is_refused_naming_the_file_the_app_and_the_key() {
-    // https://github.com/wsgi-wasm/wsgi-wasm/issues/17
+    // Issue 17.
     let app = "[apps.shop]\nwasm = \"fixture.wasm\"\n";
     for (toml, needle) in [
         (format!("{app}timout = 3\n"), "[apps.shop]: unknown field `timout`"),
@@ -339,18 +326,8 @@ fn deploy(from: &std::path::Path, to: &std::path::Path) {
 
 #[test]
 fn r17_a_replaced_wasm_is_served_within_seconds_and_no_request_fails_meanwhile() {
-    // https://github.com/wsgi-wasm/wsgi-wasm/issues/17
-    let config = Config::new(
-        r#"
-[apps.shop]
-wasm = "shop.wasm"
-hosts = ["shop.test"]
-
-[apps.spare]
-wasm = "v2.wasm"
-hosts = ["spare.test"]
-"#,
-    );
+    // Issue 17.
+    let config = Config::new(&fixture_apps("", &[("shop", "wasm = \"shop.wasm\""), ("spare", "wasm = \"v2.wasm\"")]));
     // `spare` serves v2 from the start, so its code is compiled and cached:
     // the swap then loads it in milliseconds, as a deploy of a built app does.
     let shop = config.dir.path().join("shop.wasm");
@@ -369,8 +346,7 @@ hosts = ["spare.test"]
                 let mut seen = Vec::new();
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     let request = b"GET /counter HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\r\n";
-                    let reply =
-                        String::from_utf8_lossy(&raw_exchange(addr, request, Duration::from_secs(30))).into_owned();
+                    let reply = raw_text(addr, request);
                     seen.push(reply);
                 }
                 seen
@@ -418,7 +394,7 @@ hosts = ["spare.test"]
 
 #[test]
 fn r17_sighup_adds_and_removes_apps_and_a_bad_config_changes_nothing() {
-    // https://github.com/wsgi-wasm/wsgi-wasm/issues/17
+    // Issue 17.
     let config = Config::new(ROUTED);
     let server = config.serve(&[]);
     let hup = |server: &Server| {
@@ -429,7 +405,7 @@ fn r17_sighup_adds_and_removes_apps_and_a_bad_config_changes_nothing() {
     let addr = server.addr;
     let inflight = std::thread::spawn(move || {
         let request = b"GET /blog/sleep?s=2 HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n";
-        String::from_utf8_lossy(&raw_exchange(addr, request, Duration::from_secs(30))).into_owned()
+        raw_text(addr, request)
     });
     assert!(server.wait_for_log("sleep started", Duration::from_secs(10)), "{}", server.log());
     let without_blog = ROUTED.replace("[apps.blog]", "[apps.news]").replace("\"/blog\"", "\"/news\"");
