@@ -107,16 +107,13 @@ impl Metrics {
             registry: Registry::default(),
         };
         registry.register("requests", "Requests answered, by status code", m.requests.clone());
-        registry.register(
-            "request_duration_seconds",
-            "Time from the request's dispatch to the end of its response",
-            m.duration.clone(),
-        );
-        registry.register(
-            "instantiate_duration_seconds",
-            "Time to create a request's store and instance",
-            m.instantiate.clone(),
-        );
+        for (name, help, family) in [
+            ("request_duration_seconds", "Time from the request's dispatch to the end of its response", &m.duration),
+            ("instantiate_duration_seconds", "Time to create a request's store and instance", &m.instantiate),
+            ("request_memory_bytes", "Each request's peak linear memory", &m.memory),
+        ] {
+            registry.register(name, help, family.clone());
+        }
         registry.register("instances_active", "Sandboxes alive now", m.instances.clone());
         registry.register("queue_depth", "Requests waiting for a sandbox slot", m.queue.clone());
         registry.register(
@@ -125,7 +122,6 @@ impl Metrics {
             m.limits.clone(),
         );
         registry.register("guest_errors", "Requests whose app failed: exception, trap, exit", m.guest_errors.clone());
-        registry.register("request_memory_bytes", "Each request's peak linear memory", m.memory.clone());
         registry.register("connections_active", "Open client connections", m.connections.clone());
         registry.register("app_info", "1 for the version of each app being served", m.info.clone());
         registry.register("reloads", "Reloads of an app (a new or changed version), by result", m.reloads.clone());
