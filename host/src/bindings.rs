@@ -16,6 +16,6 @@ pub use self::wsgi_wasm::guest::host::{add_to_linker, Header, Host};
 pub const HOST_INTERFACE: &str = "wsgi-wasm:guest/host@0.3.0";
 
 /// The `log` interface's instance name. The host defines its one function by
-/// hand (`sandbox::add_log_to_linker`), so the trait generated for it is
+/// hand (`sandbox::exchange::add_to_linker`), so the trait generated for it is
 /// left unimplemented.
 pub const LOG_INTERFACE: &str = "wsgi-wasm:guest/log@0.3.0";

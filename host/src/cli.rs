@@ -1,12 +1,11 @@
 //! Command-line arguments, as clap parses them. No logic lives here: every
-//! default that depends on another flag, and every check, is in `config.rs`.
+//! default that depends on another flag, and every check, is in `config`,
+//! which reads these records (this module imports nothing of the crate).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-
-use crate::protocol::uwsgi::UwsgiAddr;
 
 /// Run WSGI apps in a fresh WebAssembly sandbox per request.
 #[derive(Debug, Parser)]
@@ -95,7 +94,7 @@ pub struct RunArgs {
     /// on a Unix socket, `unix:/path/to.sock`; repeat for more. Without
     /// --http, no HTTP listener is started.
     #[arg(long = "uwsgi", value_name = "ADDR")]
-    pub uwsgi: Vec<UwsgiAddr>,
+    pub uwsgi: Vec<String>,
 
     /// Permissions of uwsgi Unix socket files, in octal. The web server's
     /// user must be able to write to the socket.

@@ -1,36 +1,23 @@
-//! The one wasmtime `Engine` every app shares ([`SharedEngine`], with the
-//! thread that drives epoch interruption), and each compiled app: its
-//! `Component` and its unpacked guest file tree ([`LoadedApp`]).
+//! The one wasmtime `Engine` every app shares ([`SharedEngine`]), with the
+//! thread that drives epoch interruption ([`EpochTicker`]).
 //!
 //! The engine allocates instances from one pool for all apps ([`PoolSpec`]):
 //! one slot per possible live sandbox, reserved at startup, so a request's
 //! instance costs no mmap or munmap and its memory is reset to the snapshot
-//! in place. Which app may use how many slots is `pool`'s business.
-//!
-//! An `app.wasm` is untrusted input. Before anything is compiled, its size is
-//! capped ([`MAX_APP_BYTES`]), its file tree is checked as it is unpacked
-//! (see `bundle`), and every import it names must be one this host provides
-//! ([`check_imports`]).
-//!
-//! Compiling an 18–30 MB Python component takes seconds, so the compiled code
-//! is cached on disk, keyed by the file's SHA-256 and by the engine's own
-//! compatibility hash (wasmtime version and every setting that affects code).
-//! A second start of the same `app.wasm` deserializes it in milliseconds.
+//! in place. Which app may use how many slots is `pool`'s business; what an
+//! `app.wasm` must pass before it is compiled is `upload`'s, and where the
+//! compiled code is kept is `codecache`'s.
 
-use std::hash::{Hash, Hasher};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
-use sha2::{Digest, Sha256};
-use wasmtime::component::Component;
+use anyhow::{Context, Result};
 use wasmtime::{Config, Engine};
 
-use crate::bundle;
-use crate::config::Limits;
+use crate::codecache::CodeCache;
 
 /// What the shared instance pool is sized for.
 #[derive(Debug, Clone, Copy)]
@@ -50,10 +37,8 @@ pub struct PoolSpec {
 pub struct SharedEngine {
     pub engine: Engine,
     pub spec: PoolSpec,
-    cache_dir: PathBuf,
-    /// Compiled components by digest: apps with the same `wasm` share one,
-    /// and with it one copy of its code and memory image.
-    components: std::sync::Mutex<std::collections::HashMap<String, Component>>,
+    /// Compiled components, on disk and in memory.
+    pub cache: CodeCache,
     /// Advances the epoch (faster while guests compete for the cores) for as
     /// long as the engine is in use.
     ticker: EpochTicker,
@@ -67,14 +52,19 @@ impl SharedEngine {
     pub fn new(spec: PoolSpec, cache_dir: &Path) -> Result<Arc<Self>> {
         let engine = new_engine(&spec)?;
         let ticker = EpochTicker::start(engine.clone());
-        let components = std::sync::Mutex::default();
-        Ok(Arc::new(Self { engine, spec, cache_dir: cache_dir.to_path_buf(), components, ticker }))
+        let cache = CodeCache::new(cache_dir);
+        Ok(Arc::new(Self { engine, spec, cache, ticker }))
     }
 
-    /// Forgets the compiled components of every digest not in `keep` (the
-    /// versions no longer served, after a reload).
-    pub fn keep_only(&self, keep: &[&str]) {
-        self.components.lock().expect("never poisoned").retain(|digest, _| keep.contains(&digest.as_str()));
+    /// Counts an instance as running while the guard lives: the epoch ticks
+    /// faster while guests compete for the cores.
+    pub fn ticking(&self) -> Ticking<'_> {
+        self.ticker.enter()
+    }
+
+    /// Whether guests compete for the cores now (see [`EpochTicker`]).
+    pub fn contended(&self) -> Arc<AtomicBool> {
+        self.ticker.contended()
     }
 }
 
@@ -89,149 +79,6 @@ pub const FAST_TICK: Duration = Duration::from_millis(1);
 /// (an unrelated process that wakes every millisecond does the same on this
 /// machine: 208 µs), so it ticks only as often as deadlines need.
 pub const SLOW_TICK: Duration = Duration::from_millis(10);
-
-/// A loaded, compiled app, ready to be linked and instantiated.
-pub struct LoadedApp {
-    /// The engine every instance of this app runs in.
-    pub engine: Engine,
-    /// The compiled component.
-    pub component: Component,
-    /// The unpacked file tree, mounted read-only at the guest's `/`: each of
-    /// its top-level directories is one of the guest's roots.
-    pub tree_dir: PathBuf,
-    /// Those roots' guest paths, which a `--mount` may not shadow.
-    pub roots: Vec<String>,
-    /// Hex SHA-256 of the `app.wasm` file, for logs.
-    pub digest: String,
-    /// The engine it was loaded into, kept alive (and its epoch ticking)
-    /// as long as the app is loaded.
-    shared: Arc<SharedEngine>,
-}
-
-impl LoadedApp {
-    /// Reads, checks and compiles (or loads the cached compilation of) `path`.
-    ///
-    /// # Errors
-    /// Fails with a message saying what is wrong if the file is not a
-    /// component made by `wsgi-wasm build`, does not compile, needs more
-    /// memory than `limits` allow, or the cache directory is not writable.
-    pub fn load(path: &Path, shared: &Arc<SharedEngine>, limits: &Limits) -> Result<Self> {
-        let cache_dir = &shared.cache_dir;
-        let size = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?.len();
-        if size > MAX_APP_BYTES {
-            bail!("{} is {} MiB; an app.wasm may be at most {} MiB", path.display(), size >> 20, MAX_APP_BYTES >> 20);
-        }
-        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        let digest = bundle::hex(&Sha256::digest(&bytes));
-        let payload = bundle::find(&bytes).with_context(|| format!("{} is not a wsgi-wasm app", path.display()))?;
-        let tree_dir = cache_dir.join("trees").join(&digest);
-        let roots = bundle::unpack(payload, &tree_dir).with_context(|| format!("{} is refused", path.display()))?;
-
-        let shape = inspect(&bytes).with_context(|| format!("{} is not a valid component", path.display()))?;
-        check_imports(&shape.imports).with_context(|| format!("{} is refused", path.display()))?;
-        let needed = shape.initial_memory;
-        if needed > limits.memory_bytes as u64 {
-            bail!(
-                "the app needs {} MiB of memory just to start (its snapshot); raise --memory to at least that",
-                needed.div_ceil(1 << 20)
-            );
-        }
-        let engine = shared.engine.clone();
-        let mut compat = std::collections::hash_map::DefaultHasher::new();
-        engine.precompile_compatibility_hash().hash(&mut compat);
-        let compiled = cache_dir.join("compiled").join(format!("{digest}-{:016x}.cwasm", compat.finish()));
-        let known = shared.components.lock().expect("never poisoned").get(&digest).cloned();
-        let component = match known {
-            Some(component) => component,
-            None => {
-                let component = load_or_compile(&engine, &bytes, &compiled)
-                    .with_context(|| format!("{} is not a valid component", path.display()))?;
-                shared.components.lock().expect("never poisoned").insert(digest.clone(), component.clone());
-                component
-            }
-        };
-        Ok(Self { engine, component, tree_dir, roots, digest, shared: Arc::clone(shared) })
-    }
-
-    /// Counts an instance of this app as running while the guard lives: the
-    /// epoch ticks faster while guests compete for the cores.
-    pub fn ticking(&self) -> Ticking<'_> {
-        self.shared.ticker.enter()
-    }
-
-    /// Whether guests compete for the cores now (see [`EpochTicker`]).
-    pub fn contended(&self) -> Arc<AtomicBool> {
-        self.shared.ticker.contended()
-    }
-
-    /// Whether the engine meters fuel (some app has a budget), so that an
-    /// app without one still needs fuel in every store.
-    pub fn metered(&self) -> bool {
-        self.shared.spec.fuel
-    }
-}
-
-/// The largest `app.wasm` accepted. Flask with its dependencies is about
-/// 28 MB, Django about 34 MB.
-pub const MAX_APP_BYTES: u64 = 256 << 20;
-
-/// What a component asks of the host, read without compiling it.
-struct Shape {
-    /// The largest initial linear memory of its core modules: the snapshot's
-    /// size, which every instance starts with.
-    initial_memory: u64,
-    /// The names of its top-level imports (`wasi:io/streams@0.2.0`, ...).
-    imports: Vec<String>,
-}
-
-fn inspect(component: &[u8]) -> Result<Shape> {
-    use wasmparser::Payload;
-    let mut shape = Shape { initial_memory: 0, imports: Vec::new() };
-    // Nested modules and components come inline; only depth 0 is the
-    // component's own interface to the host.
-    let mut depth = 0usize;
-    for payload in wasmparser::Parser::new(0).parse_all(component) {
-        match payload? {
-            Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
-            Payload::End(_) => depth = depth.saturating_sub(1),
-            Payload::ComponentImportSection(reader) if depth == 0 => {
-                for import in reader {
-                    shape.imports.push(import?.name.name.to_owned());
-                }
-            }
-            Payload::MemorySection(reader) => {
-                for memory in reader {
-                    let memory = memory?;
-                    let page = 1u64 << memory.page_size_log2.unwrap_or(16);
-                    shape.initial_memory = shape.initial_memory.max(memory.initial.saturating_mul(page));
-                }
-            }
-            _ => {}
-        }
-    }
-    Ok(shape)
-}
-
-/// The interfaces this host provides: WASI 0.2's (as wasmtime-wasi links
-/// them) and our own world's.
-const PROVIDED: &[&str] =
-    &["wasi:cli/", "wasi:clocks/", "wasi:filesystem/", "wasi:io/", "wasi:random/", "wasi:sockets/"];
-
-/// Refuses a component that imports anything the host does not provide,
-/// before it is compiled. The linker checks the types too, after.
-fn check_imports(imports: &[String]) -> Result<()> {
-    for name in imports {
-        let wasi = PROVIDED.iter().any(|p| name.starts_with(p)) && name.contains("@0.2.");
-        let ours = name == crate::bindings::HOST_INTERFACE || name == crate::bindings::LOG_INTERFACE;
-        if !(wasi || ours) {
-            bail!(
-                "it imports `{name}`, which this host does not provide; it was built for another host, or by another \
-                 version of wsgi-wasm (rebuild it with this one's `wsgi-wasm build`)"
-            );
-        }
-    }
-    Ok(())
-}
 
 /// Memory each pool slot keeps mapped after its request. Only the pages the
 /// request wrote are copied back from the snapshot (found with Linux's
@@ -323,60 +170,6 @@ pub fn engine_config(spec: &PoolSpec, keep_resident: bool) -> Config {
 /// The version of the vendored, patched wasmtime (see `vendor/README.md`).
 /// Bump the suffix whenever the patch changes what a compiled module holds.
 const WASMTIME_VERSION: &str = "48.0.8+wsgi-wasm.2";
-
-fn load_or_compile(engine: &Engine, bytes: &[u8], cached: &Path) -> Result<Component> {
-    if cached.is_file() {
-        // SAFETY: the file is in our own cache directory, was written by
-        // `Component::serialize` of an engine with the same compatibility hash
-        // (it is in the name), and is moved into place only once complete.
-        match unsafe { Component::deserialize_file(engine, cached) } {
-            Ok(component) => {
-                tracing::info!(path = %cached.display(), "loaded compiled code from the cache");
-                return Ok(component);
-            }
-            Err(err) => tracing::warn!(
-                path = %cached.display(), cause = %err, "ignoring unusable cached code"
-            ),
-        }
-    }
-    let started = Instant::now();
-    tracing::info!("compiling the component (once per app.wasm and wasmtime version)");
-    let component = Component::new(engine, bytes)?;
-    tracing::info!(elapsed = ?started.elapsed(), "compiled");
-    if let Err(err) = store_compiled(&component, cached) {
-        tracing::warn!(cause = %err, "could not cache compiled code; the next start compiles again");
-        return Ok(component);
-    }
-    // Served from the file just written, as a second start would: its code
-    // is then page cache, not this process's own memory (10 apps compiled
-    // at start held 722 MiB of anonymous memory, against 346 MiB of PSS in
-    // all from the cache). The compiler's freed memory goes back to the
-    // system too.
-    drop(component);
-    // SAFETY: as above; the file was written and moved into place just now.
-    let reloaded = unsafe { Component::deserialize_file(engine, cached) };
-    // SAFETY: malloc_trim only returns free heap memory to the system.
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    unsafe {
-        libc::malloc_trim(0)
-    };
-    match reloaded {
-        Ok(component) => Ok(component),
-        Err(err) => {
-            tracing::warn!(path = %cached.display(), cause = %err, "cannot load the code just cached; compiling again");
-            Ok(Component::new(engine, bytes)?)
-        }
-    }
-}
-
-fn store_compiled(component: &Component, cached: &Path) -> Result<()> {
-    let dir = cached.parent().context("cache path has no parent")?;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = cached.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, component.serialize()?)?;
-    std::fs::rename(&tmp, cached)?;
-    Ok(())
-}
 
 /// Advances the engine's epoch on a thread of its own: every [`FAST_TICK`]
 /// while guests compete for the cores, else every [`SLOW_TICK`]. A guest

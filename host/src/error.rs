@@ -6,6 +6,10 @@
 
 use http::StatusCode;
 
+/// The boxed error a request body may fail with, whatever protocol it came
+/// from (hyper's, or the uwsgi reader's I/O error).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// How one request's sandbox failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {

@@ -2,43 +2,48 @@
 //!
 //! # Layout
 //!
-//! Dependencies point down this list; nothing imports a module above it.
+//! Dependencies point down this list; nothing imports a module above it
+//! (`docs/architecture.md` draws the layers, and `layers::tests` checks
+//! every `use crate::` against that drawing).
 //!
 //! | module | owns |
 //! |---|---|
-//! | [`cli`] | clap arguments, documented; no logic |
-//! | [`config`] | validated, defaulted configuration and limits |
-//! | [`build`] | `wsgi-wasm build`: toolchain, requirements, snapshot, output |
+//! | [`package`] | `wsgi-wasm build`: an app and its requirements → `app.wasm` |
 //! | [`server`] | listeners, accept loop, connection cap, graceful drain |
 //! | [`activation`] | the listening sockets systemd passes (`LISTEN_FDS`) |
 //! | [`shutdown`] | SIGINT/SIGTERM → cancellation; a second signal exits |
+//! | [`descriptors`] | the descriptor budget, checked against `RLIMIT_NOFILE` |
 //! | [`protocol`] | wire protocols (HTTP/1.1 via hyper; uwsgi) → [`wsgi::WsgiRequest`] |
 //! | [`wsgi`] | CGI environ, response validation and framing, routing and dispatch |
 //! | [`tenants`] | the apps served: each loaded into its sandbox, and the routing table |
-//! | [`router`] | which app a request is for: `UWSGI_APPID`, host, prefix |
 //! | [`sandbox`] | one fresh store and instance per request; limits; host imports |
-//! | [`outbound`] | outbound network grants: the address check and the names a guest may resolve |
 //! | [`pool`] | the sandbox slots all apps share, fairly |
-//! | [`engine`] | wasmtime engine, compiled-code cache, epoch ticker |
 //! | [`background`] | the low-priority runtime a guest that computes for long moves to |
+//! | [`upload`] | an untrusted `app.wasm`, checked, then compiled |
+//! | [`engine`] | the wasmtime engine, its instance pool and epoch ticker |
+//! | [`codecache`] | compiled code on disk and in memory |
 //! | [`bundle`] | the guest file tree inside `app.wasm` |
 //! | [`bindings`] | code generated from `guest-sdk/wit/wsgi.wit` |
+//! | [`config`] | validated, defaulted configuration and limits; listen addresses |
+//! | [`cli`] | clap arguments, documented; no logic |
+//! | [`router`] | which app a request is for: `UWSGI_APPID`, host, prefix |
+//! | [`outbound`] | outbound network grants: the address check and the names a guest may resolve |
 //! | [`error`] | typed errors and the one error → status mapping |
-//! | [`descriptors`] | the descriptor budget, checked against `RLIMIT_NOFILE` |
 //! | [`metrics`] | Prometheus metrics per app (`--metrics`) |
 
 pub mod activation;
 pub mod background;
 pub mod bindings;
-pub mod build;
 pub mod bundle;
 pub mod cli;
+pub mod codecache;
 pub mod config;
 pub mod descriptors;
 pub mod engine;
 pub mod error;
 pub mod metrics;
 pub mod outbound;
+pub mod package;
 pub mod pool;
 pub mod protocol;
 pub mod router;
@@ -46,4 +51,8 @@ pub mod sandbox;
 pub mod server;
 pub mod shutdown;
 pub mod tenants;
+pub mod upload;
 pub mod wsgi;
+
+#[cfg(test)]
+mod layers;

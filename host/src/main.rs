@@ -14,7 +14,7 @@ use wsgi_wasm::cli::{Cli, Command, RunArgs};
 use wsgi_wasm::config::{BuildConfig, RunConfig};
 use wsgi_wasm::server::ServeOptions;
 use wsgi_wasm::tenants::Tenants;
-use wsgi_wasm::{build, server, shutdown};
+use wsgi_wasm::{package, server, shutdown};
 
 fn main() -> ExitCode {
     let matches = Cli::command().get_matches();
@@ -34,7 +34,7 @@ fn main() -> ExitCode {
         builder.with_ansi(std::io::stderr().is_terminal()).init();
     }
     let result = match cli.command {
-        Command::Build(args) => BuildConfig::from_args(args).and_then(|cfg| build::build(&cfg)),
+        Command::Build(args) => BuildConfig::from_args(args).and_then(|cfg| package::build(&cfg)),
         Command::Run(args) => run(args, &given_flags(&matches)),
     };
     match result {

@@ -18,9 +18,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::activation::{Inherited, Socket};
-use crate::config::{ServerLimits, UwsgiConfig};
+use crate::config::{ServerLimits, UwsgiAddr, UwsgiConfig};
 use crate::protocol;
-use crate::protocol::uwsgi::UwsgiAddr;
 use crate::tenants::Tenants;
 use crate::wsgi::{ConnInfo, Dispatcher};
 

@@ -22,11 +22,12 @@ use anyhow::{bail, Context, Result};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{AppConfig, RunConfig};
-use crate::engine::{LoadedApp, PoolSpec, SharedEngine};
+use crate::engine::{PoolSpec, SharedEngine};
 use crate::metrics::{AppMetrics, Metrics};
 use crate::pool::Pool;
 use crate::router::Router;
 use crate::sandbox::{Grants, Sandbox};
+use crate::upload::LoadedApp;
 
 /// How often the apps' `wasm` files are checked for a replacement.
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(1);
@@ -194,7 +195,7 @@ impl Tenants {
         *self.served.write().expect("the table lock is never poisoned") = Arc::new(new);
         let new = self.served();
         let digests: Vec<&str> = new.apps.iter().map(|e| e.sandbox.digest()).collect();
-        self.shared.keep_only(&digests);
+        self.shared.cache.keep_only(&digests);
         for entry in &old.apps {
             if !new.apps.iter().any(|e| Arc::ptr_eq(&e.sandbox, &entry.sandbox)) {
                 entry.sandbox.retire();

@@ -15,9 +15,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
-use super::{seconds, AppConfig, Limits, Mount, ServerLimits, UwsgiConfig};
+use super::{seconds, AppConfig, Limits, Mount, ServerLimits, UwsgiAddr, UwsgiConfig};
 use crate::cli::RunArgs;
-use crate::protocol::uwsgi::UwsgiAddr;
 
 /// Generates a table of optional settings, with the layering helpers.
 macro_rules! table {
@@ -126,7 +125,7 @@ impl Settings {
     pub fn from_args(args: &RunArgs) -> Result<Self> {
         let server = ServerTable {
             http: Some(args.http.clone()),
-            uwsgi: Some(args.uwsgi.iter().map(ToString::to_string).collect()),
+            uwsgi: Some(args.uwsgi.clone()),
             uwsgi_mode: Some(args.uwsgi_mode.clone()),
             uwsgi_buffer_size: Some(args.uwsgi_buffer_size),
             max_connections: Some(args.max_connections),

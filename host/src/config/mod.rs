@@ -16,7 +16,6 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use crate::cli::{BuildArgs, RunArgs};
-use crate::protocol::uwsgi::UwsgiAddr;
 
 /// The app a build wraps: `module:callable`, with an optional factory call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -236,6 +235,38 @@ impl Mount {
             bail!("{key} {spec}: the guest path must be absolute, without . or .. (e.g. /data)");
         }
         Ok(Self { host, guest: guest.to_owned(), writable })
+    }
+}
+
+/// What a uwsgi listener listens on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UwsgiAddr {
+    Tcp(SocketAddr),
+    Unix(std::path::PathBuf),
+}
+
+impl std::str::FromStr for UwsgiAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err("`unix:` needs a socket path, e.g. unix:/run/app.sock".into());
+            }
+            return Ok(Self::Unix(path.into()));
+        }
+        s.parse()
+            .map(Self::Tcp)
+            .map_err(|_| format!("`{s}`: expected HOST:PORT (e.g. 127.0.0.1:3031) or unix:/path/to.sock"))
+    }
+}
+
+impl std::fmt::Display for UwsgiAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tcp(addr) => write!(f, "{addr}"),
+            Self::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
     }
 }
 

@@ -12,48 +12,51 @@
 //! This module knows nothing of HTTP: the request body comes in as a
 //! [`RequestBody`], and the response leaves through [`GuestIo`] as raw bytes
 //! that the `wsgi` layer validates and frames.
+//!
+//! One file per job:
+//! - this one: linking an app, and each request's store, instance and call;
+//! - `exchange`: the host imports of our world (the request body in, the
+//!   response out, `wsgi.errors`), with their framing rules;
+//! - `files` and `network`: what the operator grants (the file tree and
+//!   mounts; the outbound connections and name lookups);
+//! - `limiter`, `output`, `random`: the per-request memory limit, the log
+//!   budget, and `wasi:random` in bulk.
+//!
+//! A new host import (key derivation, TLS) is a file of its own here, and
+//! the work it does for the guest is bounded by the request's own limits.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use bytes::Bytes;
 use http_body_util::BodyExt;
 use tokio::sync::mpsc;
 use tracing::Instrument;
-use wasmtime::component::{HasSelf, Linker, ResourceTable, ResourceTableError, WasmStr};
-use wasmtime::{ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime::component::{Linker, ResourceTable, ResourceTableError};
+use wasmtime::Store;
 use wasmtime_wasi::filesystem::WasiFilesystemCtx;
-use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::background;
-use crate::bindings::{self, Header, WsgiPre};
+use crate::bindings::WsgiPre;
 use crate::config::{Limits, Mount};
-use crate::engine::LoadedApp;
 use crate::error::SandboxError;
 use crate::metrics::AppMetrics;
-use crate::outbound::Policy;
 use crate::pool::AppSlots;
+use crate::upload::LoadedApp;
 
+mod exchange;
+mod files;
+mod limiter;
+mod network;
 mod output;
 mod random;
 
-/// Errors a request body may fail with.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// The request body, whatever protocol it came from.
-pub type RequestBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
-
-/// The status line and headers the guest sent, not yet validated.
-#[derive(Debug)]
-pub struct RawHead {
-    pub status: Vec<u8>,
-    pub headers: Vec<(Vec<u8>, Vec<u8>)>,
-    /// `Some(len)` when the guest sent the whole body with the head.
-    pub complete_len: Option<u64>,
-    /// Where the time went until the head was sent (`app` so far).
-    pub timing: Timing,
-}
+pub use self::exchange::{ChunkSender, GuestIo, HeadAccepted, HeadHandler, HeadRefused, RawHead, RequestBody};
+use self::exchange::{Exchange, Fault};
+use self::limiter::Limiter;
+use self::network::Network;
 
 /// Where one request's time went, for `--timing`.
 #[derive(Debug, Default, Clone, Copy)]
@@ -66,39 +69,6 @@ pub struct Timing {
     pub app: Duration,
     /// Dropping the instance.
     pub teardown: Duration,
-}
-
-/// What the response side decided about a head the guest sent.
-#[derive(Debug, Clone, Copy)]
-pub struct HeadAccepted {
-    /// The response carries no body (HEAD, 204, 304): drop what the app writes.
-    pub discard_body: bool,
-    /// The body's length as the head declares it: the guest must send
-    /// exactly this many bytes. Past it the body is cut and the request
-    /// fails; short of it, the request fails when the guest returns.
-    pub length: Option<u64>,
-}
-
-/// Why a head did not go out.
-#[derive(Debug)]
-pub enum HeadRefused {
-    /// The head breaks the protocol; the message says how.
-    Invalid(String),
-    /// Nobody is left to send it to.
-    ClientGone,
-}
-
-/// Validates a head and passes it on.
-pub type HeadHandler = Box<dyn FnOnce(RawHead) -> Result<HeadAccepted, HeadRefused> + Send>;
-
-/// Body chunks on their way to the client.
-pub type ChunkSender = mpsc::Sender<Bytes>;
-
-/// The request's side of the boundary: where the guest reads and writes.
-pub struct GuestIo {
-    pub body: RequestBody,
-    pub on_head: HeadHandler,
-    pub chunks: ChunkSender,
 }
 
 /// The CGI variables and scheme for one call of `handle`.
@@ -133,7 +103,7 @@ pub struct Grants {
     /// The environment `os.environ` holds.
     pub env: Vec<(String, String)>,
     /// Outbound connections (`--allow-outbound`); none by default. Shared
-    /// by every request's [`Policy`].
+    /// by every request's `outbound::Policy`.
     pub outbound: Arc<[crate::outbound::Grant]>,
 }
 
@@ -181,20 +151,12 @@ impl Sandbox {
         metrics: Option<AppMetrics>,
         slots: AppSlots,
     ) -> anyhow::Result<Self> {
-        for mount in &grants.mounts {
-            if let Some(root) = app.roots.iter().find(|root| overlaps(&mount.guest, root)) {
-                anyhow::bail!(
-                    "--mount at {} would shadow the app's own files at {root}; choose another guest path",
-                    mount.guest
-                );
-            }
-        }
+        files::check_mounts(&app, &grants.mounts)?;
         let mut linker = Linker::<HostState>::new(&app.engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         random::add_bulk_get_random_bytes(&mut linker)?;
-        bindings::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
-        add_log_to_linker(&mut linker)?;
-        restrict_name_lookup(&mut linker)?;
+        exchange::add_to_linker(&mut linker)?;
+        network::restrict_name_lookup(&mut linker)?;
         let pre = linker
             .instantiate_pre(&app.component)
             .map_err(anyhow::Error::from)
@@ -202,7 +164,7 @@ impl Sandbox {
         let pre = WsgiPre::new(pre)
             .map_err(anyhow::Error::from)
             .context("the component does not export the wsgi-wasm `wsgi` world")?;
-        let preopens = open_preopens(&app, &grants)?;
+        let preopens = files::open_preopens(&app, &grants.mounts)?;
         Ok(Self { app, name, pre, limits, grants, slots, preopens, metrics })
     }
 
@@ -327,8 +289,9 @@ impl Sandbox {
             m.instantiated(timing.instantiate);
         }
         let app_started = Instant::now();
-        store.data_mut().timing = timing;
-        store.data_mut().app_started = app_started;
+        let exchange = &mut store.data_mut().exchange;
+        exchange.timing = timing;
+        exchange.app_started = app_started;
         let result = wsgi.call_handle(&mut store, req.url_scheme, &req.environ, &self.grants.env).await;
         let app = app_started.elapsed();
         let state = store.data_mut();
@@ -337,8 +300,8 @@ impl Sandbox {
             // response the host cut must not end as if it were whole.
             // (A guest that caught a MemoryError and answered did not fail.)
             Ok(Ok(())) => {
-                state.check_body_length();
-                self.host_fault(state).map_or(Ok(state.stats), Err)
+                state.exchange.check_body_length();
+                self.host_fault(state).map_or(Ok(state.exchange.stats), Err)
             }
             Ok(Err(traceback)) => {
                 Err(self.classify(state, traceback, |tb| SandboxError::App(output::cut(&tb, MAX_TRACEBACK))))
@@ -370,7 +333,7 @@ impl Sandbox {
 
     /// What the host saw go wrong, if anything did.
     fn host_fault(&self, state: &HostState) -> Option<SandboxError> {
-        Some(match state.fault.as_ref()? {
+        Some(match state.exchange.fault.as_ref()? {
             Fault::Protocol(msg) => SandboxError::GuestProtocol(msg.clone()),
             Fault::ClientGone(why) => SandboxError::ClientGone(why.clone()),
             Fault::BadBody(why) => SandboxError::BadBody(why.clone()),
@@ -402,11 +365,7 @@ impl Sandbox {
     fn new_store(&self, req_id: u64, io: GuestIo, moving: background::Move) -> anyhow::Result<Store<HostState>> {
         let log = output::LogBudget::new(req_id, self.limits.max_log_bytes, self.limits.max_log_lines);
         let mut wasi = WasiCtxBuilder::new();
-        let outbound =
-            (!self.grants.outbound.is_empty()).then(|| Arc::new(Policy::new(Arc::clone(&self.grants.outbound))));
-        if let Some(policy) = &outbound {
-            grant_outbound(&mut wasi, policy, req_id, self.limits.max_outbound_connections);
-        }
+        let network = Network::grant(&mut wasi, &self.grants.outbound, req_id, self.limits.max_outbound_connections);
         wasi.stdout(output::GuestLog::new(Arc::clone(&log), "stdout"))
             .stderr(output::GuestLog::new(Arc::clone(&log), "stderr"));
         let mut wasi = wasi.build();
@@ -418,25 +377,10 @@ impl Sandbox {
         let state = HostState {
             wasi,
             table,
-            outbound,
-            dns_refused: false,
+            network,
             log,
-            limiter: Limiter {
-                inner: StoreLimitsBuilder::new().memory_size(self.limits.memory_bytes).build(),
-                memory_hit: false,
-                peak: 0,
-            },
-            io,
-            pending: Bytes::new(),
-            discard_body: false,
-            length: None,
-            head: HeadState::Waiting,
-            stats: RunStats::default(),
-            fault: None,
-            timing: Timing::default(),
-            app_started: Instant::now(),
-            body_timeout: self.limits.body_timeout,
-            max_response_bytes: self.limits.max_response_bytes,
+            limiter: Limiter::new(self.limits.memory_bytes),
+            exchange: Exchange::new(io, self.limits.body_timeout, self.limits.max_response_bytes, req_id),
             req_id,
         };
         let mut store = Store::new(&self.app.engine, state);
@@ -490,409 +434,29 @@ impl Sandbox {
 /// background threads ran 70 ms in 10 s of load; none with ticks).
 const FIRST_SLICE: u32 = 10;
 
-/// Lets a store's guest open up to `max` TCP connections that `policy`
-/// grants, and nothing else: no listening, no UDP. The first refusal of a
-/// request is logged, naming the address.
-///
-/// `max` counts local ports, not connect calls: wasmtime-wasi asks for a
-/// `TcpBind` of the unspecified address once per socket that takes a port,
-/// whether the guest binds it itself or a connect binds it implicitly. So
-/// a guest cannot hold more than `max` of the host's ports by binding
-/// sockets it never connects (it cannot listen on them either).
-fn grant_outbound(wasi: &mut WasiCtxBuilder, policy: &Arc<Policy>, req_id: u64, max: usize) {
-    use std::sync::atomic::{AtomicBool, AtomicUsize};
-    use wasmtime_wasi::sockets::SocketAddrUse;
-    let policy_for_check = Arc::clone(policy);
-    let warned = Arc::new(AtomicBool::new(false));
-    let ports = Arc::new(AtomicUsize::new(0));
-    // Name lookup is on: `restrict_name_lookup` decides which names (an IP
-    // literal resolves to itself, and getaddrinfo asks for those too).
-    wasi.allow_tcp(true).allow_udp(false).allow_ip_name_lookup(true).socket_addr_check(move |addr, usage| {
-        let (policy, warned, ports) = (Arc::clone(&policy_for_check), Arc::clone(&warned), Arc::clone(&ports));
-        Box::pin(async move {
-            let refused = match usage {
-                // A socket taking a local port: any port of any address
-                // (the kernel picks), up to `max` of them.
-                SocketAddrUse::TcpBind if addr.ip().is_unspecified() && addr.port() == 0 => {
-                    if ports.fetch_add(1, Ordering::Relaxed) < max {
-                        return true;
-                    }
-                    format!("refused an outbound connection: past --max-outbound-connections {max}")
-                }
-                SocketAddrUse::TcpConnect if policy.allows(addr).await => return true,
-                SocketAddrUse::TcpConnect => {
-                    format!("refused an outbound connection: no --allow-outbound grants {addr}")
-                }
-                SocketAddrUse::TcpBind | SocketAddrUse::TcpListen => {
-                    "refused a bind: a sandbox cannot listen for connections".to_owned()
-                }
-                _ => "refused UDP: a sandbox has none".to_owned(),
-            };
-            if !warned.swap(true, Ordering::Relaxed) {
-                tracing::warn!(req_id, %addr, ?usage, "{refused}");
-            }
-            false
-        })
-    });
-}
-
-/// Replaces wasmtime-wasi's `resolve-addresses` with one that resolves
-/// only the names the app's grants name (and IP literals, which resolve to
-/// themselves and are checked at connect).
-fn restrict_name_lookup(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
-    use wasmtime::component::Resource;
-    use wasmtime_wasi::p2::bindings::sockets::ip_name_lookup::{Host as _, ResolveAddressStream};
-    use wasmtime_wasi::p2::bindings::sockets::network::{ErrorCode, Network};
-    use wasmtime_wasi::sockets::WasiSocketsView as _;
-    type Reply = (Result<Resource<ResolveAddressStream>, ErrorCode>,);
-    linker.allow_shadowing(true);
-    let mut lookup = linker.instance("wasi:sockets/ip-name-lookup@0.2.12")?;
-    lookup.func_wrap(
-        "resolve-addresses",
-        |mut store: wasmtime::StoreContextMut<'_, HostState>,
-         (network, name): (Resource<Network>, String)|
-         -> wasmtime::Result<Reply> {
-            let state = store.data_mut();
-            if !state.outbound.as_ref().is_some_and(|p| p.may_resolve(&name)) {
-                // Once per request: a guest may ask in a loop.
-                if !std::mem::replace(&mut state.dns_refused, true) {
-                    tracing::warn!(req_id = state.req_id, %name, "refused a DNS lookup: no --allow-outbound grant names {name}");
-                }
-                return Ok((Err(ErrorCode::PermanentResolverFailure),));
-            }
-            match state.sockets().resolve_addresses(network, name) {
-                Ok(stream) => Ok((Ok(stream),)),
-                Err(err) => err.downcast().map(|code| (Err(code),)),
-            }
-        },
-    )?;
-    linker.allow_shadowing(false);
-    Ok(())
-}
-
-/// Opens the app's file tree and the operator's mounts, for every store to
-/// share (see [`Sandbox::preopens`]).
-///
-/// Sharing the descriptors shares nothing a guest can change: they are
-/// directories, every file a guest opens under them gets its own descriptor,
-/// and listing a directory opens it anew (cap-std does not `dup`, whose
-/// position would be shared). A request's own descriptors are closed with
-/// its store.
-fn open_preopens(app: &LoadedApp, grants: &Grants) -> anyhow::Result<WasiFilesystemCtx> {
-    let mut wasi = WasiCtxBuilder::new();
-    // The mounted tree is read-only and stays in the page cache: doing its
-    // file operations inline beats a round trip to the blocking pool for
-    // every stat and read of every import. Set before the preopens, which
-    // capture it.
-    wasi.allow_blocking_current_thread(true);
-    // One preopen for the whole tree, at `/`, rather than one per root; the
-    // guest sees the same paths, and `/` lists only the roots. A mount's
-    // longer guest path wins over `/` for the files under it.
-    wasi.preopened_dir(&app.tree_dir, "/", FsPerms::ReadOnly)
-        .map_err(anyhow::Error::from)
-        .with_context(|| format!("cannot open the app's file tree {}", app.tree_dir.display()))?;
-    for mount in &grants.mounts {
-        let perms = if mount.writable { FsPerms::ReadWrite } else { FsPerms::ReadOnly };
-        wasi.preopened_dir(&mount.host, &mount.guest, perms)
-            .map_err(anyhow::Error::from)
-            .with_context(|| format!("cannot open --mount {}", mount.host.display()))?;
-    }
-    Ok(wasi.build().filesystem().clone())
-}
-
-/// Whether one absolute guest path is the other or lies under it.
-fn overlaps(a: &str, b: &str) -> bool {
-    let under = |x: &str, y: &str| x.strip_prefix(y).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
-    under(a, b) || under(b, a)
-}
-
-/// StoreLimits, plus a record of whether the memory limit was what failed.
-struct Limiter {
-    /// The limits themselves.
-    inner: StoreLimits,
-    /// Set when a memory grow was refused.
-    memory_hit: bool,
-    /// The largest linear memory granted, in bytes.
-    peak: usize,
-}
-
-impl ResourceLimiter for Limiter {
-    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
-        let ok = self.inner.memory_growing(current, desired, maximum)?;
-        self.memory_hit |= !ok;
-        if ok {
-            self.peak = self.peak.max(desired);
-        }
-        Ok(ok)
-    }
-
-    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
-        self.inner.table_growing(current, desired, maximum)
-    }
-
-    fn instances(&self) -> usize {
-        self.inner.instances()
-    }
-
-    fn tables(&self) -> usize {
-        self.inner.tables()
-    }
-
-    fn memories(&self) -> usize {
-        self.inner.memories()
-    }
-}
-
-/// Where the response head is.
-enum HeadState {
-    /// `start-response` has not been called.
-    Waiting,
-    /// It has; a second call is a protocol error.
-    Sent,
-}
+/// The longest traceback logged whole; a longer one is cut.
+const MAX_TRACEBACK: usize = 64 * 1024;
 
 /// Everything one instance's host calls can touch.
 pub struct HostState {
     /// This instance's WASI context: its own stdio, clocks, random, preopens.
     wasi: WasiCtx,
-    /// The app's outbound grants, with what this request resolved.
-    outbound: Option<Arc<Policy>>,
-    /// Whether a DNS lookup was refused (and logged) already.
-    dns_refused: bool,
     /// WASI resources the guest holds, at most `--max-open-files`.
     table: ResourceTable,
+    /// The app's outbound grants, with what this request resolved.
+    network: Network,
     /// What the guest may still write to the log.
     log: Arc<output::LogBudget>,
     /// `--memory`, and whether the guest ran into it.
     limiter: Limiter,
-    /// The request body and where the response goes.
-    io: GuestIo,
-    /// Request body bytes received but not yet handed to the guest.
-    pending: Bytes,
-    /// Set when the head was for a response without a body.
-    discard_body: bool,
-    /// The body length the accepted head declares, if it declares one.
-    length: Option<u64>,
-    /// Whether `start-response` was called.
-    head: HeadState,
-    /// What the access log reports.
-    stats: RunStats,
-    /// The first thing the host saw go wrong, if anything did.
-    fault: Option<Fault>,
-    /// Queue wait and instantiation, known once `handle` starts.
-    timing: Timing,
-    /// When `handle` was called.
-    app_started: Instant,
-    /// `--body-timeout`.
-    body_timeout: std::time::Duration,
-    /// `--max-response-bytes`.
-    max_response_bytes: u64,
+    /// The request body and the response: the `host` interface's state.
+    exchange: Exchange,
     /// For log lines.
     req_id: u64,
-}
-
-/// What the host saw go wrong during a request, as opposed to what the
-/// guest raised about it afterwards.
-enum Fault {
-    /// The response side refused what the guest sent.
-    Protocol(String),
-    /// The client is gone.
-    ClientGone(String),
-    /// The request body ended early or was malformed.
-    BadBody(String),
-    BodyTooLarge,
-    BodyTimeout,
-    ResponseTooLarge,
 }
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
-    }
-}
-
-impl HostState {
-    /// Records `fault` (unless an earlier one is known) and returns `msg`
-    /// for the guest.
-    fn fail(&mut self, fault: Fault, msg: &str) -> String {
-        self.fault.get_or_insert(fault);
-        msg.to_owned()
-    }
-
-    /// Once the guest has returned: records a fault if it sent less of the
-    /// body than its head declared.
-    fn check_body_length(&mut self) {
-        let Some(declared) = self.length.filter(|_| !self.discard_body) else { return };
-        let sent = self.stats.body_bytes;
-        if sent < declared {
-            let msg = format!("the body ended after {sent} of the {declared} bytes its Content-Length declares");
-            self.fail(Fault::Protocol(msg.clone()), &msg);
-        }
-    }
-
-    async fn send(&mut self, chunk: Vec<u8>) -> Result<(), String> {
-        // After a refusal nothing more goes out (and nothing waits for room
-        // in a channel that no client will drain).
-        if self.fault.is_some() {
-            return Err("the request has already failed".into());
-        }
-        if self.discard_body || chunk.is_empty() {
-            return Ok(());
-        }
-        let mut chunk = Bytes::from(chunk);
-        // Bytes past the declared length are never sent: on a uwsgi
-        // connection they would be read as the start of another response.
-        let mut overrun = 0;
-        if let Some(declared) = self.length {
-            let room = declared - self.stats.body_bytes;
-            if chunk.len() as u64 > room {
-                overrun = chunk.len() as u64 - room;
-                chunk.truncate(room as usize);
-            }
-        }
-        let len = chunk.len() as u64;
-        if self.stats.body_bytes + len > self.max_response_bytes {
-            tracing::error!(
-                req_id = self.req_id,
-                limit = self.max_response_bytes,
-                "response too large; cutting it off"
-            );
-            return Err(self.fail(Fault::ResponseTooLarge, "the response exceeds the server's limit"));
-        }
-        if len > 0 && self.io.chunks.send(chunk).await.is_err() {
-            return Err(self.fail(Fault::ClientGone("the client closed the connection".into()), "the client went away"));
-        }
-        self.stats.body_bytes += len;
-        if overrun > 0 {
-            let msg = format!(
-                "the body ran {overrun} bytes past the {} bytes its Content-Length declares; cut there",
-                self.stats.body_bytes
-            );
-            return Err(self.fail(Fault::Protocol(msg.clone()), &msg));
-        }
-        Ok(())
-    }
-}
-
-impl bindings::Host for HostState {
-    async fn read_body(&mut self, max_bytes: u32) -> wasmtime::Result<Result<Vec<u8>, String>> {
-        let max = max_bytes.max(1) as usize;
-        while self.pending.is_empty() {
-            let Ok(frame) = tokio::time::timeout(self.body_timeout, self.io.body.frame()).await else {
-                return Ok(Err(self.fail(Fault::BodyTimeout, "timed out waiting for the request body")));
-            };
-            match frame {
-                None => return Ok(Ok(Vec::new())),
-                Some(Err(err)) if err.is::<http_body_util::LengthLimitError>() => {
-                    return Ok(Err(self.fail(Fault::BodyTooLarge, "the request body is too large")));
-                }
-                Some(Err(err)) if connection_lost(&*err) => {
-                    let why = format!("reading the request body failed: {err}");
-                    return Ok(Err(self.fail(Fault::ClientGone(why.clone()), &why)));
-                }
-                // Cut short (the client closed its side mid-body) or badly
-                // framed: the client's fault, and it may still be reading.
-                Some(Err(err)) => {
-                    let why = format!("the request body is incomplete or malformed: {err}");
-                    return Ok(Err(self.fail(Fault::BadBody(why.clone()), &why)));
-                }
-                Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
-                        self.pending = data;
-                    }
-                }
-            }
-        }
-        let n = max.min(self.pending.len());
-        self.stats.bytes_in += n as u64;
-        Ok(Ok(self.pending.split_to(n).to_vec()))
-    }
-
-    async fn start_response(
-        &mut self,
-        status: Vec<u8>,
-        headers: Vec<Header>,
-        body: Vec<u8>,
-        complete: bool,
-    ) -> wasmtime::Result<Result<(), String>> {
-        if matches!(self.head, HeadState::Sent) {
-            let msg = "start-response called twice";
-            return Ok(Err(self.fail(Fault::Protocol(msg.into()), msg)));
-        }
-        // After a refused call (a write before the head, say), the request
-        // has failed: its head must not go out either.
-        if self.fault.is_some() {
-            return Ok(Err("the request has already failed".into()));
-        }
-        self.head = HeadState::Sent;
-        let raw = RawHead {
-            status,
-            headers: headers.into_iter().map(|h| (h.name, h.value)).collect(),
-            complete_len: complete.then_some(body.len() as u64),
-            timing: Timing { app: self.app_started.elapsed(), ..self.timing },
-        };
-        let on_head = std::mem::replace(&mut self.io.on_head, Box::new(|_| Err(HeadRefused::ClientGone)));
-        match on_head(raw) {
-            Ok(accepted) => {
-                self.discard_body = accepted.discard_body;
-                self.length = accepted.length;
-                self.stats.head_sent = true;
-                Ok(self.send(body).await)
-            }
-            Err(HeadRefused::Invalid(msg)) => {
-                tracing::error!(req_id = self.req_id, "refused the app's response head: {msg}");
-                Ok(Err(self.fail(Fault::Protocol(msg.clone()), &msg)))
-            }
-            Err(HeadRefused::ClientGone) => {
-                let why = "the client closed the connection before the response".to_owned();
-                Ok(Err(self.fail(Fault::ClientGone(why), "the client went away")))
-            }
-        }
-    }
-
-    async fn write_body(&mut self, chunk: Vec<u8>) -> wasmtime::Result<Result<(), String>> {
-        if !matches!(self.head, HeadState::Sent) {
-            let msg = "write-body before start-response";
-            return Ok(Err(self.fail(Fault::Protocol(msg.into()), msg)));
-        }
-        Ok(self.send(chunk).await)
-    }
-}
-
-/// Whether a body error is the connection itself failing (a reset), rather
-/// than a body that ended early or was malformed.
-fn connection_lost(err: &(dyn std::error::Error + 'static)) -> bool {
-    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
-    std::iter::successors(Some(err), |e| e.source())
-        .filter_map(|e| e.downcast_ref::<std::io::Error>())
-        .any(|e| matches!(e.kind(), ConnectionReset | ConnectionAborted | BrokenPipe))
-}
-
-/// The longest traceback logged whole; a longer one is cut.
-const MAX_TRACEBACK: usize = 64 * 1024;
-
-/// The WIT `log` interface, by hand rather than generated: the generated
-/// binding would copy the whole message out of guest memory first (100 MiB
-/// for a hostile one), where this reads it in place and keeps at most
-/// [`output::MAX_MESSAGE`] bytes of it.
-fn add_log_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
-    linker.instance(bindings::LOG_INTERFACE)?.func_wrap(
-        "log-error",
-        |store: wasmtime::StoreContextMut<'_, HostState>, (message,): (WasmStr,)| {
-            let text = message.to_str(&store)?;
-            store.data().log.emit_message(&text);
-            Ok(())
-        },
-    )?;
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn guest_paths_overlap_only_at_segment_boundaries() {
-        use super::overlaps;
-        assert!(overlaps("/python", "/python") && overlaps("/python/x", "/python") && overlaps("/0", "/0/sub"));
-        assert!(!overlaps("/python2", "/python") && !overlaps("/data", "/0"));
     }
 }

@@ -9,7 +9,6 @@
 
 pub mod codec;
 
-use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -23,7 +22,7 @@ use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::config::ServerLimits;
-use crate::sandbox::BoxError;
+use crate::error::BoxError;
 use crate::wsgi::{environ, ConnInfo, Dispatcher, WsgiRequest, WsgiResponse};
 
 /// The write side of a connection, and how to cut it so the peer notices.
@@ -236,36 +235,4 @@ async fn write_response<W: AsyncWrite + Unpin>(writer: &mut W, response: WsgiRes
         }
     }
     writer.flush().await.map_err(WriteError::Io)
-}
-
-/// What a uwsgi listener listens on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum UwsgiAddr {
-    Tcp(SocketAddr),
-    Unix(std::path::PathBuf),
-}
-
-impl std::str::FromStr for UwsgiAddr {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        if let Some(path) = s.strip_prefix("unix:") {
-            if path.is_empty() {
-                return Err("`unix:` needs a socket path, e.g. unix:/run/app.sock".into());
-            }
-            return Ok(Self::Unix(path.into()));
-        }
-        s.parse()
-            .map(Self::Tcp)
-            .map_err(|_| format!("`{s}`: expected HOST:PORT (e.g. 127.0.0.1:3031) or unix:/path/to.sock"))
-    }
-}
-
-impl std::fmt::Display for UwsgiAddr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Tcp(addr) => write!(f, "{addr}"),
-            Self::Unix(path) => write!(f, "unix:{}", path.display()),
-        }
-    }
 }
