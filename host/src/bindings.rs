@@ -11,6 +11,7 @@ wasmtime::component::bindgen!({
 });
 
 pub use self::wsgi_wasm::guest::host::{add_to_linker, Header, Host};
+pub use self::wsgi_wasm::guest::kdf::KdfError;
 
 /// The `host` interface's instance name.
 pub const HOST_INTERFACE: &str = "wsgi-wasm:guest/host@0.3.0";
@@ -19,3 +20,10 @@ pub const HOST_INTERFACE: &str = "wsgi-wasm:guest/host@0.3.0";
 /// hand (`sandbox::exchange::add_to_linker`), so the trait generated for it is
 /// left unimplemented.
 pub const LOG_INTERFACE: &str = "wsgi-wasm:guest/log@0.3.0";
+
+/// The `kdf` interface's instance name. Its functions are defined by hand
+/// too (`sandbox::kdf`): they need the store, for fuel and the memory limit.
+pub const KDF_INTERFACE: &str = "wsgi-wasm:guest/kdf@0.3.0";
+
+/// Every interface of ours a component may import.
+pub const INTERFACES: &[&str] = &[HOST_INTERFACE, LOG_INTERFACE, KDF_INTERFACE];

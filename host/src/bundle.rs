@@ -1,4 +1,5 @@
-//! The guest file tree that travels inside `app.wasm`.
+//! The guest file tree that travels inside `app.wasm`, and the build's
+//! manifest beside it ([`Manifest`]: what the app read at build time).
 //!
 //! At build time the guest copies every directory it had mounted (the stdlib
 //! at `/python`, the app at `/0`, its dependencies, ...) into an export
@@ -31,6 +32,51 @@ pub const MAX_TREE_ENTRIES: u64 = 100_000;
 /// Most bytes an app's tree may unpack to, tar headers included.
 pub const MAX_TREE_BYTES: u64 = 1 << 30;
 
+/// Name of the custom section that holds the [`Manifest`], as JSON.
+pub const MANIFEST_SECTION: &str = "wsgi-wasm:manifest/v1";
+
+/// The largest manifest read from an `app.wasm` (an untrusted file).
+pub const MAX_MANIFEST_BYTES: usize = 1 << 20;
+
+/// What the build learned about the app, for `run` to act on.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Manifest {
+    /// The environment variables the app read while it was imported and
+    /// warmed up: their build-time values are in its snapshot.
+    pub env_read: Vec<String>,
+    /// Whether it went through the whole environment (`dict(os.environ)`),
+    /// so that every variable's build-time value may be in its snapshot.
+    pub env_iterated: bool,
+}
+
+impl Manifest {
+    /// The manifest of a component, if it has one (an `app.wasm` built
+    /// before there were manifests has none).
+    ///
+    /// # Errors
+    /// Fails on a manifest that is too large or not the expected JSON.
+    pub fn find(component: &[u8]) -> Result<Option<Self>> {
+        let Some(json) = find_section(component, MANIFEST_SECTION)? else { return Ok(None) };
+        if json.len() > MAX_MANIFEST_BYTES {
+            bail!("its build manifest is {} bytes; at most {MAX_MANIFEST_BYTES} are read", json.len());
+        }
+        serde_json::from_slice(json).map(Some).context("its build manifest is not valid")
+    }
+
+    /// Appends the manifest to `component` as the [`MANIFEST_SECTION`].
+    pub fn embed(&self, component: &mut Vec<u8>) {
+        let json = serde_json::to_vec(self).expect("a manifest serializes");
+        append_section(component, MANIFEST_SECTION, &json);
+    }
+}
+
+/// Appends a custom section to `component`.
+fn append_section(component: &mut Vec<u8>, name: &str, data: &[u8]) {
+    let section = wasm_encoder::CustomSection { name: name.into(), data: data.into() };
+    component.push(0); // the custom section id, for modules and components alike
+    section.encode(component);
+}
+
 /// Appends `tree_dir`, packed, to `component` as the [`SECTION`] custom section.
 ///
 /// # Errors
@@ -45,9 +91,7 @@ pub fn embed(component: &mut Vec<u8>, tree_dir: &Path) -> Result<()> {
         tar.append_dir_all(".", tree_dir).with_context(|| format!("packing {}", tree_dir.display()))?;
         tar.into_inner()?.finish()?;
     }
-    let section = wasm_encoder::CustomSection { name: SECTION.into(), data: packed.into() };
-    component.push(0); // the custom section id, for modules and components alike
-    section.encode(component);
+    append_section(component, SECTION, &packed);
     Ok(())
 }
 
@@ -60,6 +104,16 @@ pub fn embed(component: &mut Vec<u8>, tree_dir: &Path) -> Result<()> {
 /// Fails if `bytes` is not a WebAssembly component, or has no such section
 /// (a component not made by `wsgi-wasm build`).
 pub fn find(bytes: &[u8]) -> Result<&[u8]> {
+    find_section(bytes, SECTION)?
+        .with_context(|| format!("it has no `{SECTION}` section: it was not made by `wsgi-wasm build`"))
+}
+
+/// The payload of the custom section `name` among the component's
+/// top-level sections, if there is one.
+///
+/// # Errors
+/// Fails if `bytes` is not a WebAssembly component.
+fn find_section<'a>(bytes: &'a [u8], name: &str) -> Result<Option<&'a [u8]>> {
     let mut reader = BinaryReader::new(bytes, 0);
     let preamble = reader.read_bytes(8).ok();
     match preamble {
@@ -76,25 +130,25 @@ pub fn find(bytes: &[u8]) -> Result<&[u8]> {
         let body = reader.read_bytes(size).context("the file is truncated")?;
         if id == 0 {
             let mut custom = BinaryReader::new(body, start);
-            if custom.read_string()? == SECTION {
-                return Ok(&body[custom.current_position()..]);
+            if custom.read_string()? == name {
+                return Ok(Some(&body[custom.current_position()..]));
             }
         }
     }
-    bail!("it has no `{SECTION}` section: it was not made by `wsgi-wasm build`")
+    Ok(None)
 }
 
 /// Extracts the tree payload into `dest`, unless a previous run already did.
 ///
 /// Extraction goes to a temporary sibling first and is renamed into place, so
 /// a crash midway never leaves a half tree that a later start would trust.
-/// Returns the guest path of each top-level directory (`/python`, `/0`, ...):
-/// the tree is mounted at the guest's `/`, so these are its roots.
+/// The tree is mounted at the guest's `/`: its top-level directories
+/// (`/python`, `/0`, ...) are the guest's roots.
 ///
 /// # Errors
 /// Fails on a corrupt payload, one past the limits or with an entry other
 /// than a file or directory (see the module docs), or an unwritable cache.
-pub fn unpack(payload: &[u8], dest: &Path) -> Result<Vec<String>> {
+pub fn unpack(payload: &[u8], dest: &Path) -> Result<()> {
     if !dest.is_dir() {
         // Checked whole first, so that a refused tree writes nothing.
         for_each_entry(payload, |_| Ok(()))?;
@@ -117,16 +171,7 @@ pub fn unpack(payload: &[u8], dest: &Path) -> Result<Vec<String>> {
             Err(e) => return Err(e).with_context(|| format!("moving tree to {}", dest.display())),
         }
     }
-    let mut roots = Vec::new();
-    for entry in std::fs::read_dir(dest)? {
-        let entry = entry?;
-        if entry.file_type()?.is_dir() {
-            let name = entry.file_name().into_string().ok().context("non-UTF-8 tree root")?;
-            roots.push(format!("/{name}"));
-        }
-    }
-    roots.sort();
-    Ok(roots)
+    Ok(())
 }
 
 /// Reads the tree payload, checking each entry against the limits, and hands
@@ -210,8 +255,8 @@ mod tests {
         let payload = find(&component).unwrap();
         let dest = src.with_extension("out");
         let _ = std::fs::remove_dir_all(&dest);
-        let roots = unpack(payload, &dest).unwrap();
-        assert_eq!(roots, ["/0", "/python"]);
+        unpack(payload, &dest).unwrap();
+        assert!(dest.join("0").is_dir());
         assert_eq!(std::fs::read(dest.join("python/json/__init__.py")).unwrap(), b"x = 1\n");
         std::fs::remove_dir_all(&src).unwrap();
         std::fs::remove_dir_all(&dest).unwrap();

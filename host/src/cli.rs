@@ -60,6 +60,21 @@ pub struct BuildArgs {
     #[arg(long)]
     pub no_warmup: bool,
 
+    /// An environment variable for the app while it is imported and warmed
+    /// up (settings modules read os.environ then: DEBUG, ALLOWED_HOSTS,
+    /// DATABASE_URL); repeat for more. What the app keeps of it is baked
+    /// into app.wasm, readable by anyone who has the file: give secrets at
+    /// run time instead (`run --env`), read per request. The build prints
+    /// the names (never the values) of the variables the app read.
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+
+    /// A file of KEY=VALUE lines (blank lines and # comments ignored; an
+    /// `export ` prefix and quotes around a value allowed), for the build
+    /// like --env; an --env of the same key wins.
+    #[arg(long, value_name = "FILE")]
+    pub env_file: Option<PathBuf>,
+
     /// Where to write the component.
     #[arg(long, short = 'o', value_name = "FILE", default_value = "app.wasm")]
     pub output: PathBuf,

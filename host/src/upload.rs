@@ -29,10 +29,11 @@ pub struct LoadedApp {
     /// The unpacked file tree, mounted read-only at the guest's `/`: each of
     /// its top-level directories is one of the guest's roots.
     pub tree_dir: PathBuf,
-    /// Those roots' guest paths, which a `--mount` may not shadow.
-    pub roots: Vec<String>,
     /// Hex SHA-256 of the `app.wasm` file, for logs.
     pub digest: String,
+    /// What its build recorded (an `app.wasm` from before there were
+    /// manifests has an empty one).
+    pub manifest: bundle::Manifest,
     /// The engine it was loaded into, kept alive (and its epoch ticking)
     /// as long as the app is loaded.
     shared: Arc<SharedEngine>,
@@ -54,7 +55,10 @@ impl LoadedApp {
         let digest = bundle::hex(&Sha256::digest(&bytes));
         let payload = bundle::find(&bytes).with_context(|| format!("{} is not a wsgi-wasm app", path.display()))?;
         let tree_dir = shared.cache.dir().join("trees").join(&digest);
-        let roots = bundle::unpack(payload, &tree_dir).with_context(|| format!("{} is refused", path.display()))?;
+        bundle::unpack(payload, &tree_dir).with_context(|| format!("{} is refused", path.display()))?;
+        let manifest = bundle::Manifest::find(&bytes)
+            .with_context(|| format!("{} is refused", path.display()))?
+            .unwrap_or_default();
 
         let shape = inspect(&bytes).with_context(|| format!("{} is not a valid component", path.display()))?;
         check_imports(&shape.imports).with_context(|| format!("{} is refused", path.display()))?;
@@ -70,7 +74,7 @@ impl LoadedApp {
             .cache
             .component(&engine, &digest, &bytes)
             .with_context(|| format!("{} is not a valid component", path.display()))?;
-        Ok(Self { engine, component, tree_dir, roots, digest, shared: Arc::clone(shared) })
+        Ok(Self { engine, component, tree_dir, digest, manifest, shared: Arc::clone(shared) })
     }
 
     /// Counts an instance of this app as running while the guard lives: the
@@ -142,7 +146,7 @@ const PROVIDED: &[&str] =
 fn check_imports(imports: &[String]) -> Result<()> {
     for name in imports {
         let wasi = PROVIDED.iter().any(|p| name.starts_with(p)) && name.contains("@0.2.");
-        let ours = name == crate::bindings::HOST_INTERFACE || name == crate::bindings::LOG_INTERFACE;
+        let ours = crate::bindings::INTERFACES.contains(&name.as_str());
         if !(wasi || ours) {
             bail!(
                 "it imports `{name}`, which this host does not provide; it was built for another host, or by another \

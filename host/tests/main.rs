@@ -9,6 +9,7 @@ mod nginx;
 mod operations;
 mod outbound;
 mod readme;
+mod real_apps;
 pub mod tenants;
 
 use std::io::{Read, Write};
@@ -265,6 +266,7 @@ fn modules_not_imported_at_build_time_import_at_request_time() {
     assert_eq!(v["idna"], "xn--bcher-kva.example");
     assert_eq!(v["fraction"], "1/2");
     assert_eq!(v["sha256"], "ba7816bf8f01cfea");
+    assert_eq!(v["csv"], serde_json::json!(["a", "b,c"]));
     assert_eq!(v["mean"], 2.5);
     assert_eq!(v["uuid_version"], 4);
     assert_eq!(v["xml"], "a");

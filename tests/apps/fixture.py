@@ -198,16 +198,20 @@ def fresh_memory(environ, start_response):
     return _json(start_response, {"pages_below": pages, "top": top})
 
 
-LAZY = ("decimal", "encodings.idna", "fractions", "hashlib", "statistics", "uuid", "xml.dom.minidom", "email.mime.text")
+# hashlib is not among them: the SDK imports it at build time, to give it
+# pbkdf2_hmac and scrypt (wsgi_wasm/kdf.py); csv stands in its place.
+LAZY = ("decimal", "encodings.idna", "fractions", "csv", "statistics", "uuid", "xml.dom.minidom", "email.mime.text")
 
 
 def lazy(environ, start_response):
     # None of these is imported at build time; each must load now.
     preloaded = [name for name in LAZY if name in sys.modules]
+    import csv
     import decimal
     import encodings.idna
     import fractions
     import hashlib
+    import io
     import statistics
     import uuid
     import xml.dom.minidom
@@ -220,6 +224,7 @@ def lazy(environ, start_response):
             "idna": "bücher.example".encode("idna").decode(),
             "fraction": str(fractions.Fraction(3, 6)),
             "sha256": hashlib.sha256(b"abc").hexdigest()[:16],
+            "csv": next(csv.reader(io.StringIO('a,"b,c"'))),
             "mean": statistics.mean([1, 2, 3, 4]),
             "uuid_version": uuid.uuid4().version,
             "xml": xml.dom.minidom.parseString("<a><b/></a>").documentElement.tagName,
@@ -445,6 +450,28 @@ def whoami(environ, start_response):
     )
 
 
+def kdf_route(environ, start_response):
+    """``hashlib.pbkdf2_hmac`` and ``hashlib.scrypt``: a JSON list of calls
+    (see ``kdf_calls.kdf_call``) in the body, their results out."""
+    import json
+
+    from kdf_calls import kdf_call
+
+    specs = json.loads(environ["wsgi.input"].read())
+    return _json(start_response, [kdf_call(spec) for spec in specs])
+
+
+def tz_route(environ, start_response):
+    """A time zone from ``zoneinfo``, which needs the bundled ``tzdata``:
+    the UTC offset of ``key`` (default Europe/Paris) on two dates."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    zone = ZoneInfo(_query(environ).get("key", "Europe/Paris"))
+    offsets = [str(datetime(2026, month, 1, 12, tzinfo=zone).utcoffset()) for month in (1, 7)]
+    return _json(start_response, {"key": zone.key, "offsets": offsets})
+
+
 def list_of_chunks(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [b"a", b"b", b"", b"c\n"]
@@ -487,6 +514,8 @@ ROUTES = {
     "/sys-exit": sys_exit,
     "/capabilities": capabilities,
     "/endless": endless,
+    "/kdf": kdf_route,
+    "/tz": tz_route,
 }
 
 

@@ -22,7 +22,10 @@ module, in that single run:
    live object for the host to make immortal, and fills the free holes;
 6. returns the ``WitWorld`` class that componentize-py exports.
 
-Steps 1 to 3 run with the network forbidden (``network.forbidden``).
+Steps 1 to 3 run with the network forbidden (``network.forbidden``), in the
+environment ``--env`` and ``--env-file`` give the build and nothing else,
+and the names of the variables the app reads then are reported
+(``_BuildEnvironment``): their build-time values are what it keeps.
 
 Errors are reported as one ``WSGI_WASM_BUILD_ERROR <json string>`` line on
 stderr, which ``wsgi-wasm build`` turns into its own error message.
@@ -41,7 +44,7 @@ import types
 
 import wit_world
 
-from . import adapter, network
+from . import adapter, kdf, network, posix
 
 PLAN_FILE = "wsgi_wasm_plan.json"
 REPORT_FILE = "wsgi_wasm_report.json"
@@ -259,6 +262,7 @@ def _warm_frameworks(app):
     if django:
         attempt("Django URL resolver", _django_urls)
         attempt("Django translations and formats", _django_locale)
+        attempt("Django time zone", _django_timezone)
         attempt("Django templates", _django_templates)
     jinja = getattr(app, "jinja_env", None)
     if jinja is not None and hasattr(jinja, "list_templates"):
@@ -292,6 +296,15 @@ def _django_locale():
     for name in ("DECIMAL_SEPARATOR", "THOUSAND_SEPARATOR", "NUMBER_GROUPING", "DATE_FORMAT", "DATETIME_FORMAT"):
         formats.get_format(name)
     return settings.LANGUAGE_CODE if settings.USE_I18N else "i18n off"
+
+
+def _django_timezone():
+    """The default time zone, which Django loads (from ``tzdata``, bundled
+    unless the app brings its own) and caches on first use with ``USE_TZ``."""
+    from django.conf import settings
+    from django.utils import timezone
+
+    return str(timezone.get_default_timezone()) if settings.USE_TZ else "USE_TZ off"
 
 
 def _django_templates():
@@ -456,23 +469,75 @@ def _export_tree(export_dir, roots):
                         pass  # not importable as source either; ship it as it is
 
 
+class _RecordingEnviron(os._Environ):
+    """``os.environ`` while the app is built: it notes what is read."""
+
+    def __getitem__(self, key):
+        # `get`, `in`, `setdefault` and `os.getenv` all come through here.
+        # The interpreter's own knobs (PYTHONTZPATH, _PYTHON_HOST_PLATFORM,
+        # which the stdlib looks up) are not the app's settings.
+        if not str(key).lstrip("_").startswith("PYTHON"):
+            _BuildEnvironment.read.add(key)
+        return super().__getitem__(key)
+
+    def __iter__(self):
+        # `dict(os.environ)`, `.items()`, `.copy()`: every value is read.
+        _BuildEnvironment.iterated = True
+        return super().__iter__()
+
+
+class _BuildEnvironment:
+    """The environment the app is imported and warmed up in: exactly the
+    build's ``--env`` (nothing of the build machine's), with every variable
+    the app reads noted, for the build to report and ``run`` to warn about."""
+
+    read = set()
+    iterated = False
+
+    def __init__(self, pairs):
+        self.pairs = pairs
+
+    def __enter__(self):
+        os.environ.clear()
+        os.environ.update(self.pairs)
+        os.environ.__class__ = _RecordingEnviron
+        return self
+
+    def __exit__(self, *exc):
+        os.environ.__class__ = os._Environ
+
+
 def prepare():
     """Everything the entry module does at pre-init; returns the WitWorld class."""
     plan = _load_plan()
+    posix.install()
     network.install()
+    # hashlib's OpenSSL-only functions, computed by the host (see `kdf`);
+    # there is no host while the app is built.
+    kdf.install()
+    kdf.building = True
     # No network while the app is built: see `network`.
     with network.forbidden():
-        app = _import_app(plan)
-        _probe_native(plan)
-        warmed = _warm_up(app, plan)
+        with _BuildEnvironment(plan.get("env", [])):
+            app = _import_app(plan)
+            _probe_native(plan)
+            warmed = _warm_up(app, plan)
         _warm_adapter()
         _warm_reseed()
+    kdf.building = False
     export_dir = plan["export_dir"]
     _export_tree(export_dir, _mounted_roots({export_dir}))
     # Read (and removed) by `wsgi-wasm build`, which has no other channel
     # back from a successful pre-init.
     with open(os.path.join(export_dir, REPORT_FILE), "w") as f:
-        json.dump({"warmup": warmed}, f)
+        json.dump(
+            {
+                "warmup": warmed,
+                "env_read": sorted(_BuildEnvironment.read),
+                "env_iterated": _BuildEnvironment.iterated,
+            },
+            f,
+        )
 
     class WitWorld(wit_world.WitWorld):
         def handle(self, url_scheme, environ, env):

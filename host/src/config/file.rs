@@ -171,14 +171,7 @@ impl Settings {
 
 /// `KEY=VALUE` pairs from `--env`.
 fn parse_env(pairs: &[String]) -> Result<BTreeMap<String, String>> {
-    let mut env = BTreeMap::new();
-    for pair in pairs {
-        match pair.split_once('=') {
-            Some((k, v)) if !k.is_empty() => env.insert(k.to_owned(), v.to_owned()),
-            _ => bail!("--env {pair}: expected KEY=VALUE"),
-        };
-    }
-    Ok(env)
+    pairs.iter().map(|pair| super::env_pair(pair).with_context(|| format!("--env {pair}"))).collect()
 }
 
 /// A config file, read and parsed but not yet layered or checked.

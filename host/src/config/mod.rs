@@ -81,6 +81,9 @@ pub struct BuildConfig {
     pub output: PathBuf,
     pub cache_dir: PathBuf,
     pub python: PathBuf,
+    /// The environment while the app is imported and warmed up (`--env`,
+    /// `--env-file`), in the order given; nothing of the build machine's.
+    pub env: Vec<(String, String)>,
 }
 
 impl BuildConfig {
@@ -121,7 +124,21 @@ impl BuildConfig {
             }
             warmup.push((method.to_owned(), target.to_owned()));
         }
+        let mut env = match &args.env_file {
+            Some(file) => {
+                let text = std::fs::read_to_string(file)
+                    .with_context(|| format!("--env-file {}: cannot read it", file.display()))?;
+                parse_env_file(&text).with_context(|| format!("--env-file {}", file.display()))?
+            }
+            None => Vec::new(),
+        };
+        for spec in &args.env {
+            let (key, value) = env_pair(spec).with_context(|| format!("--env {spec:?}"))?;
+            env.retain(|(k, _)| *k != key);
+            env.push((key, value));
+        }
         Ok(Self {
+            env,
             target,
             paths,
             requirements: args.requirements,
@@ -132,6 +149,43 @@ impl BuildConfig {
             python: args.python,
         })
     }
+}
+
+/// `KEY=VALUE`, with a key an environment may hold.
+///
+/// # Errors
+/// Says what is wrong with it.
+pub fn env_pair(spec: &str) -> Result<(String, String)> {
+    let (key, value) = spec.split_once('=').context("expected KEY=VALUE")?;
+    if key.is_empty() || key.contains('\0') || value.contains('\0') {
+        bail!("expected KEY=VALUE, with a key and no NUL byte");
+    }
+    Ok((key.to_owned(), value.to_owned()))
+}
+
+/// The variables of an env file: `KEY=VALUE` lines, as Docker's
+/// `--env-file` and dotenv write them; blank lines and `#` comments are
+/// skipped, an `export ` prefix is dropped, and matching quotes around a
+/// value are removed. A later line wins.
+///
+/// # Errors
+/// Names the line that is not `KEY=VALUE`.
+fn parse_env_file(text: &str) -> Result<Vec<(String, String)>> {
+    let mut env: Vec<(String, String)> = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let (key, value) = env_pair(line).with_context(|| format!("line {}", n + 1))?;
+        let value = value.trim();
+        let unquoted =
+            ['"', '\''].iter().find_map(|q| value.strip_prefix(*q).and_then(|v| v.strip_suffix(*q))).unwrap_or(value);
+        env.retain(|(k, _)| *k != key.trim());
+        env.push((key.trim().to_owned(), unquoted.to_owned()));
+    }
+    Ok(env)
 }
 
 /// Where the automatic warm-up requests go: a prefix no app routes, and a
@@ -445,6 +499,17 @@ pub(crate) mod tests {
         ] {
             assert!(Mount::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn env_files_read_like_docker_and_dotenv() {
+        let env =
+            parse_env_file("# settings\nDEBUG=0\n\nexport NAME=\"my site\"\nEMPTY=\nURL='a=b'\nDEBUG=1\n").unwrap();
+        let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(pairs, [("NAME", "my site"), ("EMPTY", ""), ("URL", "a=b"), ("DEBUG", "1")]);
+        let err = parse_env_file("OK=1\nnot a pair\n").unwrap_err();
+        assert!(format!("{err:#}").contains("line 2"), "{err:#}");
+        assert!(env_pair("=x").is_err() && env_pair("X").is_err());
     }
 
     #[test]

@@ -1,15 +1,23 @@
-//! The app's requirements, installed for the guest, and the ones with native code.
+//! The app's requirements, installed for the guest, the packages every app
+//! gets unless it brings its own, and the ones with native code.
 //!
-//! pip runs on the build machine's Python with `--target`, into a directory
-//! that only the guest sees. Native extension modules built for the host
-//! cannot load in WebAssembly; packages that carry them are listed so the
-//! guest can prove at build time that each one falls back to pure Python.
+//! uv resolves and installs them with `--target`, into a directory that only
+//! the guest sees, for the guest's CPython (`toolchain::GUEST_PYTHON`): its
+//! environment markers, `Requires-Python` and wheel tags, whatever Python
+//! the build machine runs. Native extension modules cannot load in
+//! WebAssembly; packages that carry them are listed so the guest can prove
+//! at build time that each one falls back to pure Python.
 
 use std::path::Path;
-use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
+
+use super::toolchain::Toolchain;
+
+/// The packages every app gets unless it brings its own (`tzdata`), as
+/// shipped in `python-wasm/`.
+pub const GUEST_LOCK: &str = include_str!("../../../python-wasm/guest.lock");
 
 /// A distribution that ships native extension modules.
 #[derive(Debug, Serialize, PartialEq, Eq)]
@@ -22,27 +30,79 @@ pub struct NativeDist {
     pub files: Vec<String>,
 }
 
-/// Installs `requirements` into `target` with the build machine's pip.
+/// Installs `requirements` into `target`, resolved for the guest.
 ///
 /// # Errors
-/// Fails if pip does.
-pub fn install(python: &Path, requirements: &Path, target: &Path) -> Result<()> {
-    // The guest's packages go to a directory of their own: how they fit the
-    // build machine's own installed packages does not matter, and pip's
-    // warnings about it (or about running as root) only mislead.
-    let status = Command::new(python)
-        .args(["-m", "pip", "install", "--disable-pip-version-check", "--no-input", "--no-compile"])
-        .args(["--no-warn-conflicts", "--quiet", "--target"])
-        .arg(target)
-        .arg("-r")
-        .arg(requirements)
-        .env("PIP_ROOT_USER_ACTION", "ignore")
-        .status()
-        .context("running pip")?;
+/// Fails if uv does (its own message, above, names what it could not
+/// resolve or build).
+pub fn install(toolchain: &Toolchain, requirements: &Path, target: &Path) -> Result<()> {
+    let status = toolchain.uv_install(target).arg("-r").arg(requirements).status().context("running uv")?;
     if !status.success() {
-        bail!("installing {} failed (pip exited with {status}); see pip's output above", requirements.display());
+        bail!(
+            "installing {} for the guest failed (uv exited with {status}); see uv's output above",
+            requirements.display()
+        );
     }
     Ok(())
+}
+
+/// Installs what [`GUEST_LOCK`] pins into `site`, unless the requirements
+/// brought it already; returns what it installed, as `name version`.
+///
+/// # Errors
+/// Fails if uv does.
+pub fn install_defaults(toolchain: &Toolchain, site: &Path, scratch: &Path) -> Result<Vec<String>> {
+    let mut added = Vec::new();
+    let mut pins = String::new();
+    for (pin, name, version) in locked(GUEST_LOCK) {
+        if !installed(site, &name)? {
+            pins.push_str(&pin);
+            pins.push('\n');
+            added.push(format!("{name} {version}"));
+        }
+    }
+    if added.is_empty() {
+        return Ok(added);
+    }
+    let lock = scratch.join("guest.lock");
+    std::fs::write(&lock, pins)?;
+    let status = toolchain
+        .uv_install(site)
+        .args(["--no-deps", "--require-hashes", "-r"])
+        .arg(&lock)
+        .status()
+        .context("running uv")?;
+    if !status.success() {
+        bail!("installing {} for the guest failed (uv exited with {status})", added.join(", "));
+    }
+    Ok(added)
+}
+
+/// Each pin of a lock file, as `(requirement, name, version)`: the
+/// requirement on one line, hashes included.
+fn locked(lock: &str) -> Vec<(String, String, String)> {
+    lock.replace("\\\n", " ")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|line| {
+            let (name, rest) = line.split_once("==")?;
+            let version = rest.split_whitespace().next()?;
+            Some((line.to_owned(), name.trim().to_owned(), version.to_owned()))
+        })
+        .collect()
+}
+
+/// Whether a distribution named `name` is installed in `site`.
+fn installed(site: &Path, name: &str) -> Result<bool> {
+    let prefix = format!("{}-", name.to_ascii_lowercase().replace('-', "_"));
+    for entry in std::fs::read_dir(site).with_context(|| format!("reading {}", site.display()))? {
+        let file = entry?.file_name().to_string_lossy().to_ascii_lowercase().replace('-', "_");
+        if file.starts_with(&prefix) && file.ends_with(".dist_info") {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Lists the distributions in `site` that ship native code.
@@ -101,6 +161,15 @@ fn top_level_modules(paths: &[&str]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_guest_lock_pins_tzdata_by_hash() {
+        let pins = locked(GUEST_LOCK);
+        assert_eq!(pins.len(), 1, "{pins:?}");
+        let (pin, name, version) = &pins[0];
+        assert_eq!(name, "tzdata");
+        assert!(!version.is_empty() && pin.starts_with("tzdata==") && pin.contains("--hash=sha256:"), "{pin}");
+    }
 
     #[test]
     fn native_distributions_are_found_with_their_modules() {

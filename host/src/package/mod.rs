@@ -1,8 +1,9 @@
 //! `wsgi-wasm build`: a WSGI app and its requirements → one `app.wasm`.
 //!
-//! 1. Provision the pinned componentize-py (`toolchain`).
-//! 2. Install the requirements for the guest and list those with native
-//!    code (`deps`).
+//! 1. Provision the pinned componentize-py and uv (`toolchain`).
+//! 2. Install the requirements for the guest's CPython, and the packages
+//!    every app gets unless it brings its own (`tzdata`), and list those
+//!    with native code (`deps`).
 //! 3. Stage the SDK, the WIT world, an entry module and a build plan (`sdk`).
 //! 4. Run componentize-py, which imports the app inside CPython-for-WASI and
 //!    snapshots it; the guest side (`wsgi_wasm/build.py`) checks the app and
@@ -46,14 +47,14 @@ pub fn build(cfg: &BuildConfig) -> Result<()> {
     }
     sdk::write(&wit, &sdk_dir)?;
 
-    let native = match &cfg.requirements {
-        Some(req) => {
-            eprintln!("wsgi-wasm: installing {} for the guest", req.display());
-            deps::install(&cfg.python, req, &site)?;
-            deps::native_dists(&site)?
-        }
-        None => Vec::new(),
-    };
+    if let Some(req) = &cfg.requirements {
+        eprintln!("wsgi-wasm: installing {} for the guest (CPython {})", req.display(), toolchain::GUEST_PYTHON);
+        deps::install(&toolchain, req, &site)?;
+    }
+    for added in deps::install_defaults(&toolchain, &site, stage.path())? {
+        eprintln!("wsgi-wasm: bundling {added}, which every app gets unless it brings its own");
+    }
+    let native = deps::native_dists(&site)?;
     for dist in &native {
         eprintln!(
             "wsgi-wasm: {} {} ships native code; checking that it falls back to pure Python",
@@ -69,6 +70,7 @@ pub fn build(cfg: &BuildConfig) -> Result<()> {
         "native": native,
         "warmup": cfg.warmup,
         "auto_warmup": cfg.auto_warmup,
+        "env": cfg.env,
         "app_paths": cfg.paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
     });
     std::fs::write(sdk_dir.join(sdk::PLAN_FILE), serde_json::to_vec_pretty(&plan)?)?;
@@ -91,10 +93,11 @@ pub fn build(cfg: &BuildConfig) -> Result<()> {
         bail!("{}", explain_failure(&out));
     }
 
-    report(&export.join(REPORT_FILE))?;
+    let manifest = report(&export.join(REPORT_FILE), cfg)?;
     let mut component = std::fs::read(&raw).context("componentize-py wrote no component")?;
     immortalize(&mut component, &export.join(HEAP_FILE))?;
     bundle::embed(&mut component, &export)?;
+    manifest.embed(&mut component);
     let tmp = cfg.output.with_extension("wasm.partial");
     std::fs::write(&tmp, &component).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, &cfg.output).with_context(|| format!("writing {}", cfg.output.display()))?;
@@ -125,11 +128,21 @@ fn immortalize(component: &mut [u8], path: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-/// Prints the guest's report and removes it, so it is not shipped.
-fn report(path: &std::path::Path) -> Result<()> {
+/// Prints the guest's report and removes it, so it is not shipped; returns
+/// what `run` needs of it.
+fn report(path: &std::path::Path, cfg: &BuildConfig) -> Result<bundle::Manifest> {
     let text = std::fs::read_to_string(path).context("the guest wrote no build report")?;
     std::fs::remove_file(path)?;
     let report: serde_json::Value = serde_json::from_str(&text).context("reading the build report")?;
+    let manifest = bundle::Manifest {
+        env_read: report["env_read"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|k| k.as_str().map(String::from))
+            .collect(),
+        env_iterated: report["env_iterated"].as_bool() == Some(true),
+    };
     for warm in report["warmup"].as_array().into_iter().flatten() {
         let what = warm["request"].as_str().unwrap_or("?");
         let auto = if warm["automatic"].as_bool() == Some(true) { " (automatic)" } else { "" };
@@ -138,7 +151,30 @@ fn report(path: &std::path::Path) -> Result<()> {
             None => eprintln!("wsgi-wasm: warm-up{auto} {what}: {}", warm["status"].as_str().unwrap_or("no response")),
         }
     }
-    Ok(())
+    // Names only: a value may be a secret.
+    if manifest.env_iterated {
+        eprintln!(
+            "wsgi-wasm: the app read its whole environment while it was built ({} variables given); \
+             what it kept of it is in the output",
+            cfg.env.len()
+        );
+    }
+    let (given, unset): (Vec<&String>, Vec<&String>) =
+        manifest.env_read.iter().partition(|k| cfg.env.iter().any(|(g, _)| g == *k));
+    if !given.is_empty() {
+        let names: Vec<&str> = given.iter().map(|k| k.as_str()).collect();
+        eprintln!(
+            "wsgi-wasm: the app read {} while it was built: what it kept of their values is in the \
+             output, and `run --env` does not change that",
+            names.join(", ")
+        );
+    }
+    if !unset.is_empty() {
+        let names: Vec<&str> = unset.iter().map(|k| k.as_str()).collect();
+        let also = if given.is_empty() { "while it was built, the app" } else { "it also" };
+        eprintln!("wsgi-wasm: {also} looked for these, which the build did not set: {}", names.join(", "));
+    }
+    Ok(manifest)
 }
 
 /// Turns a failed componentize-py run into a message for the user: the

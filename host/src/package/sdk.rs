@@ -17,7 +17,9 @@ const PYTHON: &[(&str, &str)] = &[
     ("wsgi_wasm/build.py", include_str!("../../../guest-sdk/python/wsgi_wasm/build.py")),
     ("wsgi_wasm/errors.py", include_str!("../../../guest-sdk/python/wsgi_wasm/errors.py")),
     ("wsgi_wasm/input.py", include_str!("../../../guest-sdk/python/wsgi_wasm/input.py")),
+    ("wsgi_wasm/kdf.py", include_str!("../../../guest-sdk/python/wsgi_wasm/kdf.py")),
     ("wsgi_wasm/network.py", include_str!("../../../guest-sdk/python/wsgi_wasm/network.py")),
+    ("wsgi_wasm/posix.py", include_str!("../../../guest-sdk/python/wsgi_wasm/posix.py")),
 ];
 
 /// The module componentize-py imports at pre-init (see `wsgi_wasm/build.py`).

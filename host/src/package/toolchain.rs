@@ -1,5 +1,6 @@
 //! The pinned guest toolchain: componentize-py (and the CPython-for-WASI it
-//! bundles), provisioned on first use into the cache.
+//! bundles) and uv (which resolves requirements for that CPython),
+//! provisioned on first use into the cache.
 //!
 //! The pin is `python-wasm/requirements.lock`, compiled into this binary. It
 //! is installed with `pip --require-hashes` into a directory named after the
@@ -19,10 +20,16 @@ use crate::bundle::hex;
 /// The pinned requirements, as shipped in `python-wasm/`.
 pub const LOCK: &str = include_str!("../../../python-wasm/requirements.lock");
 
-/// A provisioned componentize-py.
+/// The guest's CPython version: what requirements are resolved for. It is
+/// the one componentize-py bundles (`sys.version` in a guest shows it).
+pub const GUEST_PYTHON: &str = "3.14";
+
+/// A provisioned componentize-py and uv.
 pub struct Toolchain {
     python: PathBuf,
     site: PathBuf,
+    /// uv's own cache, beside the toolchain in wsgi-wasm's.
+    uv_cache: PathBuf,
 }
 
 impl Toolchain {
@@ -45,7 +52,7 @@ impl Toolchain {
         if !done.is_file() {
             eprintln!(
                 "wsgi-wasm: provisioning the guest toolchain (componentize-py with CPython 3.14 \
-                 for WASI, about 17 MB) into {}; this happens once",
+                 for WASI, and uv; about 35 MB) into {}; this happens once",
                 dir.display()
             );
             let _ = std::fs::remove_dir_all(&dir);
@@ -65,13 +72,31 @@ impl Toolchain {
                 .context("running pip")?;
             if !status.success() {
                 bail!(
-                    "installing componentize-py failed (pip exited with {status}); see pip's \
-                     output above. The pinned wheel is for x86-64 Linux."
+                    "installing componentize-py and uv failed (pip exited with {status}); see \
+                     pip's output above. The pinned wheels are for x86-64 Linux."
                 );
             }
             std::fs::write(&done, b"")?;
         }
-        Ok(Self { python: python.to_owned(), site })
+        Ok(Self { python: python.to_owned(), site, uv_cache: cache_dir.join("uv") })
+    }
+
+    /// A `uv pip install` for the guest: into `target`, resolved for
+    /// [`GUEST_PYTHON`] on x86-64 Linux (wheels with native code for it
+    /// come with their pure-Python fallback, which the guest then uses; the
+    /// build proves it), files copied rather than linked to uv's cache.
+    /// `--python` builds source distributions.
+    pub fn uv_install(&self, target: &Path) -> Command {
+        let mut cmd = Command::new(self.site.join("bin/uv"));
+        cmd.args(["pip", "install", "--quiet", "--link-mode", "copy", "--python-version", GUEST_PYTHON])
+            .args(["--python-platform", "x86_64-manylinux_2_28", "--python"])
+            .arg(&self.python)
+            .arg("--target")
+            .arg(target)
+            .env("UV_CACHE_DIR", &self.uv_cache)
+            // The build machine's Python builds sdists; never fetch another.
+            .env("UV_PYTHON_DOWNLOADS", "never");
+        cmd
     }
 
     /// A `componentize-py` command line, ready for arguments.
@@ -113,10 +138,10 @@ fn check_python(python: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn the_lock_pins_one_version_by_hash() {
+    fn the_lock_pins_each_tool_by_version_and_hash() {
         let pins: Vec<_> = super::LOCK.lines().filter(|l| l.contains("==")).collect();
-        assert_eq!(pins.len(), 1, "{pins:?}");
-        assert!(pins[0].starts_with("componentize-py=="));
-        assert!(super::LOCK.contains("--hash=sha256:"));
+        assert_eq!(pins.len(), 2, "{pins:?}");
+        assert!(pins[0].starts_with("componentize-py==") && pins[1].starts_with("uv=="));
+        assert_eq!(super::LOCK.matches("--hash=sha256:").count(), 2);
     }
 }

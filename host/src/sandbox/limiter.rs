@@ -1,5 +1,7 @@
 //! The per-request memory limiter: `--memory` for one instance, and the
-//! record of whether that limit is what failed and how high it went.
+//! record of whether that limit is what failed and how high it went. The
+//! host's own work memory for a request (scrypt's) is counted against the
+//! same limit through [`Limiter::room`].
 
 use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
 
@@ -9,14 +11,35 @@ pub struct Limiter {
     inner: StoreLimits,
     /// Set when a memory grow was refused.
     pub memory_hit: bool,
-    /// The largest linear memory granted, in bytes.
+    /// The largest linear memory granted, in bytes (with the host's work
+    /// memory for the request, while it had some).
     pub peak: usize,
+    /// The linear memory the instance holds now, in bytes.
+    current: usize,
+    /// `--memory`, in bytes.
+    limit: usize,
 }
 
 impl Limiter {
     /// A limiter that grants each instance at most `memory_bytes`.
     pub fn new(memory_bytes: usize) -> Self {
-        Self { inner: StoreLimitsBuilder::new().memory_size(memory_bytes).build(), memory_hit: false, peak: 0 }
+        let inner = StoreLimitsBuilder::new().memory_size(memory_bytes).build();
+        Self { inner, memory_hit: false, peak: 0, current: 0, limit: memory_bytes }
+    }
+
+    /// `--memory`, in bytes.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// The linear memory the instance holds now, in bytes.
+    pub fn current(&self) -> usize {
+        self.current
+    }
+
+    /// How many more bytes the request may take, beside its memory.
+    pub fn room(&self) -> usize {
+        self.limit.saturating_sub(self.current)
     }
 }
 
@@ -25,7 +48,9 @@ impl ResourceLimiter for Limiter {
         let ok = self.inner.memory_growing(current, desired, maximum)?;
         self.memory_hit |= !ok;
         if ok {
-            self.peak = self.peak.max(desired);
+            // One memory's growth (a component could have more than one).
+            self.current = self.current + desired - current;
+            self.peak = self.peak.max(self.current);
         }
         Ok(ok)
     }

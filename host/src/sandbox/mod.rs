@@ -48,6 +48,7 @@ use crate::upload::LoadedApp;
 
 mod exchange;
 mod files;
+mod kdf;
 mod limiter;
 mod network;
 mod output;
@@ -92,6 +93,9 @@ pub struct RunStats {
     pub fuel: Option<u64>,
     /// Whether a head was accepted (and so went, or is going, to the client).
     pub head_sent: bool,
+    /// The host's key derivation for the guest (`hashlib.pbkdf2_hmac`,
+    /// `hashlib.scrypt`), part of `timing.app`.
+    pub kdf: Duration,
     pub timing: Timing,
 }
 
@@ -152,10 +156,12 @@ impl Sandbox {
         slots: AppSlots,
     ) -> anyhow::Result<Self> {
         files::check_mounts(&app, &grants.mounts)?;
+        warn_of_frozen_env(&app, &name, &grants.env);
         let mut linker = Linker::<HostState>::new(&app.engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         random::add_bulk_get_random_bytes(&mut linker)?;
         exchange::add_to_linker(&mut linker)?;
+        kdf::add_to_linker(&mut linker)?;
         network::restrict_name_lookup(&mut linker)?;
         let pre = linker
             .instantiate_pre(&app.component)
@@ -309,6 +315,7 @@ impl Sandbox {
             Err(err) => Err(self.classify(state, err, |e| self.trapped(e, SandboxError::Trap))),
         };
         let log = Arc::clone(&state.log);
+        let kdf = state.kdf_time;
         let peak_memory = state.limiter.peak;
         if let Some(m) = &self.metrics {
             m.peak_memory(peak_memory);
@@ -318,7 +325,7 @@ impl Sandbox {
         drop(store);
         let teardown = dropped.elapsed();
         log.finish();
-        outcome.map(|stats| RunStats { timing: Timing { app, teardown, ..timing }, peak_memory, fuel, ..stats })
+        outcome.map(|stats| RunStats { timing: Timing { app, teardown, ..timing }, peak_memory, fuel, kdf, ..stats })
     }
 
     /// Names a failure by its first cause: what the host saw go wrong beats
@@ -381,6 +388,9 @@ impl Sandbox {
             log,
             limiter: Limiter::new(self.limits.memory_bytes),
             exchange: Exchange::new(io, self.limits.body_timeout, self.limits.max_response_bytes, req_id),
+            kdf_time: Duration::ZERO,
+            moving: moving.clone(),
+            contended: self.app.contended(),
             req_id,
         };
         let mut store = Store::new(&self.app.engine, state);
@@ -434,6 +444,24 @@ impl Sandbox {
 /// background threads ran 70 ms in 10 s of load; none with ticks).
 const FIRST_SLICE: u32 = 10;
 
+/// Warns of each `--env` variable the app read while it was built: the
+/// value in its snapshot is the one its import-time code kept, and the one
+/// granted now reaches only code that reads the variable during a request.
+fn warn_of_frozen_env(app: &LoadedApp, name: &str, env: &[(String, String)]) {
+    for (key, _) in env {
+        let read = app.manifest.env_read.contains(key);
+        if read || app.manifest.env_iterated {
+            let how = if read { format!("read {key}") } else { "read its whole environment".to_owned() };
+            tracing::warn!(
+                app = %name,
+                key = %key,
+                "--env {key}: the app {how} while it was built, so what it kept then is in app.wasm and \
+                 stays; this value reaches only code that reads {key} during a request"
+            );
+        }
+    }
+}
+
 /// The longest traceback logged whole; a longer one is cut.
 const MAX_TRACEBACK: usize = 64 * 1024;
 
@@ -451,6 +479,13 @@ pub struct HostState {
     limiter: Limiter,
     /// The request body and the response: the `host` interface's state.
     exchange: Exchange,
+    /// The host's key derivation for this request so far (`kdf`).
+    kdf_time: Duration,
+    /// The request's wish to move to the background runtime: its guest's
+    /// epoch callback and the host's long work for it (`kdf`) ask.
+    moving: background::Move,
+    /// Whether guests compete for the cores now (see `engine::EpochTicker`).
+    contended: Arc<std::sync::atomic::AtomicBool>,
     /// For log lines.
     req_id: u64,
 }

@@ -312,6 +312,8 @@ impl Dispatcher {
             let ms2 = |d: std::time::Duration| (ms(d) * 100.0).round() / 100.0;
             let app_ms = stats.map(|s| ms2(s.timing.app));
             let fuel = stats.and_then(|s| s.fuel);
+            // The host's key derivation for the app, when it did any.
+            let kdf_ms = stats.filter(|s| !s.kdf.is_zero()).map(|s| ms2(s.kdf));
             // The host's own phases, with --timing.
             let t = stats.filter(|_| timing).map(|s| s.timing);
             tracing::info!(
@@ -324,6 +326,7 @@ impl Dispatcher {
                 peak_memory,
                 app_ms,
                 fuel,
+                kdf_ms,
                 queue_ms = t.map(|t| ms2(t.queue)),
                 instantiate_ms = t.map(|t| ms2(t.instantiate)),
                 teardown_ms = t.map(|t| ms2(t.teardown)),
