@@ -30,6 +30,7 @@
 //! | [`outbound`] | outbound network grants: the address check and the names a guest may resolve |
 //! | [`error`] | typed errors and the one error → status mapping |
 //! | [`metrics`] | Prometheus metrics per app (`--metrics`) |
+//! | [`logging`] | the log's formats; text lines that requests and guests cannot forge |
 
 pub mod activation;
 pub mod background;
@@ -41,6 +42,7 @@ pub mod config;
 pub mod descriptors;
 pub mod engine;
 pub mod error;
+pub mod logging;
 pub mod metrics;
 pub mod outbound;
 pub mod package;

@@ -2,14 +2,12 @@
 //! exit status. Everything else lives in the library.
 
 use std::collections::HashSet;
-use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches};
-use tracing_subscriber::EnvFilter;
 use wsgi_wasm::cli::{Cli, Command, RunArgs};
 use wsgi_wasm::config::{BuildConfig, RunConfig};
 use wsgi_wasm::server::ServeOptions;
@@ -22,17 +20,9 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(err) => err.exit(),
     };
-    let mut filter = EnvFilter::try_from_env("WSGI_WASM_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    if matches!(&cli.command, Command::Run(args) if args.no_access_log) {
-        filter = filter.add_directive("wsgi_wasm::access=off".parse().expect("a valid directive"));
-    }
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if matches!(&cli.command, Command::Run(args) if args.log_format == "json") {
-        // Flat: each field is a key of the line's object, beside `message`.
-        builder.json().flatten_event(true).init();
-    } else {
-        builder.with_ansi(std::io::stderr().is_terminal()).init();
-    }
+    let json = matches!(&cli.command, Command::Run(args) if args.log_format == "json");
+    let access = !matches!(&cli.command, Command::Run(args) if args.no_access_log);
+    wsgi_wasm::logging::init(json, access);
     let result = match cli.command {
         Command::Build(args) => BuildConfig::from_args(args).and_then(|cfg| package::build(&cfg)),
         Command::Run(args) => run(args, &given_flags(&matches)),
@@ -75,7 +65,8 @@ fn rereader(args: RunArgs, given: HashSet<String>, startup: &RunConfig) -> impl 
 fn run(args: RunArgs, given: &HashSet<String>) -> Result<()> {
     // First, while this is the only thread: it clears LISTEN_FDS and the rest.
     let inherited = wsgi_wasm::activation::take()?;
-    let config = RunConfig::from_args(&args, given)?;
+    let mut config = RunConfig::from_args(&args, given)?;
+    config.require_all()?;
     wsgi_wasm::descriptors::ensure(&config)?;
     // Everything that can be wrong with an app is found before listening.
     let metrics = config.metrics.map(|_| wsgi_wasm::metrics::Metrics::new());

@@ -91,9 +91,17 @@ fn in_block(ip: IpAddr, net: IpAddr, bits: u8) -> bool {
 /// Loopback, private, link-local, unspecified, multicast and the like:
 /// reachable only by an IP or CIDR grant that names them (one of /8 or
 /// longer for IPv4, /16 or longer for IPv6).
+///
+/// An IPv6 address that stands for an IPv4 one through a translator or a
+/// tunnel (NAT64 `64:ff9b::/96` and `64:ff9b:1::/48`, 6to4 `2002::/16`,
+/// Teredo `2001::/32`, IPv4-compatible `::a.b.c.d`) is special whatever it
+/// embeds: a translator on the network path would deliver it to an
+/// address (169.254.169.254, 10.0.0.1) the host cannot see from here. An
+/// IPv4-mapped one (`::ffff:a.b.c.d`) is the IPv4 address itself.
 pub fn is_special(ip: IpAddr) -> bool {
     match ip.to_canonical() {
         IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
             v4.is_loopback()
                 || v4.is_private()
                 || v4.is_link_local()
@@ -101,15 +109,28 @@ pub fn is_special(ip: IpAddr) -> bool {
                 || v4.is_broadcast()
                 || v4.is_multicast()
                 || v4.is_documentation()
-                || v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64 // 100.64/10, shared
-                || v4.octets()[0] == 0
+                || a == 0
+                || a == 100 && (b & 0xc0) == 64 // 100.64/10, shared address space
+                || a == 192 && b == 0 && c == 0 // 192.0.0/24, IETF protocol assignments
+                || a == 192 && b == 88 && c == 99 // 192.88.99/24, the 6to4 relay anycast
+                || a == 198 && (b & 0xfe) == 18 // 198.18/15, benchmarking
+                || a >= 240 // 240/4, reserved
         }
         IpAddr::V6(v6) => {
+            let s = v6.segments();
             v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
-                || (v6.segments()[0] & 0xfe00) == 0xfc00 // unique local
-                || (v6.segments()[0] & 0xffc0) == 0xfe80 // link local
+                || (s[0] & 0xfe00) == 0xfc00 // fc00::/7, unique local
+                || (s[0] & 0xffc0) == 0xfe80 // fe80::/10, link local
+                || (s[0] & 0xffc0) == 0xfec0 // fec0::/10, site local
+                || s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] // 64:ff9b::/96, NAT64
+                || s[..3] == [0x64, 0xff9b, 1] // 64:ff9b:1::/48, local-use NAT64
+                || s[0] == 0x2002 // 2002::/16, 6to4
+                || s[..2] == [0x2001, 0] // 2001::/32, Teredo
+                || s[..2] == [0x2001, 0xdb8] // 2001:db8::/32, documentation
+                || s[..4] == [0x100, 0, 0, 0] // 100::/64, discard only
+                || s[..6] == [0; 6] // ::/96, IPv4-compatible (deprecated)
         }
     }
 }
@@ -210,6 +231,63 @@ mod tests {
         assert!(p.allows("93.184.215.14:80".parse().unwrap()).await, "the wide block covers public addresses");
         let p = policy(&["169.254.169.254:80"]);
         assert!(p.allows("169.254.169.254:80".parse().unwrap()).await);
+    }
+
+    #[test]
+    fn special_addresses_include_translated_and_reserved_ones() {
+        let special = |s: &str| is_special(s.parse().unwrap());
+        for ip in [
+            // The metadata address and the private ranges, also mapped.
+            "169.254.169.254",
+            "10.0.0.1",
+            "::ffff:169.254.169.254",
+            "::ffff:127.0.0.3",
+            // NAT64 and 6to4 stand for the IPv4 address they embed.
+            "64:ff9b::a9fe:a9fe",
+            "64:ff9b::808:808",
+            "64:ff9b:1::a00:1",
+            "2002:a9fe:a9fe::1",
+            "2002:808:808::1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            // IPv4-compatible, deprecated.
+            "::169.254.169.254",
+            "::8.8.8.8",
+            // Site-local, documentation, discard.
+            "fec0::1",
+            "feff::1",
+            "2001:db8::1",
+            "100::1",
+            // IPv4 ranges that are not the public Internet.
+            "192.0.0.1",
+            "192.0.0.170",
+            "192.88.99.1",
+            "198.18.0.1",
+            "198.19.255.255",
+            "240.0.0.1",
+            "255.255.255.254",
+            "0.1.2.3",
+            "100.64.0.1",
+        ] {
+            assert!(special(ip), "{ip} passed as an ordinary address");
+        }
+        for ip in
+            ["8.8.8.8", "93.184.215.14", "198.20.0.1", "192.0.1.1", "2606:4700::1111", "2003::1", "::ffff:8.8.8.8"]
+        {
+            assert!(!special(ip), "{ip} is an ordinary address");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_translated_address_needs_a_grant_of_its_own() {
+        // The widest blocks cover only public addresses; no name reaches
+        // the metadata address through NAT64 or 6to4.
+        let p = policy(&["0.0.0.0/0:80", "[::/0]:80", "metadata.google.internal:80"]);
+        for ip in ["[64:ff9b::a9fe:a9fe]:80", "[2002:a9fe:a9fe::1]:80", "[::169.254.169.254]:80", "[fec0::1]:80"] {
+            assert!(!p.allows(ip.parse().unwrap()).await, "{ip}");
+        }
+        assert!(p.allows("[2606:4700::1111]:80".parse().unwrap()).await);
+        let p = policy(&["[64:ff9b::/96]:80"]);
+        assert!(p.allows("[64:ff9b::a9fe:a9fe]:80".parse().unwrap()).await, "granted by its own block");
     }
 
     #[test]

@@ -6,12 +6,21 @@
 //! they share is the engine (one compile cache, one epoch thread) and the
 //! pool of instance slots, which `pool` divides fairly.
 //!
-//! A reload ([`Tenants::reload`], on `SIGHUP` or when an app's `wasm` file
-//! is replaced) builds the new set beside the old: an app whose settings and
-//! file are unchanged keeps its sandbox; a new or changed one is loaded,
-//! compiled and instantiated once before it takes traffic. Then the table
-//! is swapped in one step. Requests already routed hold their app's sandbox
-//! and finish on it. If anything in the new set fails, nothing changes.
+//! Reloads are per app, so that one tenant's broken upload never holds up
+//! another's deploy:
+//! - when an app's `wasm` file is replaced, that app alone is reloaded
+//!   ([`Tenants::watch`]);
+//! - on `SIGHUP` the config is read again ([`Tenants::reload`]): an app
+//!   whose settings and file are unchanged keeps its sandbox; a new or
+//!   changed one is loaded, compiled and instantiated once before it takes
+//!   traffic; one that fails keeps its last good version (or, if new, is
+//!   not added), and the others apply.
+//!
+//! Either way the new table is swapped in one step. Requests already routed
+//! hold their app's sandbox and finish on it. A failure is logged and
+//! counted (`wsgi_wasm_reloads_total{app,result="error"}`), and a file that
+//! failed is not tried again until it changes. Only a config that does not
+//! parse, or whose apps claim the same host and prefix, changes nothing.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -158,12 +167,12 @@ impl Tenants {
         self.unrouted.as_ref()
     }
 
-    /// Serves `config` from now on, or, if any part of it fails, goes on
-    /// serving as before and says why.
+    /// Serves `config`'s apps from now on: each new or changed one that
+    /// loads, the last good version of each that does not (a new app that
+    /// fails is not added), and none of the apps it no longer names.
     ///
     /// # Errors
-    /// The first app that failed to load or instantiate, or a routing
-    /// conflict; nothing has changed then.
+    /// Two apps claiming the same host and prefix: nothing has changed then.
     pub async fn reload(&self, config: &RunConfig) -> Result<()> {
         let _one_at_a_time = self.reloading.lock().await;
         let old = self.served();
@@ -175,23 +184,79 @@ impl Tenants {
                 apps.push(Entry { config: app.clone(), stamp, sandbox: Arc::clone(&kept.sandbox) });
                 continue;
             }
-            let result = self.load_checked(app).await.with_context(|| describe(&self.file, app));
-            let sandbox = match result {
-                Ok(sandbox) => sandbox,
-                Err(err) => {
-                    self.count_reload(&app.name, "error");
-                    return Err(err);
+            match self.load_checked(app).await.with_context(|| describe(&self.file, app)) {
+                // Touched but the same bytes and settings: keep the old one.
+                Ok(sandbox) => {
+                    match old.apps.iter().find(|e| e.config == *app && e.sandbox.digest() == sandbox.digest()) {
+                        Some(same) => {
+                            apps.push(Entry { config: app.clone(), stamp, sandbox: Arc::clone(&same.sandbox) })
+                        }
+                        None => {
+                            fresh.push(app.name.clone());
+                            apps.push(Entry { config: app.clone(), stamp, sandbox: Arc::new(sandbox) });
+                        }
+                    }
                 }
-            };
-            // Touched but the same bytes and settings: keep the old one.
-            if let Some(same) = old.apps.iter().find(|e| e.config == *app && e.sandbox.digest() == sandbox.digest()) {
-                apps.push(Entry { config: app.clone(), stamp, sandbox: Arc::clone(&same.sandbox) });
-                continue;
+                Err(err) => self.keep_last_good(&old, &app.name, &err, &mut apps),
             }
-            fresh.push(app.name.clone());
-            apps.push(Entry { config: app.clone(), stamp, sandbox: Arc::new(sandbox) });
+        }
+        for (name, err) in &config.broken {
+            self.keep_last_good(&old, name, err, &mut apps);
         }
         let new = Served::new(apps, &self.file).inspect_err(|_| self.count_reload("-", "error"))?;
+        self.install(&old, new, &fresh);
+        Ok(())
+    }
+
+    /// After `name` failed to reload with `err`: logs and counts it, and
+    /// keeps the version `old` serves, if there is one.
+    fn keep_last_good(&self, old: &Served, name: &str, err: &anyhow::Error, apps: &mut Vec<Entry>) {
+        self.count_reload(name, "error");
+        match old.apps.iter().find(|e| e.config.name == name) {
+            Some(last) => {
+                tracing::error!(app = %name, "reload failed; still serving its last good version: {err:#}");
+                apps.push(Entry { config: last.config.clone(), stamp: last.stamp, sandbox: Arc::clone(&last.sandbox) });
+            }
+            None => tracing::error!(app = %name, "not added: {err:#}"),
+        }
+    }
+
+    /// Reloads the one app `name` from its `wasm` file, which changed.
+    ///
+    /// # Errors
+    /// Why the new version cannot serve; the old one goes on serving.
+    async fn reload_file(&self, name: &str) -> Result<()> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let old = self.served();
+        let Some(entry) = old.apps.iter().find(|e| e.config.name == name) else { return Ok(()) };
+        let stamp = Stamp::of(&entry.config.wasm);
+        let sandbox = match self.load_checked(&entry.config).await.with_context(|| describe(&self.file, &entry.config))
+        {
+            Ok(sandbox) => sandbox,
+            Err(err) => {
+                self.count_reload(name, "error");
+                return Err(err);
+            }
+        };
+        // Touched but the same bytes: the old version goes on serving.
+        let same = sandbox.digest() == entry.sandbox.digest();
+        let sandbox = if same { Arc::clone(&entry.sandbox) } else { Arc::new(sandbox) };
+        let apps = old
+            .apps
+            .iter()
+            .map(|e| match &e.config.name {
+                n if n == name => Entry { config: e.config.clone(), stamp, sandbox: Arc::clone(&sandbox) },
+                _ => Entry { config: e.config.clone(), stamp: e.stamp, sandbox: Arc::clone(&e.sandbox) },
+            })
+            .collect();
+        let new = Served::new(apps, &self.file)?;
+        self.install(&old, new, if same { &[] } else { std::slice::from_ref(&entry.config.name) });
+        Ok(())
+    }
+
+    /// Swaps `new` in for `old`: the apps `old` served that `new` does not
+    /// take no new requests, and each app in `fresh` says what it serves.
+    fn install(&self, old: &Served, new: Served, fresh: &[String]) {
         *self.served.write().expect("the table lock is never poisoned") = Arc::new(new);
         let new = self.served();
         let digests: Vec<&str> = new.apps.iter().map(|e| e.sandbox.digest()).collect();
@@ -207,24 +272,21 @@ impl Tenants {
                 }
             }
         }
-        for entry in &new.apps {
-            if fresh.contains(&entry.config.name) {
-                self.count_reload(&entry.config.name, "ok");
-                // The series of the version being served (a replaced one's
-                // were dropped above).
-                if let Some(m) = entry.sandbox.metrics() {
-                    m.serving(entry.sandbox.digest());
-                }
-                tracing::info!(
-                    app = %entry.config.name,
-                    digest = %entry.sandbox.digest(),
-                    "app {} now serves {}",
-                    entry.config.name,
-                    entry.sandbox.digest()
-                );
+        for entry in new.apps.iter().filter(|e| fresh.contains(&e.config.name)) {
+            self.count_reload(&entry.config.name, "ok");
+            // The series of the version being served (a replaced one's
+            // were dropped above).
+            if let Some(m) = entry.sandbox.metrics() {
+                m.serving(entry.sandbox.digest());
             }
+            tracing::info!(
+                app = %entry.config.name,
+                digest = %entry.sandbox.digest(),
+                "app {} now serves {}",
+                entry.config.name,
+                entry.sandbox.digest()
+            );
         }
-        Ok(())
     }
 
     /// Loads `app` off the async threads (compiling can take seconds), then
@@ -256,10 +318,10 @@ impl Tenants {
         }
     }
 
-    /// Reloads on `SIGHUP`, and when an app's `wasm` file is replaced, with
-    /// the config `reread` gives, until `shutdown`. A failed reload is
-    /// logged and the server goes on as before; the same files are not
-    /// retried until they change again.
+    /// Reloads on `SIGHUP`, with the config `reread` gives, and an app
+    /// alone when its `wasm` file is replaced, until `shutdown`. A failure
+    /// is logged and the server goes on as before; a file that failed is
+    /// not tried again until it changes.
     pub async fn watch(
         self: Arc<Self>,
         reread: impl Fn() -> Result<RunConfig> + Send + 'static,
@@ -269,37 +331,46 @@ impl Tenants {
             Ok(hup) => hup,
             Err(err) => return tracing::error!(cause = %err, "cannot watch for SIGHUP; reload by restarting"),
         };
-        let mut failed_stamps: Option<Vec<Option<Stamp>>> = None;
+        // The version of each app's file that failed, not to be tried again.
+        let mut failed: std::collections::HashMap<String, Option<Stamp>> = std::collections::HashMap::new();
         loop {
-            let why = tokio::select! {
-                _ = hup.recv() => "SIGHUP",
-                () = tokio::time::sleep(WATCH_INTERVAL) => {
-                    // Whether any app's file is not the one it was loaded from.
-                    let served = self.served();
-                    let stamps: Vec<_> = served.apps.iter().map(|e| Stamp::of(&e.config.wasm)).collect();
-                    let changed = served.apps.iter().zip(&stamps).any(|(e, stamp)| *stamp != e.stamp);
-                    if !changed || failed_stamps.as_ref() == Some(&stamps) {
-                        continue;
+            tokio::select! {
+                _ = hup.recv() => {
+                    tracing::info!("reloading: SIGHUP");
+                    let result = match reread() {
+                        Ok(config) => self.reload(&config).await,
+                        Err(err) => {
+                            self.count_reload("-", "error");
+                            Err(err)
+                        }
+                    };
+                    match result {
+                        Ok(()) => tracing::info!("reloaded: serving {} apps", self.served().apps.len()),
+                        Err(err) => tracing::error!("reload failed, still serving as before: {err:#}"),
                     }
-                    failed_stamps = Some(stamps);
-                    "an app's wasm file changed"
+                    failed.clear();
+                }
+                () = tokio::time::sleep(WATCH_INTERVAL) => {
+                    let served = self.served();
+                    for entry in &served.apps {
+                        let stamp = Stamp::of(&entry.config.wasm);
+                        if stamp == entry.stamp || failed.get(&entry.config.name) == Some(&stamp) {
+                            continue;
+                        }
+                        let name = &entry.config.name;
+                        tracing::info!(app = %name, "reloading {name}: its wasm file changed");
+                        match self.reload_file(name).await {
+                            Ok(()) => {
+                                failed.remove(name);
+                            }
+                            Err(err) => {
+                                tracing::error!(app = %name, "reload failed; still serving its last good version: {err:#}");
+                                failed.insert(name.clone(), stamp);
+                            }
+                        }
+                    }
                 }
                 () = shutdown.cancelled() => return,
-            };
-            tracing::info!("reloading: {why}");
-            let result = match reread() {
-                Ok(config) => self.reload(&config).await,
-                Err(err) => {
-                    self.count_reload("-", "error");
-                    Err(err)
-                }
-            };
-            match result {
-                Ok(()) => {
-                    failed_stamps = None;
-                    tracing::info!("reloaded: serving {} apps", self.served().apps.len());
-                }
-                Err(err) => tracing::error!("reload failed, still serving as before: {err:#}"),
             }
         }
     }

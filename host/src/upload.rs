@@ -47,11 +47,7 @@ impl LoadedApp {
     /// component made by `wsgi-wasm build`, does not compile, needs more
     /// memory than `limits` allow, or the cache directory is not writable.
     pub fn load(path: &Path, shared: &Arc<SharedEngine>, limits: &Limits) -> Result<Self> {
-        let size = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?.len();
-        if size > MAX_APP_BYTES {
-            bail!("{} is {} MiB; an app.wasm may be at most {} MiB", path.display(), size >> 20, MAX_APP_BYTES >> 20);
-        }
-        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let bytes = read_regular_file(path, MAX_APP_BYTES)?;
         let digest = bundle::hex(&Sha256::digest(&bytes));
         let payload = bundle::find(&bytes).with_context(|| format!("{} is not a wsgi-wasm app", path.display()))?;
         let tree_dir = shared.cache.dir().join("trees").join(&digest);
@@ -93,6 +89,35 @@ impl LoadedApp {
     pub fn metered(&self) -> bool {
         self.shared.spec.fuel
     }
+}
+
+/// The bytes of `path`, which must be a regular file of at most `max`
+/// bytes. It is opened without blocking and checked on the open handle, so
+/// a FIFO or a device put in its place (even after a first check) is
+/// refused, never read.
+///
+/// # Errors
+/// Says what `path` is instead.
+fn read_regular_file(path: &Path, max: u64) -> Result<Vec<u8>> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let reading = || format!("reading {}", path.display());
+    let file =
+        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path).with_context(reading)?;
+    let meta = file.metadata().with_context(reading)?;
+    if !meta.is_file() {
+        bail!("{} is not a regular file; an app is an app.wasm file", path.display());
+    }
+    if meta.len() > max {
+        bail!("{} is {} MiB; an app.wasm may be at most {} MiB", path.display(), meta.len() >> 20, max >> 20);
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    // Bounded even if the file grows while it is read.
+    file.take(max + 1).read_to_end(&mut bytes).with_context(reading)?;
+    if bytes.len() as u64 > max {
+        bail!("{} grew past {} MiB while it was read", path.display(), max >> 20);
+    }
+    Ok(bytes)
 }
 
 /// The largest `app.wasm` accepted. Flask with its dependencies is about

@@ -4,6 +4,7 @@
 mod common;
 mod conformance;
 mod hostile;
+mod isolation;
 mod limits;
 mod nginx;
 mod operations;

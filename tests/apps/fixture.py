@@ -310,6 +310,16 @@ def log_route(environ, start_response):
     return [b"logged\n"]
 
 
+def print_route(environ, start_response):
+    """Prints the query string, percent-decoded: whatever bytes a test
+    wants on the app's stdout."""
+    from urllib.parse import unquote
+
+    print(unquote(environ.get("QUERY_STRING", "")))
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"printed\n"]
+
+
 def sleep_route(environ, start_response):
     print("sleep started", flush=True)
     time.sleep(float(_query(environ).get("s", "1")))
@@ -446,6 +456,8 @@ def whoami(environ, start_response):
             "script_name": environ["SCRIPT_NAME"],
             "path_info": environ["PATH_INFO"],
             "appid": environ.get("UWSGI_APPID"),
+            "server_name": environ["SERVER_NAME"],
+            "http_host": environ.get("HTTP_HOST"),
         },
     )
 
@@ -516,6 +528,7 @@ ROUTES = {
     "/endless": endless,
     "/kdf": kdf_route,
     "/tz": tz_route,
+    "/print": print_route,
 }
 
 

@@ -365,6 +365,11 @@ impl AppTable {
         let wasm = self.wasm.clone().expect("every app has a wasm: checked on load");
         if !wasm.is_file() {
             let what = if key("wasm").starts_with("--") { String::new() } else { format!("{}: ", key("wasm")) };
+            // A FIFO or a device is never opened: reading one could block,
+            // or never end.
+            if wasm.exists() {
+                bail!("{what}{} is not a regular file; an app is an app.wasm file", wasm.display());
+            }
             bail!("{what}{}: no such file (make one with `wsgi-wasm build`)", wasm.display());
         }
         let memory = must(&self.memory);

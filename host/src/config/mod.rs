@@ -365,6 +365,11 @@ pub struct RunConfig {
     /// Sandbox slots all apps share (`[server] max_instances`).
     pub pool: usize,
     pub apps: Vec<AppConfig>,
+    /// The apps whose settings are wrong (a missing `wasm`, a bad value),
+    /// each with why. At startup any one stops the server
+    /// ([`RunConfig::require_all`]); on a reload each keeps its last good
+    /// version while the others apply.
+    pub broken: Vec<(String, anyhow::Error)>,
     pub shutdown_timeout: Duration,
     /// Report per-request timing (`--timing`).
     pub timing: bool,
@@ -411,19 +416,26 @@ impl RunConfig {
             None => 32 * cores,
         };
         let mut apps = Vec::new();
+        let mut broken = Vec::new();
         for (name, table) in &loaded.apps {
             let merged = defaults.app.over(&loaded.defaults).over(table).over(&flags.app);
             let key = |k: &str| {
                 let from_defaults = !table.has(k) && loaded.defaults.has(k);
                 name_of(if from_defaults { file::Origin::Defaults } else { file::Origin::App(name) }, k)
             };
-            apps.push(merged.into_app(name, pool, &key)?);
+            match merged.into_app(name, pool, &key) {
+                Ok(app) => apps.push(app),
+                Err(err) => broken.push((name.clone(), err)),
+            }
         }
-        if apps.is_empty() {
+        if apps.is_empty() && broken.is_empty() {
             bail!("{}: no [apps.NAME] table: name at least one app", loaded.display());
         }
         // One app alone: the pool is its own cap.
-        let pool = if loaded.path.is_none() { apps[0].limits.max_instances } else { pool };
+        let pool = match apps.first() {
+            Some(app) if loaded.path.is_none() => app.limits.max_instances,
+            _ => pool,
+        };
         let server_cfg = server.into_server(&key)?;
         Ok(Self {
             file: loaded.path.clone(),
@@ -433,11 +445,25 @@ impl RunConfig {
             server: server_cfg.limits,
             pool,
             apps,
+            broken,
             shutdown_timeout: server_cfg.shutdown_timeout,
             timing: args.timing,
             perf_map: args.perf_map,
             metrics: server_cfg.metrics,
         })
+    }
+}
+
+impl RunConfig {
+    /// Every app's settings are right, as a server needs at startup.
+    ///
+    /// # Errors
+    /// The first app whose settings are wrong, and why.
+    pub fn require_all(&mut self) -> Result<()> {
+        match self.broken.drain(..).next() {
+            Some((_, err)) => Err(err),
+            None => Ok(()),
+        }
     }
 }
 

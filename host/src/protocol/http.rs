@@ -95,21 +95,16 @@ fn body_aborted(err: &hyper::Error) -> bool {
 
 async fn handle(dispatcher: &Dispatcher, conn: ConnInfo, req: Request<Incoming>) -> Response<ResponseBody> {
     let (parts, body) = req.into_parts();
-    if let Some((status, why)) = refuse_head(&parts, dispatcher.limits()) {
-        tracing::warn!(peer = %conn.peer, method = %parts.method, "refused a request: {why}");
-        let limit = matches!(status, StatusCode::URI_TOO_LONG | StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
-        dispatcher.refused(status, limit.then_some("header"));
-        let mut resp = into_hyper(WsgiResponse::error(status));
-        if status == StatusCode::METHOD_NOT_ALLOWED {
-            resp.headers_mut().insert(ALLOW, HeaderValue::from_static(ALLOWED_METHODS));
-        }
-        // Whatever follows on this connection is not read as a request.
-        resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
-        return resp;
-    }
+    let vars = match refuse_head(&parts, dispatcher.limits()) {
+        None => environ::from_http(&parts, conn).map_err(|why| (StatusCode::BAD_REQUEST, why)),
+        Some(refused) => Err(refused),
+    };
+    let vars = match vars {
+        Ok(vars) => vars,
+        Err((status, why)) => return refuse(dispatcher, conn, &parts, status, why),
+    };
     // hyper has already refused a malformed or conflicting Content-Length.
     let declared = parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    let vars = environ::from_http(&parts, conn);
     let request = WsgiRequest {
         target: parts.uri.path_and_query().map_or_else(|| parts.uri.to_string(), |pq| pq.to_string()),
         method: parts.method,
@@ -119,6 +114,27 @@ async fn handle(dispatcher: &Dispatcher, conn: ConnInfo, req: Request<Incoming>)
         body: TrailersChecked(body).boxed_unsync(),
     };
     into_hyper(dispatcher.dispatch(request).await)
+}
+
+/// The host's own answer to a request it refuses before routing; the app is
+/// never called, and the connection closes.
+fn refuse(
+    dispatcher: &Dispatcher,
+    conn: ConnInfo,
+    parts: &Parts,
+    status: StatusCode,
+    why: &str,
+) -> Response<ResponseBody> {
+    tracing::warn!(peer = %conn.peer, method = %parts.method, "refused a request: {why}");
+    let limit = matches!(status, StatusCode::URI_TOO_LONG | StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    dispatcher.refused(status, limit.then_some("header"));
+    let mut resp = into_hyper(WsgiResponse::error(status));
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        resp.headers_mut().insert(ALLOW, HeaderValue::from_static(ALLOWED_METHODS));
+    }
+    // Whatever follows on this connection is not read as a request.
+    resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+    resp
 }
 
 /// Fields a sender must not put in a trailer section (RFC 9110 §6.5.1):

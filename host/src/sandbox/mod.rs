@@ -116,7 +116,7 @@ pub struct Sandbox {
     /// The compiled component, its engine and its file tree.
     app: LoadedApp,
     /// The app's name in log lines and metrics.
-    name: String,
+    name: Arc<str>,
     /// Linked once at startup; every request instantiates from it.
     pre: WsgiPre<HostState>,
     /// What every instance and listener enforces.
@@ -171,7 +171,7 @@ impl Sandbox {
             .map_err(anyhow::Error::from)
             .context("the component does not export the wsgi-wasm `wsgi` world")?;
         let preopens = files::open_preopens(&app, &grants.mounts)?;
-        Ok(Self { app, name, pre, limits, grants, slots, preopens, metrics })
+        Ok(Self { app, name: name.into(), pre, limits, grants, slots, preopens, metrics })
     }
 
     /// This app's metrics, with `--metrics`.
@@ -370,7 +370,12 @@ impl Sandbox {
     }
 
     fn new_store(&self, req_id: u64, io: GuestIo, moving: background::Move) -> anyhow::Result<Store<HostState>> {
-        let log = output::LogBudget::new(req_id, self.limits.max_log_bytes, self.limits.max_log_lines);
+        let log = output::LogBudget::new(
+            req_id,
+            Arc::clone(&self.name),
+            self.limits.max_log_bytes,
+            self.limits.max_log_lines,
+        );
         let mut wasi = WasiCtxBuilder::new();
         let network = Network::grant(&mut wasi, &self.grants.outbound, req_id, self.limits.max_outbound_connections);
         wasi.stdout(output::GuestLog::new(Arc::clone(&log), "stdout"))

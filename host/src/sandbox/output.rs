@@ -19,6 +19,8 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use tokio::io::AsyncWrite;
+
+use crate::logging::GUEST;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
@@ -29,6 +31,8 @@ pub const MAX_MESSAGE: usize = 16 * 1024;
 pub struct LogBudget {
     /// For every line logged.
     req_id: u64,
+    /// The app, for every line logged: in a log of many tenants, whose.
+    app: Arc<str>,
     /// The counters, shared by the request's three streams.
     state: Mutex<Budget>,
     /// The line stdout and stderr are in the middle of.
@@ -54,7 +58,7 @@ struct Budget {
 }
 
 impl LogBudget {
-    pub fn new(req_id: u64, max_bytes: u64, max_lines: u64) -> Arc<Self> {
+    pub fn new(req_id: u64, app: Arc<str>, max_bytes: u64, max_lines: u64) -> Arc<Self> {
         let state = Budget {
             bytes_left: max_bytes,
             lines_left: max_lines,
@@ -62,7 +66,7 @@ impl LogBudget {
             dropped_lines: 0,
             dropped_bytes: 0,
         };
-        Arc::new(Self { req_id, state: Mutex::new(state), lines: Mutex::default() })
+        Arc::new(Self { req_id, app, state: Mutex::new(state), lines: Mutex::default() })
     }
 
     /// Appends what the guest wrote to `stream` (stdout or stderr), logging
@@ -104,15 +108,16 @@ impl LogBudget {
             b.bytes_left -= len;
         }
         let line = String::from_utf8_lossy(kept);
-        let req_id = self.req_id;
+        let (req_id, app) = (self.req_id, &*self.app);
+        // The text log quotes the line whole (`logging`): it is the app's.
         match (stream, cut) {
-            ("wsgi.errors", 0) => tracing::warn!(target: "wsgi_wasm::guest", req_id, stream, "{line}"),
+            ("wsgi.errors", 0) => tracing::warn!(target: GUEST, req_id, app, stream, "{line}"),
             ("wsgi.errors", cut) => {
-                tracing::warn!(target: "wsgi_wasm::guest", req_id, stream, "{line} [... {cut} more bytes dropped]");
+                tracing::warn!(target: GUEST, req_id, app, stream, "{line} [... {cut} more bytes dropped]");
             }
-            (_, 0) => tracing::info!(target: "wsgi_wasm::guest", req_id, stream, "{line}"),
+            (_, 0) => tracing::info!(target: GUEST, req_id, app, stream, "{line}"),
             (_, cut) => {
-                tracing::info!(target: "wsgi_wasm::guest", req_id, stream, "{line} [... {cut} more bytes dropped]");
+                tracing::info!(target: GUEST, req_id, app, stream, "{line} [... {cut} more bytes dropped]");
             }
         }
     }
@@ -138,6 +143,7 @@ impl LogBudget {
         if b.dropped_lines > 0 {
             tracing::warn!(
                 req_id = self.req_id,
+                app = &*self.app,
                 dropped_lines = b.dropped_lines,
                 dropped_bytes = b.dropped_bytes,
                 "the app's output went past its log budget (--max-log-lines, --max-log-bytes); the rest was dropped"
@@ -255,7 +261,7 @@ mod tests {
 
     #[test]
     fn a_long_line_is_cut_and_only_its_start_is_held_across_writes() {
-        let budget = LogBudget::new(1, 1 << 20, 100);
+        let budget = LogBudget::new(1, "test".into(), 1 << 20, 100);
         let big = vec![b'x'; 3 * MAX_MESSAGE + 5];
         // Each write through a new stream object, as the guest's libc does.
         for _ in 0..2 {
@@ -277,12 +283,12 @@ mod tests {
 
     #[test]
     fn past_the_budget_everything_is_dropped_and_counted() {
-        let budget = LogBudget::new(1, 10, 3);
+        let budget = LogBudget::new(1, "test".into(), 10, 3);
         budget.emit("stdout", b"12345", 0);
         budget.emit("stdout", b"123456", 0); // 6 > the 5 bytes left: the log stops here
         budget.emit("stdout", b"1", 4); // would fit, but comes after
         assert_eq!(counts(&budget), (2, 5, 2, 11));
-        let budget = LogBudget::new(1, 1000, 2);
+        let budget = LogBudget::new(1, "test".into(), 1000, 2);
         for _ in 0..5 {
             budget.emit_message("line");
         }

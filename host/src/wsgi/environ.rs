@@ -9,6 +9,8 @@ use std::net::SocketAddr;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, COOKIE, HOST};
 use http::request::Parts;
 
+use super::target;
+
 /// CGI variables in the order they were added; names are unique.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct CgiVars(pub Vec<(String, Vec<u8>)>);
@@ -69,21 +71,32 @@ pub struct ConnInfo {
 /// - Every other header becomes `HTTP_*`. Repeated headers are joined with
 ///   `, ` (cookies with `; `). Names containing `_` are dropped, as werkzeug
 ///   does, so `X_Forwarded_For` cannot pose as `X-Forwarded-For`.
-/// - `SERVER_NAME`/`SERVER_PORT` come from the Host header if there is one,
-///   else from the address the connection arrived on.
-pub fn from_http(parts: &Parts, conn: ConnInfo) -> CgiVars {
+/// - The host is the request's one `Host`, or its absolute-form target's
+///   authority (`target::http_host`), normalized: `HTTP_HOST` is it as
+///   routing compares it, `SERVER_NAME`/`SERVER_PORT` its parts (else the
+///   address the connection arrived on).
+/// - `PATH_INFO` is normalized as nginx normalizes it (`target`).
+///
+/// # Errors
+/// What makes the request a 400: its host or its path (`target`).
+pub fn from_http(parts: &Parts, conn: ConnInfo) -> Result<CgiVars, &'static str> {
+    let host = target::http_host(parts)?;
+    let decoded: Vec<u8> = percent_encoding::percent_decode_str(parts.uri.path()).collect();
     let mut vars = CgiVars::default();
     vars.push("REQUEST_METHOD", parts.method.as_str());
     vars.push("SCRIPT_NAME", "");
-    vars.push("PATH_INFO", percent_encoding::percent_decode_str(parts.uri.path()).collect::<Vec<u8>>());
+    vars.push("PATH_INFO", target::normalize_path(&decoded)?);
     vars.push("QUERY_STRING", parts.uri.query().unwrap_or(""));
     vars.push("REQUEST_URI", parts.uri.path_and_query().map_or("/", |pq| pq.as_str()));
     vars.push("RAW_URI", parts.uri.path_and_query().map_or("/", |pq| pq.as_str()));
     vars.push("SERVER_PROTOCOL", format!("{:?}", parts.version));
 
-    let (name, port) = server_name(parts, conn.local);
+    let (name, port) = match &host {
+        Some(host) => (host.server_name().to_owned(), host.port.unwrap_or(conn.local.port())),
+        None => (conn.local.ip().to_string(), conn.local.port()),
+    };
     vars.push("SERVER_NAME", name);
-    vars.push("SERVER_PORT", port);
+    vars.push("SERVER_PORT", port.to_string());
     vars.push("REMOTE_ADDR", conn.peer.ip().to_string());
     vars.push("REMOTE_PORT", conn.peer.port().to_string());
 
@@ -92,8 +105,13 @@ pub fn from_http(parts: &Parts, conn: ConnInfo) -> CgiVars {
             vars.push(key, v.as_bytes());
         }
     }
+    match &host {
+        Some(host) => vars.push("HTTP_HOST", host.header()),
+        None if parts.headers.contains_key(HOST) => vars.push("HTTP_HOST", ""),
+        None => {}
+    }
     for name in parts.headers.keys() {
-        if name == CONTENT_TYPE || name == CONTENT_LENGTH || name.as_str().contains('_') {
+        if name == CONTENT_TYPE || name == CONTENT_LENGTH || name == HOST || name.as_str().contains('_') {
             continue;
         }
         let sep: &[u8] = if name == COOKIE { b"; " } else { b", " };
@@ -106,7 +124,7 @@ pub fn from_http(parts: &Parts, conn: ConnInfo) -> CgiVars {
         }
         vars.push(cgi_name(name.as_str()), joined);
     }
-    vars
+    Ok(vars)
 }
 
 /// Builds the CGI variables and URL scheme from a uwsgi packet's vars, as
@@ -130,6 +148,8 @@ pub fn from_uwsgi(vars: Vec<(Vec<u8>, Vec<u8>)>, conn: Option<ConnInfo>) -> Resu
     for (key, value) in vars {
         let Ok(key) = String::from_utf8(key) else { continue };
         match out.0.iter_mut().find(|(k, _)| *k == key) {
+            // RFC 9112 §3.2, as for HTTP: a request has one host.
+            Some(_) if key == "HTTP_HOST" => return Err("more than one HTTP_HOST".into()),
             Some((_, existing)) if key.starts_with("HTTP_") => {
                 existing.extend_from_slice(if key == "HTTP_COOKIE" { b"; " } else { b", " });
                 existing.extend_from_slice(&value);
@@ -156,6 +176,19 @@ pub fn from_uwsgi(vars: Vec<(Vec<u8>, Vec<u8>)>, conn: Option<ConnInfo>) -> Resu
         }
     }
 
+    // The host routes the request: one valid `host [":" port]`, normalized
+    // (`target`); SERVER_NAME is checked the same when it is what routes.
+    match out.get("HTTP_HOST").map(<[u8]>::to_vec) {
+        Some(raw) => {
+            let host = target::Host::parse(&raw).map_err(|why| format!("HTTP_HOST: {why}"))?;
+            out.set("HTTP_HOST", host.map(|h| h.header()).unwrap_or_default());
+        }
+        None => {
+            if let Some(name) = out.get("SERVER_NAME") {
+                target::Host::parse(name).map_err(|why| format!("SERVER_NAME: {why}"))?;
+            }
+        }
+    }
     out.set_default("REQUEST_METHOD", b"GET");
     out.set_default("SERVER_PROTOCOL", b"HTTP/1.1");
     let uri = out.get("REQUEST_URI").map(<[u8]>::to_vec);
@@ -180,6 +213,9 @@ pub fn from_uwsgi(vars: Vec<(Vec<u8>, Vec<u8>)>, conn: Option<ConnInfo>) -> Resu
         out.push("REQUEST_URI", rebuilt);
     }
 
+    let path =
+        target::normalize_path(out.get("PATH_INFO").unwrap_or(b"/")).map_err(|why| format!("PATH_INFO: {why}"))?;
+    out.set("PATH_INFO", path);
     let mut script = out.take("SCRIPT_NAME").unwrap_or_default();
     while script.last() == Some(&b'/') {
         script.pop();
@@ -234,22 +270,6 @@ fn cgi_name(header: &str) -> String {
     out
 }
 
-fn server_name(parts: &Parts, local: SocketAddr) -> (String, String) {
-    let authority = parts
-        .uri
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| parts.headers.get(HOST).and_then(|h| h.to_str().ok()).map(str::to_owned));
-    if let Some(auth) = authority.filter(|a| !a.is_empty()) {
-        if let Ok(parsed) = auth.parse::<http::uri::Authority>() {
-            let port = parsed.port_u16().unwrap_or(local.port());
-            let host = parsed.host().trim_start_matches('[').trim_end_matches(']');
-            return (host.to_owned(), port.to_string());
-        }
-    }
-    (local.ip().to_string(), local.port().to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,8 +289,13 @@ mod tests {
         );
     }
 
-    fn vars(req: http::Request<()>) -> CgiVars {
-        from_http(&req.into_parts().0, conn())
+    /// The variables of `req`, with a `Host: t` if it has none (HTTP/1.1
+    /// requires one).
+    fn vars(mut req: http::Request<()>) -> CgiVars {
+        if !req.headers().contains_key(HOST) {
+            req.headers_mut().insert(HOST, http::HeaderValue::from_static("t"));
+        }
+        from_http(&req.into_parts().0, conn()).unwrap()
     }
 
     #[test]
@@ -356,6 +381,25 @@ mod tests {
     }
 
     #[test]
+    fn uwsgi_hosts_and_paths_follow_the_http_rules() {
+        let pairs = |vars: &[(&str, &str)]| -> Vec<(Vec<u8>, Vec<u8>)> {
+            vars.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec())).collect()
+        };
+        let (v, _) = uwsgi(&[("HTTP_HOST", "Shop.Test."), ("PATH_INFO", "/x/../sub//y")]);
+        assert_eq!((v.get("HTTP_HOST").unwrap(), v.get("PATH_INFO").unwrap()), (&b"shop.test"[..], &b"/sub/y"[..]));
+        for bad in [
+            &[("HTTP_HOST", "a.test"), ("HTTP_HOST", "x.b.test")][..],
+            &[("HTTP_HOST", "evil.com/.b.test")],
+            &[("HTTP_HOST", "a.test:1:2")],
+            &[("SERVER_NAME", "a test")],
+            &[("PATH_INFO", "/sub/../../etc")],
+            &[("REQUEST_URI", "/sub%2F..%2F..%2Fetc")],
+        ] {
+            assert!(from_uwsgi(pairs(bad), None).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn uwsgi_script_name_mounts_and_scheme_follows_https_vars() {
         let (v, _) = uwsgi(&[("SCRIPT_NAME", "/app/"), ("PATH_INFO", "/app/users/1"), ("REQUEST_URI", "/app/users/1")]);
         assert_eq!((v.get("SCRIPT_NAME").unwrap(), v.get("PATH_INFO").unwrap()), (&b"/app"[..], &b"/users/1"[..]));
@@ -373,9 +417,23 @@ mod tests {
         assert_eq!((v.get("SERVER_NAME").unwrap(), v.get("SERVER_PORT").unwrap()), (&b"example.org"[..], &b"8080"[..]));
         let v = vars(http::Request::get("/").header("Host", "[::1]").body(()).unwrap());
         assert_eq!((v.get("SERVER_NAME").unwrap(), v.get("SERVER_PORT").unwrap()), (&b"::1"[..], &b"8000"[..]));
-        let v = vars(http::Request::get("/").body(()).unwrap());
+        // The name routing used: lowercase, no trailing dot; HTTP_HOST too.
+        let v = vars(http::Request::get("/").header("Host", "Example.ORG.:81").body(()).unwrap());
+        assert_eq!(
+            (v.get("SERVER_NAME").unwrap(), v.get("HTTP_HOST").unwrap()),
+            (&b"example.org"[..], &b"example.org:81"[..])
+        );
+        // An absolute-form target's authority replaces Host.
+        let v = vars(http::Request::get("http://b.test/x").header("Host", "a.test").body(()).unwrap());
+        assert_eq!((v.get("SERVER_NAME").unwrap(), v.get("HTTP_HOST").unwrap()), (&b"b.test"[..], &b"b.test"[..]));
+        assert_eq!(v.get("PATH_INFO").unwrap(), b"/x");
+        // HTTP/1.0 without a Host: the socket's address.
+        let req = http::Request::get("/").version(http::Version::HTTP_10).body(()).unwrap();
+        let v = from_http(&req.into_parts().0, conn()).unwrap();
         assert_eq!(v.get("SERVER_NAME").unwrap(), b"127.0.0.1");
+        assert!(v.get("HTTP_HOST").is_none());
         assert_eq!(v.get("REMOTE_PORT").unwrap(), b"54321");
-        assert_eq!(v.get("SERVER_PROTOCOL").unwrap(), b"HTTP/1.1");
+        assert_eq!(v.get("SERVER_PROTOCOL").unwrap(), b"HTTP/1.0");
+        assert!(from_http(&http::Request::get("/").body(()).unwrap().into_parts().0, conn()).is_err());
     }
 }

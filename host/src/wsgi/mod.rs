@@ -9,6 +9,7 @@
 
 pub mod environ;
 pub mod response;
+pub mod target;
 
 use std::future::Future as _;
 use std::pin::Pin;
@@ -29,6 +30,7 @@ pub use self::environ::{CgiVars, ConnInfo};
 pub use self::response::ResponseHead;
 use crate::config::ServerLimits;
 use crate::error::{error_body, SandboxError};
+use crate::logging::{quote_inner, ACCESS};
 use crate::sandbox::{GuestIo, GuestRequest, HeadAccepted, HeadHandler, HeadRefused, RequestBody, Sandbox};
 use crate::tenants::Tenants;
 
@@ -205,16 +207,18 @@ impl Dispatcher {
         let appid = req.vars.get("UWSGI_APPID").map(String::from_utf8_lossy);
         let response = WsgiResponse::error(StatusCode::NOT_FOUND);
         let bytes = error_body(StatusCode::NOT_FOUND).len();
+        // The host and the target are the client's words: a text field is
+        // quoted, and the target escaped inside the message's quotes.
         tracing::info!(
-            target: "wsgi_wasm::access",
+            target: ACCESS,
             req_id,
             app = %"-",
             status = 404,
-            host = %String::from_utf8_lossy(host),
+            host = &*String::from_utf8_lossy(host),
             appid = appid.as_deref(),
             "\"{} {}\" 404 {bytes} no app is mounted for this host and path",
             req.method,
-            req.target
+            quote_inner(&req.target)
         );
         self.refused(StatusCode::NOT_FOUND, None);
         response
@@ -317,7 +321,7 @@ impl Dispatcher {
             // The host's own phases, with --timing.
             let t = stats.filter(|_| timing).map(|s| s.timing);
             tracing::info!(
-                target: "wsgi_wasm::access",
+                target: ACCESS,
                 req_id,
                 app = %app,
                 status = code,
@@ -330,7 +334,8 @@ impl Dispatcher {
                 queue_ms = t.map(|t| ms2(t.queue)),
                 instantiate_ms = t.map(|t| ms2(t.instantiate)),
                 teardown_ms = t.map(|t| ms2(t.teardown)),
-                "\"{method} {target}\" {code} {bytes} {total:.1}ms"
+                "\"{method} {}\" {code} {bytes} {total:.1}ms",
+                quote_inner(&target)
             );
             result
         });

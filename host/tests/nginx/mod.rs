@@ -277,11 +277,20 @@ fn malformed_uwsgi_packets_are_refused_and_never_reach_the_app() {
         ("value past the block", vec![0, 6, 0, 0, 1, 0, b'A', 0xff, 0xff, b'v']),
         ("modifier1 5", foreign),
         ("oversized vars", oversized),
-        ("bad CONTENT_LENGTH", uwsgi_packet(&[("CONTENT_LENGTH", "-3")])),
     ];
     for (name, bytes) in &cases {
         let reply = uwsgi_raw(addr, bytes);
         assert!(reply.is_empty(), "{name}: got {:?}", String::from_utf8_lossy(&reply));
+    }
+    // A packet that parses but cannot be served as it is gets the host's
+    // 400 (issue 31), as on HTTP.
+    for (name, vars) in [
+        ("bad CONTENT_LENGTH", &[("CONTENT_LENGTH", "-3")][..]),
+        ("two hosts", &[("HTTP_HOST", "a.test"), ("HTTP_HOST", "b.test")]),
+        ("a path above the root", &[("PATH_INFO", "/../etc/passwd")]),
+    ] {
+        let reply = String::from_utf8_lossy(&uwsgi_raw(addr, &uwsgi_packet(vars))).into_owned();
+        assert!(reply.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{name}: {reply}");
     }
     assert!(server.wait_for_log("refused uwsgi request", Duration::from_secs(5)));
     // Not one of them made it to a sandbox, and the server still serves.
@@ -405,4 +414,51 @@ fn r17_nginx_sends_every_tenant_to_one_socket_and_the_host_or_uwsgi_appid_picks_
     // UWSGI_APPID from nginx's config beats the Host header.
     assert_eq!(who("shop.example.com", "/by-id/whoami"), ("blog".into(), String::new()));
     assert_eq!(ask("other.org", "/whoami"), (404, "404 Not Found\n".into()));
+}
+
+#[test]
+fn r31_a_prefix_is_matched_on_the_path_nginx_would_route_directly_and_behind_it() {
+    // Issue 31: `..` and `%2F` reach the same app with the same PATH_INFO
+    // through nginx as they do directly, or are refused both ways.
+    let config = crate::tenants::Config::new(
+        "[apps.root]\nwasm = \"fixture.wasm\"\nenv = { TENANT = \"root\" }\n\n\
+         [apps.sub]\nwasm = \"fixture.wasm\"\nprefix = \"/sub\"\nenv = { TENANT = \"sub\" }\n",
+    );
+    let server = config.serve(&["--uwsgi", "127.0.0.1:0"]);
+    let up = server.uwsgi_addr();
+    let nginx =
+        Nginx::start("prefixes", &format!("    location / {{ include /etc/nginx/uwsgi_params; uwsgi_pass {up}; }}"));
+    let ask = |addr: SocketAddr, target: &str| {
+        let reply = crate::common::raw_text(
+            addr,
+            format!("GET {target} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
+        );
+        let status: u16 = reply[9..12].parse().unwrap();
+        if status != 200 {
+            return Err(status);
+        }
+        let v = crate::common::body_json(reply.as_bytes());
+        Ok([&v["tenant"], &v["script_name"], &v["path_info"]].map(|s| s.as_str().unwrap().to_owned()))
+    };
+    for target in [
+        "/sub/whoami",
+        "/x/../sub/whoami",
+        "/sub/x/..//whoami",
+        "/sub%2Fwhoami",
+        "/sub/../whoami",
+        "//sub//whoami",
+        "/sub%2F..%2Fwhoami",
+        "/sub%2F..%2F..%2Fetc",
+        "/sub/../../etc",
+    ] {
+        let direct = ask(server.addr, target);
+        let proxied = ask(nginx.addr(), target);
+        match (&direct, &proxied) {
+            (Ok(a), Ok(b)) => assert_eq!(a, b, "{target}"),
+            // Refused both ways: nginx itself, or the server, says 400.
+            (Err(a), Err(b)) => assert!(*a == 400 && *b == 400, "{target}: {a} directly, {b} through nginx"),
+            _ => panic!("{target}: {direct:?} directly, {proxied:?} through nginx"),
+        }
+    }
+    assert_eq!(ask(server.addr, "/x/../sub/whoami").unwrap(), ["sub", "/sub", "/whoami"]);
 }

@@ -62,14 +62,30 @@ fn r18_a_granted_address_is_reached_and_everything_else_is_refused() {
     let server = Server::start(fixture(), &["--allow-outbound", &grant]);
     // urllib.request, over a connection the grant allows.
     assert_eq!(fetch(&server, &format!("host=127.0.0.1&port={}", peer.port)), Ok("hello from the peer\n".into()));
-    // Another port of the same host, another host, the metadata address.
+    // Another port of the same host; other loopback addresses, plain and
+    // IPv4-mapped, each with a listener that must see nothing arrive. (The
+    // metadata address and the private ranges are the classifier's unit
+    // tests: a test sends nothing past loopback, even to be refused.)
+    let silent: Vec<TcpListener> =
+        ["127.0.0.2:0", "127.0.0.3:0"].iter().map(|a| TcpListener::bind(a).unwrap()).collect();
+    for listener in &silent {
+        listener.set_nonblocking(true).unwrap();
+    }
+    let port_of = |i: usize| silent[i].local_addr().unwrap().port();
     for query in [
         format!("host=127.0.0.1&port={}", other.port),
-        format!("host=127.0.0.2&port={}", peer.port),
-        "host=169.254.169.254&port=80".to_owned(),
+        format!("host=127.0.0.2&port={}", port_of(0)),
+        format!("url=http://[::ffff:127.0.0.3]:{}/", port_of(1)),
     ] {
         let err = fetch(&server, &query).unwrap_err();
         assert!(err.starts_with("URLError"), "{query}: {err}");
+    }
+    for listener in &silent {
+        let accepted = listener.accept();
+        assert!(
+            matches!(&accepted, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "a refused connection arrived: {accepted:?}"
+        );
     }
     assert!(server.wait_for_log("refused an outbound connection", Duration::from_secs(5)), "{}", server.log());
     // A name no grant names is not even looked up.

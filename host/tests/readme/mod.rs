@@ -96,8 +96,10 @@ fn print_and_wsgi_errors_carry_their_own_request_id() {
         let id = access.split("req_id=").nth(1).unwrap().split_whitespace().next().unwrap();
         let printed = log.lines().find(|l| l.contains(&format!("hello from print() in request x={x}"))).unwrap();
         assert!(printed.contains(&format!("req_id={id} ")), "{printed} (the access line has {id})");
-        let errors: Vec<_> =
-            log.lines().filter(|l| l.contains(&format!("req_id={id} stream=\"wsgi.errors\""))).collect();
+        let errors: Vec<_> = log
+            .lines()
+            .filter(|l| l.contains(&format!("req_id={id} ")) && l.contains("stream=\"wsgi.errors\""))
+            .collect();
         assert_eq!(errors.len(), 1, "{log}");
         assert!(errors[0].contains("a line for wsgi.errors"), "{}", errors[0]);
     }

@@ -28,7 +28,7 @@ impl Config {
         Self { dir }
     }
 
-    fn path(&self) -> PathBuf {
+    pub fn path(&self) -> PathBuf {
         self.dir.path().join("wsgi-wasm.toml")
     }
 
@@ -46,7 +46,7 @@ impl Config {
     }
 
     /// Runs the config, which must be refused; its stderr.
-    fn refused(&self) -> String {
+    pub fn refused(&self) -> String {
         let out = self.command(&["--http", "127.0.0.1:0"]).stdin(Stdio::null()).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(!out.status.success(), "started: {stderr}");
@@ -56,18 +56,19 @@ impl Config {
 
 /// A config of fixture apps: `head` (`[server]`, `[defaults]`), then for
 /// each `(name, keys)` an `[apps.NAME]` at host `NAME.test`, serving
-/// `fixture.wasm` unless `keys` name another `wasm`.
+/// `fixture.wasm`, unless `keys` name other `hosts` or another `wasm`.
 pub fn fixture_apps(head: &str, apps: &[(&str, &str)]) -> String {
     let mut toml = head.to_owned();
     for (name, keys) in apps {
-        let wasm = if keys.contains("wasm =") { "" } else { "wasm = \"fixture.wasm\"\n" };
-        toml.push_str(&format!("\n[apps.{name}]\n{wasm}hosts = [\"{name}.test\"]\n{keys}\n"));
+        let wasm = if keys.contains("wasm =") { String::new() } else { "wasm = \"fixture.wasm\"\n".to_owned() };
+        let hosts = if keys.contains("hosts =") { String::new() } else { format!("hosts = [\"{name}.test\"]\n") };
+        toml.push_str(&format!("\n[apps.{name}]\n{wasm}{hosts}{keys}\n"));
     }
     toml
 }
 
 /// A GET of `path` with this `Host`, over a connection of its own.
-fn get(server: &Server, host: &str, path: &str) -> (u16, String) {
+pub fn get(server: &Server, host: &str, path: &str) -> (u16, String) {
     let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
     let reply = raw_exchange(server.addr, request.as_bytes(), Duration::from_secs(60));
     let text = String::from_utf8_lossy(&reply).into_owned();
@@ -77,7 +78,7 @@ fn get(server: &Server, host: &str, path: &str) -> (u16, String) {
 }
 
 /// `(tenant, SCRIPT_NAME, PATH_INFO)` of a `/whoami` reply.
-fn whoami(server: &Server, host: &str, path: &str) -> (String, String, String) {
+pub fn whoami(server: &Server, host: &str, path: &str) -> (String, String, String) {
     let (status, body) = get(server, host, path);
     assert_eq!(status, 200, "{host}{path}: {body}");
     let v = body_json(format!("\r\n\r\n{body}").as_bytes());
@@ -294,7 +295,7 @@ fn r17_each_config_error_is_refused_naming_the_file_the_app_and_the_key() {
 
 /// The fixture built with a warm-up of `/counter`: a second version, whose
 /// `/counter` answers 5 where the first's answers 1.
-fn fixture_v2() -> &'static std::path::Path {
+pub fn fixture_v2() -> &'static std::path::Path {
     static WASM: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     WASM.get_or_init(|| {
         let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("apps/fixture-v2.wasm");
@@ -308,7 +309,7 @@ fn fixture_v2() -> &'static std::path::Path {
 }
 
 /// The `counter` a fresh sandbox of the app at `host` reports: its version.
-fn version(server: &Server, host: &str) -> Result<u64, String> {
+pub fn version(server: &Server, host: &str) -> Result<u64, String> {
     let (status, body) = get(server, host, "/counter");
     if status != 200 {
         return Err(format!("{status}: {body}"));
@@ -318,7 +319,7 @@ fn version(server: &Server, host: &str) -> Result<u64, String> {
 
 /// Replaces `to` with a copy of `from` the way a deploy does: written
 /// beside it, then renamed over it in one step.
-fn deploy(from: &std::path::Path, to: &std::path::Path) {
+pub fn deploy(from: &std::path::Path, to: &std::path::Path) {
     let tmp = to.with_extension("wasm.new");
     std::fs::copy(from, &tmp).unwrap();
     std::fs::rename(&tmp, to).unwrap();
@@ -382,7 +383,11 @@ fn r17_a_replaced_wasm_is_served_within_seconds_and_no_request_fails_meanwhile()
     // A broken new version: the old one goes on serving, and the log says why.
     std::fs::write(config.dir.path().join("broken.wasm"), b"not a component").unwrap();
     deploy(&config.dir.path().join("broken.wasm"), &shop);
-    assert!(server.wait_for_log("reload failed, still serving as before", Duration::from_secs(10)), "{}", server.log());
+    assert!(
+        server.wait_for_log("reload failed; still serving its last good version", Duration::from_secs(10)),
+        "{}",
+        server.log()
+    );
     assert!(server.log().contains("not a wsgi-wasm app"), "{}", server.log());
     assert_eq!(version(&server, "shop.test"), Ok(5));
     // Not retried every second while the file stays the same.
@@ -422,18 +427,23 @@ fn r17_sighup_adds_and_removes_apps_and_a_bad_config_changes_nothing() {
     // Unchanged apps kept their sandboxes: nothing was loaded for them.
     assert!(!server.log().contains("app shop now serves"), "{}", server.log());
 
-    // A config that does not parse, then one with an app that fails: each is
-    // refused, and everything serves as before.
-    for (bad, why) in [
-        (format!("{without_blog}\n[apps.x\n"), "is not valid TOML"),
-        (format!("{without_blog}\n[apps.x]\nwasm = \"missing.wasm\"\n"), "no such file"),
-        (format!("{without_blog}\n[apps.x]\nwasm = \"fixture.wasm\"\nhosts = [\"shop.example.com\"]\n"), "both claim"),
+    // A config that does not parse, or whose apps claim one host and prefix,
+    // is refused whole; a new app that fails is not added. Either way
+    // everything serves as before.
+    for (bad, said, why) in [
+        (format!("{without_blog}\n[apps.x\n"), "reload failed, still serving as before", "is not valid TOML"),
+        (format!("{without_blog}\n[apps.x]\nwasm = \"missing.wasm\"\n"), "not added", "no such file"),
+        (
+            format!("{without_blog}\n[apps.x]\nwasm = \"fixture.wasm\"\nhosts = [\"shop.example.com\"]\n"),
+            "reload failed, still serving as before",
+            "both claim",
+        ),
     ] {
         std::fs::write(config.path(), &bad).unwrap();
-        let failures = server.log().matches("reload failed").count();
+        let failures = server.log().matches(said).count();
         hup(&server);
         let deadline = Instant::now() + Duration::from_secs(30);
-        while server.log().matches("reload failed").count() == failures {
+        while server.log().matches(said).count() == failures {
             assert!(Instant::now() < deadline, "{bad:?} was not refused: {}", server.log());
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -80,11 +80,16 @@ pub async fn serve_connection<R, W>(
         dispatcher.refused(status, Some("header"));
         WsgiResponse::error(status)
     } else {
-        let request = match into_request(packet.0, packet.1, reader, conn) {
-            Ok(request) => request,
-            Err(err) => return tracing::error!(%peer, "refused uwsgi request: {err}"),
-        };
-        dispatcher.dispatch(request).await
+        match into_request(packet.0, packet.1, reader, conn) {
+            Ok(request) => dispatcher.dispatch(request).await,
+            // A request that cannot be served as it is (its host, its path,
+            // its length): the host's 400, and the app is never called.
+            Err(err) => {
+                tracing::warn!(%peer, "refused a uwsgi request: {err}");
+                dispatcher.refused(StatusCode::BAD_REQUEST, None);
+                WsgiResponse::error(StatusCode::BAD_REQUEST)
+            }
+        }
     };
     if let Err(err) = write_response(&mut writer, response).await {
         match err {
