@@ -234,6 +234,15 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", env = "WSGI_WASM_MAX_INSTANCES")]
     pub max_instances: Option<usize>,
 
+    /// The linear memory all sandboxes may hold at once, in MiB, every app
+    /// together: past it a sandbox's memory cannot grow (a MemoryError in
+    /// the app; a 503 if it lets it fail the request), so a flood of
+    /// memory-hungry requests cannot take the machine's memory. Each app is
+    /// owed an even share. Default: half the machine's memory (or of the
+    /// cgroup's limit, if lower); the startup log says how much.
+    #[arg(long, value_name = "MIB", env = "WSGI_WASM_MEMORY_BUDGET")]
+    pub memory_budget: Option<u64>,
+
     /// Seconds a request may wait for a free sandbox before its 503.
     #[arg(long, value_name = "SECONDS", default_value_t = 5.0)]
     pub queue_timeout: f64,

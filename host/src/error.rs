@@ -28,6 +28,10 @@ pub enum SandboxError {
     /// The guest asked for more linear memory than `--memory` allows.
     #[error("the app hit the memory limit of {0} MiB")]
     MemoryExceeded(usize),
+    /// The guest asked for memory the server's budget (`--memory-budget`,
+    /// in MiB) had no room for: other requests hold it.
+    #[error("the server's memory budget of {0} MiB had no room for the app's memory")]
+    MemoryBudget(u64),
     /// The guest held more open files, directories and streams at once than
     /// `--max-open-files` allows.
     #[error("the app hit the limit of {0} open files and other handles")]
@@ -64,7 +68,7 @@ impl SandboxError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::DeadlineExceeded(_) | Self::FuelExhausted(_) => StatusCode::GATEWAY_TIMEOUT,
-            Self::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Overloaded(_) | Self::MemoryBudget(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BadBody(_) => StatusCode::BAD_REQUEST,
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
@@ -93,6 +97,7 @@ impl SandboxError {
             Self::BodyTooLarge(_) | Self::BodyTimeout(_) => "body",
             Self::ResponseTooLarge(_) => "response",
             Self::Overloaded(_) => "queue",
+            Self::MemoryBudget(_) => "memory_budget",
             _ => return None,
         })
     }

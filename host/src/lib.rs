@@ -18,6 +18,7 @@
 //! | [`tenants`] | the apps served: each loaded into its sandbox, and the routing table |
 //! | [`sandbox`] | one fresh store and instance per request; limits; host imports |
 //! | [`pool`] | the sandbox slots all apps share, fairly |
+//! | [`budget`] | the linear memory all sandboxes may hold at once, shared fairly |
 //! | [`background`] | the low-priority runtime a guest that computes for long moves to |
 //! | [`upload`] | an untrusted `app.wasm`, checked, then compiled |
 //! | [`engine`] | the wasmtime engine, its instance pool and epoch ticker |
@@ -35,6 +36,7 @@
 pub mod activation;
 pub mod background;
 pub mod bindings;
+pub mod budget;
 pub mod bundle;
 pub mod cli;
 pub mod codecache;

@@ -118,7 +118,7 @@ impl Metrics {
         registry.register("queue_depth", "Requests waiting for a sandbox slot", m.queue.clone());
         registry.register(
             "limit_exceeded",
-            "Requests that hit a limit: timeout, memory, fuel, body, response, queue, header, files",
+            "Requests that hit a limit: timeout, memory, memory_budget, fuel, body, response, queue, header, files",
             m.limits.clone(),
         );
         registry.register("guest_errors", "Requests whose app failed: exception, trap, exit", m.guest_errors.clone());

@@ -30,6 +30,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use tokio_util::sync::CancellationToken;
 
+use crate::budget::MemoryBudget;
 use crate::config::{AppConfig, RunConfig};
 use crate::engine::{PoolSpec, SharedEngine};
 use crate::metrics::{AppMetrics, Metrics};
@@ -45,6 +46,8 @@ pub const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 pub struct Tenants {
     shared: Arc<SharedEngine>,
     pool: Arc<Pool>,
+    /// The linear memory all sandboxes may hold at once.
+    budget: Arc<MemoryBudget>,
     served: RwLock<Arc<Served>>,
     metrics: Option<Arc<Metrics>>,
     /// Requests no app took (no match, or refused before routing).
@@ -99,11 +102,18 @@ impl Tenants {
         };
         let shared = SharedEngine::new(spec, &config.cache_dir)?;
         let pool = Pool::new(config.pool);
+        let budget = MemoryBudget::new(config.memory_budget);
+        tracing::info!(
+            memory_budget_mib = config.memory_budget >> 20,
+            "memory budget: {} MiB of linear memory for all sandboxes together (--memory-budget)",
+            config.memory_budget >> 20
+        );
         let file = config.file.as_ref().map(|f| f.display().to_string());
         let mut apps = Vec::new();
         for app in &config.apps {
             let stamp = Stamp::of(&app.wasm);
-            let sandbox = load_app(app, &shared, &pool, metrics.as_ref()).with_context(|| describe(&file, app))?;
+            let sandbox =
+                load_app(app, &shared, &pool, &budget, metrics.as_ref()).with_context(|| describe(&file, app))?;
             if let Some(m) = sandbox.metrics() {
                 m.serving(sandbox.digest());
             }
@@ -114,6 +124,7 @@ impl Tenants {
         Ok(Self {
             shared,
             pool,
+            budget,
             served: RwLock::new(Arc::new(served)),
             metrics,
             unrouted,
@@ -303,9 +314,14 @@ impl Tenants {
         if app.limits.fuel.is_some() && !spec.fuel {
             bail!("fuel: no app metered fuel at startup, so the engine counts none; restart to meter it");
         }
-        let (app, shared, pool, metrics) =
-            (app.clone(), Arc::clone(&self.shared), Arc::clone(&self.pool), self.metrics.clone());
-        let sandbox = tokio::task::spawn_blocking(move || load_app(&app, &shared, &pool, metrics.as_ref()))
+        let (app, shared, pool, budget, metrics) = (
+            app.clone(),
+            Arc::clone(&self.shared),
+            Arc::clone(&self.pool),
+            Arc::clone(&self.budget),
+            self.metrics.clone(),
+        );
+        let sandbox = tokio::task::spawn_blocking(move || load_app(&app, &shared, &pool, &budget, metrics.as_ref()))
             .await
             .context("the loading thread panicked")??;
         sandbox.check().await?;
@@ -396,11 +412,13 @@ fn load_app(
     app: &AppConfig,
     shared: &Arc<SharedEngine>,
     pool: &Arc<Pool>,
+    budget: &Arc<MemoryBudget>,
     metrics: Option<&Arc<Metrics>>,
 ) -> Result<Sandbox> {
     let loaded = LoadedApp::load(&app.wasm, shared, &app.limits)?;
     let grants = Grants { mounts: app.mounts.clone(), env: app.env.clone(), outbound: app.outbound.clone().into() };
     let metrics = metrics.map(|m| m.app_series(&app.name));
     let slots = pool.register(app.limits.max_instances);
-    Sandbox::new(loaded, app.name.clone(), app.limits.clone(), grants, metrics, slots)
+    let most = app.limits.memory_bytes as u64 * app.limits.max_instances as u64;
+    Sandbox::new(loaded, app.name.clone(), app.limits.clone(), grants, metrics, slots, budget.register(most))
 }

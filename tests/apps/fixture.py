@@ -339,6 +339,23 @@ def alloc_forever(environ, start_response):
         hoard.append(bytearray(1024 * 1024))
 
 
+def hold(environ, start_response):
+    """Takes `mib` MiB of memory, writing every page of it, and holds it
+    for `s` seconds; a 507 if it cannot (the MemoryError raised, with
+    `catch=0`)."""
+    q = _query(environ)
+    try:
+        block = bytearray(b"\x01") * (int(q.get("mib", "1")) << 20)
+    except MemoryError:
+        if q.get("catch") == "0":
+            raise
+        start_response("507 Insufficient Storage", [("Content-Type", "text/plain")])
+        return [b"MemoryError\n"]
+    time.sleep(float(q.get("s", "0")))
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"held %d MiB\n" % (len(block) >> 20)]
+
+
 def recurse(environ, start_response):
     def down(n):
         return down(n + 1) + 1
@@ -516,6 +533,7 @@ ROUTES = {
     "/sleep": sleep_route,
     "/loop-forever": loop_forever,
     "/alloc-forever": alloc_forever,
+    "/hold": hold,
     "/list": list_of_chunks,
     "/whoami": whoami,
     "/fetch": fetch,

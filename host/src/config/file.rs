@@ -90,6 +90,7 @@ table! {
         shutdown_timeout: f64,
         metrics: SocketAddr,
         max_instances: usize,
+        memory_budget: u64,
         cache_dir: PathBuf,
     }
 }
@@ -138,6 +139,7 @@ impl Settings {
             metrics: args.metrics,
             // The pool: --max-instances is each app's cap; see `from_args`.
             max_instances: None,
+            memory_budget: args.memory_budget,
             cache_dir: args.cache.cache_dir.clone(),
         };
         let app = AppTable {

@@ -364,6 +364,9 @@ pub struct RunConfig {
     pub server: ServerLimits,
     /// Sandbox slots all apps share (`[server] max_instances`).
     pub pool: usize,
+    /// The linear memory all sandboxes may hold at once, in bytes
+    /// (`--memory-budget`, `[server] memory_budget`).
+    pub memory_budget: u64,
     pub apps: Vec<AppConfig>,
     /// The apps whose settings are wrong (a missing `wasm`, a bad value),
     /// each with why. At startup any one stops the server
@@ -436,8 +439,14 @@ impl RunConfig {
             Some(app) if loaded.path.is_none() => app.limits.max_instances,
             _ => pool,
         };
+        let memory_budget = match server.memory_budget {
+            Some(mib) if mib < 16 => bail!("{} {mib}: must be at least 16 MiB", key("memory_budget")),
+            Some(mib) => mib << 20,
+            None => default_memory_budget(),
+        };
         let server_cfg = server.into_server(&key)?;
         Ok(Self {
+            memory_budget,
             file: loaded.path.clone(),
             http: server_cfg.http,
             uwsgi: server_cfg.uwsgi,
@@ -464,6 +473,28 @@ impl RunConfig {
             Some((_, err)) => Err(err),
             None => Ok(()),
         }
+    }
+}
+
+/// Half of the memory this process may use: the machine's, or its
+/// cgroup's limit if that is lower. So the default budget never exceeds
+/// what the machine has, however many slots and however much `memory`.
+pub fn default_memory_budget() -> u64 {
+    let machine = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:")?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
+        })
+        .map_or(u64::MAX, |kib| kib << 10);
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|max| max.trim().parse::<u64>().ok())
+        .unwrap_or(u64::MAX);
+    match machine.min(cgroup) {
+        // Neither could be read: a budget of a few GiB rather than none.
+        u64::MAX => 4 << 30,
+        memory => memory / 2,
     }
 }
 

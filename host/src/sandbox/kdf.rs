@@ -35,6 +35,7 @@ use wasmtime::StoreContextMut;
 
 use super::HostState;
 use crate::bindings::{self, KdfError};
+use crate::budget::Lease;
 
 /// Work between two yields: short enough that the deadline, and another
 /// request on the same thread, wait at most this long for it.
@@ -101,9 +102,10 @@ async fn pbkdf2_hmac(
         return Ok(Err(refused));
     }
     let dklen = dklen.unwrap_or(prf.output_len() as u64);
-    if let Err(refused) = reserve(store, "the derived key", dklen) {
-        return Ok(Err(refused));
-    }
+    let _lease = match reserve(store, "the derived key", dklen) {
+        Ok(lease) => lease,
+        Err(refused) => return Ok(Err(refused)),
+    };
     let mut key = vec![0; usize::try_from(dklen)?];
     let mut pacer = Pacer::start();
     pbkdf2(store, &mut pacer, &*prf, salt, iterations, &mut key).await?;
@@ -154,9 +156,10 @@ async fn scrypt(
         Ok(needed) => needed,
         Err(refused) => return Ok(Err(refused)),
     };
-    if let Err(refused) = reserve(store, "scrypt", needed + params.dklen) {
-        return Ok(Err(refused));
-    }
+    let _lease = match reserve(store, "scrypt", needed + params.dklen) {
+        Ok(lease) => lease,
+        Err(refused) => return Ok(Err(refused)),
+    };
     let (n, r, p) = (usize::try_from(params.n)?, usize::try_from(params.r)?, usize::try_from(params.p)?);
     let mut key = vec![0; usize::try_from(params.dklen)?];
     let mut pacer = Pacer::start();
@@ -217,8 +220,10 @@ fn check_scrypt(password: usize, salt: usize, params: ScryptParams) -> Result<u6
 }
 
 /// Counts `bytes` of the host's work memory against the request's
-/// `--memory`, beside what its guest holds; refuses them if they do not fit.
-fn reserve(store: &mut StoreContextMut<'_, HostState>, what: &str, bytes: u64) -> Result<(), KdfError> {
+/// `--memory`, beside what its guest holds, and against the server's
+/// budget for as long as the returned lease lives; refuses them if they do
+/// not fit either.
+fn reserve(store: &mut StoreContextMut<'_, HostState>, what: &str, bytes: u64) -> Result<Lease, KdfError> {
     let state = store.data_mut();
     let (limit, room) = (state.limiter.limit(), state.limiter.room());
     if bytes > room as u64 {
@@ -231,8 +236,15 @@ fn reserve(store: &mut StoreContextMut<'_, HostState>, what: &str, bytes: u64) -
             limit >> 20
         )));
     }
+    let Some(lease) = state.limiter.lease(bytes) else {
+        tracing::warn!(req_id = state.req_id, bytes, "refused {what}: past the server's memory budget");
+        return Err(KdfError::OutOfMemory(format!(
+            "{what} needs {} MiB, which the server's memory budget cannot spare now",
+            bytes.div_ceil(1 << 20)
+        )));
+    };
     state.limiter.peak = state.limiter.peak.max(state.limiter.current() + bytes as usize);
-    Ok(())
+    Ok(lease)
 }
 
 /// HMAC keyed with the password, as PBKDF2's pseudorandom function.

@@ -1,16 +1,38 @@
-//! The per-request memory limiter: `--memory` for one instance, and the
-//! record of whether that limit is what failed and how high it went. The
-//! host's own work memory for a request (scrypt's) is counted against the
-//! same limit through [`Limiter::room`].
+//! The per-request memory limiter: `--memory` for one instance, and its
+//! part of the server's memory budget (`budget`), taken as the instance's
+//! memory grows and given back when it is dropped. The host's own work
+//! memory for a request (scrypt's) counts against both ([`Limiter::lease`]).
+//!
+//! The limiter is asynchronous, which lets one decision happen before a
+//! guest touches the memory it grows by: a grow of [`MOVE_GROWTH`] or more
+//! moves the request to the background runtime first (`background`), as a
+//! guest that computes for long moves. Filling fresh memory is one
+//! instruction (`memory.fill`) that faults every page in and never reaches
+//! an epoch check; run on the server's own workers, twelve requests filling
+//! 300 MiB each held both of them for seconds, and every other tenant's
+//! connections with them.
 
-use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{ResourceLimiter, ResourceLimiterAsync, StoreLimits, StoreLimitsBuilder};
 
-/// StoreLimits, plus a record of whether the memory limit was what failed.
+use crate::background;
+use crate::budget::{AppBudget, Lease};
+
+/// A grow at least this large moves the request to the background runtime
+/// before the guest can touch the new memory.
+pub const MOVE_GROWTH: usize = 16 << 20;
+
+/// What one instance may hold, and what it did.
 pub struct Limiter {
-    /// The limits themselves.
+    /// The per-request limits (`--memory`, tables, instances).
     inner: StoreLimits,
-    /// Set when a memory grow was refused.
+    /// The app's share of the server's budget.
+    budget: AppBudget,
+    /// Bytes this instance took from the budget.
+    taken: u64,
+    /// Set when a grow was refused by `--memory`.
     pub memory_hit: bool,
+    /// Set when a grow was refused by the server's budget.
+    pub budget_hit: bool,
     /// The largest linear memory granted, in bytes (with the host's work
     /// memory for the request, while it had some).
     pub peak: usize,
@@ -18,13 +40,26 @@ pub struct Limiter {
     current: usize,
     /// `--memory`, in bytes.
     limit: usize,
+    /// Where to ask to move to the background runtime.
+    moving: background::Move,
 }
 
 impl Limiter {
-    /// A limiter that grants each instance at most `memory_bytes`.
-    pub fn new(memory_bytes: usize) -> Self {
+    /// A limiter that grants an instance at most `memory_bytes`, from
+    /// `budget`.
+    pub fn new(memory_bytes: usize, budget: AppBudget, moving: background::Move) -> Self {
         let inner = StoreLimitsBuilder::new().memory_size(memory_bytes).build();
-        Self { inner, memory_hit: false, peak: 0, current: 0, limit: memory_bytes }
+        Self {
+            inner,
+            budget,
+            taken: 0,
+            memory_hit: false,
+            budget_hit: false,
+            peak: 0,
+            current: 0,
+            limit: memory_bytes,
+            moving,
+        }
     }
 
     /// `--memory`, in bytes.
@@ -41,21 +76,59 @@ impl Limiter {
     pub fn room(&self) -> usize {
         self.limit.saturating_sub(self.current)
     }
+
+    /// Takes `bytes` of the budget for the host's work for this request,
+    /// until the lease is dropped; `None` (and `budget_hit` set) if the
+    /// budget cannot cover them.
+    pub fn lease(&mut self, bytes: u64) -> Option<Lease> {
+        let lease = self.budget.lease(bytes);
+        self.budget_hit |= lease.is_none();
+        lease
+    }
 }
 
-impl ResourceLimiter for Limiter {
-    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
-        let ok = self.inner.memory_growing(current, desired, maximum)?;
-        self.memory_hit |= !ok;
-        if ok {
-            // One memory's growth (a component could have more than one).
-            self.current = self.current + desired - current;
-            self.peak = self.peak.max(self.current);
+impl Drop for Limiter {
+    fn drop(&mut self) {
+        self.budget.give_back(self.taken);
+    }
+}
+
+#[async_trait::async_trait]
+impl ResourceLimiterAsync for Limiter {
+    async fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if !self.inner.memory_growing(current, desired, maximum)? {
+            self.memory_hit = true;
+            return Ok(false);
         }
-        Ok(ok)
+        let growth = desired.saturating_sub(current);
+        if !self.budget.try_take(growth as u64) {
+            self.budget_hit = true;
+            return Ok(false);
+        }
+        self.taken += growth as u64;
+        // One memory's growth (a component could have more than one).
+        self.current += growth;
+        self.peak = self.peak.max(self.current);
+        // Not the snapshot's own memory, which every instance starts with.
+        if current > 0 && growth >= MOVE_GROWTH {
+            // Moved at this yield, before the guest faults the pages in.
+            self.moving.ask();
+            tokio::task::yield_now().await;
+        }
+        Ok(true)
     }
 
-    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+    async fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         self.inner.table_growing(current, desired, maximum)
     }
 

@@ -40,6 +40,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::background;
 use crate::bindings::WsgiPre;
+use crate::budget::AppBudget;
 use crate::config::{Limits, Mount};
 use crate::error::SandboxError;
 use crate::metrics::AppMetrics;
@@ -128,6 +129,8 @@ pub struct Sandbox {
     preopens: WasiFilesystemCtx,
     /// This app's share of the pool: `max_instances`, and a queue.
     slots: AppSlots,
+    /// This app's share of the server's memory budget.
+    budget: AppBudget,
     /// Where to count what each request costs, with `--metrics`.
     metrics: Option<AppMetrics>,
 }
@@ -135,8 +138,9 @@ pub struct Sandbox {
 impl Drop for Sandbox {
     fn drop(&mut self) {
         // A version loaded for a reload that failed never served: its slot
-        // registration must not hold a share.
+        // and budget registrations must not hold a share.
         self.slots.retire();
+        self.budget.retire();
     }
 }
 
@@ -154,6 +158,7 @@ impl Sandbox {
         grants: Grants,
         metrics: Option<AppMetrics>,
         slots: AppSlots,
+        budget: AppBudget,
     ) -> anyhow::Result<Self> {
         files::check_mounts(&app, &grants.mounts)?;
         warn_of_frozen_env(&app, &name, &grants.env);
@@ -171,7 +176,7 @@ impl Sandbox {
             .map_err(anyhow::Error::from)
             .context("the component does not export the wsgi-wasm `wsgi` world")?;
         let preopens = files::open_preopens(&app, &grants.mounts)?;
-        Ok(Self { app, name: name.into(), pre, limits, grants, slots, preopens, metrics })
+        Ok(Self { app, name: name.into(), pre, limits, grants, slots, budget, preopens, metrics })
     }
 
     /// This app's metrics, with `--metrics`.
@@ -184,6 +189,7 @@ impl Sandbox {
     /// flight, and those queued, finish.
     pub fn retire(&self) {
         self.slots.retire();
+        self.budget.retire();
     }
 
     /// The app's name in log lines and metrics.
@@ -221,6 +227,12 @@ impl Sandbox {
                 anyhow::bail!(
                     "the app needs more than --memory {} MiB just to start; raise --memory",
                     self.limits.memory_bytes >> 20
+                );
+            }
+            if store.data().limiter.budget_hit {
+                anyhow::bail!(
+                    "the server's memory budget ({} MiB) cannot hold the app's snapshot; raise --memory-budget",
+                    self.budget.total() >> 20
                 );
             }
             if let Some(fuel) = self.out_of_fuel(&err) {
@@ -334,6 +346,7 @@ impl Sandbox {
         match self.host_fault(state) {
             Some(fault) => fault,
             None if state.limiter.memory_hit => SandboxError::MemoryExceeded(self.limits.memory_bytes >> 20),
+            None if state.limiter.budget_hit => SandboxError::MemoryBudget(self.budget.total() >> 20),
             None => otherwise(err),
         }
     }
@@ -391,7 +404,7 @@ impl Sandbox {
             table,
             network,
             log,
-            limiter: Limiter::new(self.limits.memory_bytes),
+            limiter: Limiter::new(self.limits.memory_bytes, self.budget.clone(), moving.clone()),
             exchange: Exchange::new(io, self.limits.body_timeout, self.limits.max_response_bytes, req_id),
             kdf_time: Duration::ZERO,
             moving: moving.clone(),
@@ -399,7 +412,7 @@ impl Sandbox {
             req_id,
         };
         let mut store = Store::new(&self.app.engine, state);
-        store.limiter(|s| &mut s.limiter);
+        store.limiter_async(|s| &mut s.limiter);
         if let Some(fuel) = self.limits.fuel {
             store.set_fuel(fuel)?;
         } else if self.app.metered() {

@@ -264,3 +264,57 @@ fn closing_quote(s: &str) -> Option<usize> {
     }
     None
 }
+
+#[test]
+fn r31_a_flood_of_memory_stays_within_the_budget_and_other_tenants_are_served() {
+    // Issue 31: twelve requests of one tenant, each holding 200 MiB for two
+    // seconds, under a budget of 512 MiB.
+    let config = Config::new(&fixture_apps(
+        "[server]\nmemory_budget = 512\n",
+        &[("hog", "memory = 512\nmax_instances = 16\ntimeout = 60"), ("quiet", "")],
+    ));
+    let server = config.serve(&[]);
+    assert!(server.log().contains("memory budget: 512 MiB"), "{}", server.log());
+    let pid = server.pid();
+    let before = crate::common::rss_mib(pid);
+    let addr = server.addr;
+    let hogs: Vec<_> = (0..12)
+        .map(|i| {
+            std::thread::spawn(move || {
+                // Two of them let the MemoryError fail the request.
+                let catch = if i < 2 { "&catch=0" } else { "" };
+                let request =
+                    format!("GET /hold?mib=200&s=2{catch} HTTP/1.1\r\nHost: hog.test\r\nConnection: close\r\n\r\n");
+                raw_text(addr, request.as_bytes())
+            })
+        })
+        .collect();
+    // Throughout, the quiet tenant is answered at once, and the server's
+    // memory stays within the budget and a fixed overhead.
+    let mut slowest = Duration::ZERO;
+    let mut highest = before;
+    while hogs.iter().any(|h| !h.is_finished()) {
+        let started = Instant::now();
+        let reply = raw_text(addr, b"GET /list HTTP/1.1\r\nHost: quiet.test\r\nConnection: close\r\n\r\n");
+        slowest = slowest.max(started.elapsed());
+        assert!(reply.starts_with("HTTP/1.1 200") && reply.ends_with("abc\n"), "{reply}");
+        highest = highest.max(crate::common::rss_mib(pid));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let replies: Vec<String> = hogs.into_iter().map(|h| h.join().unwrap()).collect();
+    let status = |code: &str| replies.iter().filter(|r| r.starts_with(&format!("HTTP/1.1 {code}"))).count();
+    eprintln!(
+        "hogs: {} held, {} refused; the quiet tenant's slowest {slowest:?}; RSS {before} -> at most {highest} MiB",
+        status("200"),
+        status("507") + status("503")
+    );
+    assert!(status("200") >= 1, "{replies:?}");
+    assert!(status("507") >= 1, "{replies:?}");
+    assert_eq!(status("200") + status("507") + status("503"), 12, "{replies:?}");
+    assert!(slowest < Duration::from_secs(1), "the quiet tenant waited {slowest:?}");
+    // The budget is 512 MiB of linear memory; the fixed overhead is the
+    // server's own, and each pool slot's resident pages (4 MiB of 16).
+    assert!(highest <= before + 512 + 96, "RSS went from {before} to {highest} MiB");
+    let log = server.log();
+    assert!(log.contains("memory budget of 512 MiB had no room"), "an unhandled MemoryError is a 503: {log}");
+}

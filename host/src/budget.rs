@@ -1,0 +1,224 @@
+//! The memory budget: the linear memory all sandboxes may hold at once
+//! (`--memory-budget`, `[server] memory_budget`), so that no flood of
+//! memory-hungry requests, however many tenants send it, can take the
+//! machine's memory and get the server killed.
+//!
+//! A sandbox takes from the budget as its memory grows (its snapshot at
+//! instantiation, then every `memory.grow`), and gives it all back when it
+//! is dropped; the host's work memory for it (scrypt) is taken the same way
+//! ([`Lease`]). A grow the budget cannot cover fails at once: the app gets
+//! a `MemoryError`, and the request a 503 if it does not handle it. The
+//! host never holds more than the budget.
+//!
+//! The budget is shared the way `pool` shares the slots: each app is owed a
+//! *share*, the budget divided evenly among the apps, or what the app could
+//! use at most (`memory` × `max_instances`) if that is less. An app may go
+//! past its share only into memory no other app's unused share is owed, so
+//! one tenant's flood leaves every other tenant its share.
+
+use std::sync::{Arc, Mutex};
+
+/// The budget, shared by every app's sandboxes.
+pub struct MemoryBudget {
+    state: Mutex<State>,
+}
+
+struct State {
+    /// Bytes not taken.
+    free: u64,
+    apps: Vec<AppUse>,
+}
+
+struct AppUse {
+    /// The most the app could hold: `memory` × `max_instances`.
+    cap: u64,
+    /// What it is owed.
+    share: u64,
+    /// What its sandboxes hold now.
+    used: u64,
+    /// Replaced or gone from the config: owed nothing; what its requests in
+    /// flight hold comes back as they end.
+    retired: bool,
+}
+
+impl State {
+    fn total(&self) -> u64 {
+        self.free + self.apps.iter().map(|a| a.used).sum::<u64>()
+    }
+
+    /// Shares after the set of apps changed.
+    fn reshare(&mut self) {
+        let total = self.total();
+        let live = self.apps.iter().filter(|a| !a.retired).count().max(1) as u64;
+        for app in &mut self.apps {
+            app.share = if app.retired { 0 } else { app.cap.min(total / live) };
+        }
+    }
+
+    /// Whether app `i` may take `bytes` more now.
+    fn may_take(&self, i: usize, bytes: u64) -> bool {
+        let app = &self.apps[i];
+        if bytes > self.free {
+            return false;
+        }
+        if app.used + bytes <= app.share {
+            return true;
+        }
+        let owed_to_others: u64 = self
+            .apps
+            .iter()
+            .enumerate()
+            .filter(|(j, a)| *j != i && !a.retired)
+            .map(|(_, a)| a.share.saturating_sub(a.used))
+            .sum();
+        self.free - bytes >= owed_to_others
+    }
+}
+
+impl MemoryBudget {
+    /// A budget of `bytes`, with no app yet.
+    pub fn new(bytes: u64) -> Arc<Self> {
+        Arc::new(Self { state: Mutex::new(State { free: bytes, apps: Vec::new() }) })
+    }
+
+    /// The whole budget, in bytes.
+    pub fn total(&self) -> u64 {
+        self.lock().total()
+    }
+
+    /// Adds an app whose sandboxes may hold up to `cap` bytes together.
+    pub fn register(self: &Arc<Self>, cap: u64) -> AppBudget {
+        let mut state = self.lock();
+        state.apps.push(AppUse { cap, share: 0, used: 0, retired: false });
+        state.reshare();
+        AppBudget { budget: Arc::clone(self), index: state.apps.len() - 1 }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("the budget lock is never poisoned")
+    }
+}
+
+/// One app's handle on the budget.
+#[derive(Clone)]
+pub struct AppBudget {
+    budget: Arc<MemoryBudget>,
+    index: usize,
+}
+
+impl AppBudget {
+    /// Takes `bytes` for one of the app's sandboxes, if the budget and the
+    /// app's share allow; `false` (and nothing taken) if not.
+    pub fn try_take(&self, bytes: u64) -> bool {
+        let mut state = self.budget.lock();
+        if !state.may_take(self.index, bytes) {
+            return false;
+        }
+        state.free -= bytes;
+        state.apps[self.index].used += bytes;
+        true
+    }
+
+    /// Gives back `bytes` the app's sandboxes took.
+    pub fn give_back(&self, bytes: u64) {
+        let mut state = self.budget.lock();
+        let app = &mut state.apps[self.index];
+        let bytes = bytes.min(app.used);
+        app.used -= bytes;
+        state.free += bytes;
+    }
+
+    /// Takes `bytes` for as long as the returned lease lives.
+    pub fn lease(&self, bytes: u64) -> Option<Lease> {
+        self.try_take(bytes).then(|| Lease { app: self.clone(), bytes })
+    }
+
+    /// What the app's sandboxes hold now, in bytes.
+    pub fn used(&self) -> u64 {
+        self.budget.lock().apps[self.index].used
+    }
+
+    /// The whole budget, in bytes.
+    pub fn total(&self) -> u64 {
+        self.budget.total()
+    }
+
+    /// Takes the app out of sharing once it is replaced or removed; its
+    /// requests in flight give back what they hold as they end.
+    pub fn retire(&self) {
+        let mut state = self.budget.lock();
+        if !state.apps[self.index].retired {
+            state.apps[self.index].retired = true;
+            state.reshare();
+        }
+    }
+}
+
+/// Bytes taken from the budget until this is dropped.
+pub struct Lease {
+    app: AppBudget,
+    bytes: u64,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.app.give_back(self.bytes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn one_app_may_take_the_whole_budget_and_no_more() {
+        let budget = MemoryBudget::new(100 * MIB);
+        let app = budget.register(1 << 40);
+        assert!(app.try_take(60 * MIB) && app.try_take(40 * MIB));
+        assert!(!app.try_take(1), "past the budget");
+        app.give_back(40 * MIB);
+        assert_eq!(app.used(), 60 * MIB);
+        assert!(app.try_take(40 * MIB));
+    }
+
+    #[test]
+    fn a_flood_of_one_app_leaves_the_others_their_share() {
+        let budget = MemoryBudget::new(100 * MIB);
+        let (noisy, quiet) = (budget.register(1 << 40), budget.register(1 << 40));
+        // Each is owed half: noisy takes its half, then nothing quiet is owed.
+        assert!(noisy.try_take(50 * MIB));
+        assert!(!noisy.try_take(MIB), "quiet's share is not free for noisy");
+        assert!(quiet.try_take(30 * MIB));
+        // What quiet is not owed (past its 50) it may take, and noisy may
+        // take what quiet does not use only while quiet's share is covered.
+        assert!(!noisy.try_take(21 * MIB));
+        assert!(quiet.try_take(20 * MIB));
+        assert!(!quiet.try_take(MIB) && !noisy.try_take(MIB));
+        // Once noisy is retired, its share is quiet's; what it holds comes
+        // back as its requests end.
+        noisy.retire();
+        noisy.give_back(50 * MIB);
+        assert!(quiet.try_take(50 * MIB));
+    }
+
+    #[test]
+    fn a_small_app_is_owed_only_what_it_could_use() {
+        let budget = MemoryBudget::new(100 * MIB);
+        let (small, big) = (budget.register(10 * MIB), budget.register(1 << 40));
+        assert!(big.try_take(90 * MIB), "the small app is owed only its 10");
+        assert!(!big.try_take(MIB));
+        assert!(small.try_take(10 * MIB));
+    }
+
+    #[test]
+    fn a_lease_gives_back_what_it_took() {
+        let budget = MemoryBudget::new(10 * MIB);
+        let app = budget.register(1 << 40);
+        let lease = app.lease(8 * MIB).unwrap();
+        assert!(app.lease(4 * MIB).is_none());
+        drop(lease);
+        assert_eq!(app.used(), 0);
+    }
+}
