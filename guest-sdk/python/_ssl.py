@@ -1,40 +1,46 @@
-"""The guest's ``_ssl``: the standard ``ssl`` module imports, and TLS is refused.
+"""The guest's ``_ssl``: TLS for the standard ``ssl`` module, run by the host.
 
-CPython for WASI is built without OpenSSL, so it has no ``_ssl`` and
-``import ssl`` fails. Many pure-Python clients import ``ssl`` whether or not
-they are asked for TLS: scramp (pg8000's SCRAM login) imports ``SSLSocket``
-at its top, redis-py imports it in several modules. None of them can be
-hosted while the import fails.
+CPython for WASI is built without OpenSSL, so it has no ``_ssl``. This module
+stands in for the C extension, so that the real ``ssl.py`` of the standard
+library, and every client built on it (``http.client``, urllib3 and
+requests, pg8000, redis-py, PyMySQL, ``smtplib``), works unchanged.
 
-This module stands in for the C extension, so that the real ``ssl.py`` of the
-standard library imports unchanged: its constants, enums, exceptions and
-``SSLContext`` class are all there. A context can be created and configured,
-as libraries do while they set up. No TLS is ever spoken: the moment a
-context would start a handshake (``wrap_socket``, ``wrap_bio``), it raises
-``ssl.SSLError`` saying that the sandbox has no TLS. Nothing is sent in the
-clear in its place.
+A TLS session is the host's (``wsgi-wasm:guest/tls``, rustls), sans-IO as
+``ssl.SSLObject`` over a ``MemoryBIO``: this module moves the ciphertext
+between the session and the socket (``wrap_socket``) or the BIOs
+(``wrap_bio``), so a connected socket can be upgraded (STARTTLS). The
+connection is one the operator's grants already allowed.
+
+The host verifies every peer, its certificate chain against the system's
+roots and the operator's (``--outbound-ca``), and the certificate against
+the server name (or the peer's address, if the app gives no name). Nothing
+an app sets turns that off or widens it: ``CERT_NONE``,
+``check_hostname = False``, ``_create_unverified_context()`` and an app's
+own ``load_verify_locations`` are accepted and change nothing. A
+certificate that does not verify raises ``ssl.SSLCertVerificationError``,
+with OpenSSL's verify code and words for why.
 
 The constants have OpenSSL 3's values, so that code which compares or
-combines them behaves as with a real build; ``OPENSSL_VERSION`` and the
-``HAS_*`` flags say that there is no TLS library.
+combines them behaves as with a real build. TLS 1.2 and 1.3 only; no server
+side.
 """
 
 import os as _os
+import socket as _socket
 
-OPENSSL_VERSION = "none: wsgi-wasm's guest has no TLS library"
-OPENSSL_VERSION_INFO = (0, 0, 0, 0, 0)
-OPENSSL_VERSION_NUMBER = 0
-_OPENSSL_API_VERSION = (0, 0, 0, 0, 0)
+from componentize_py_types import Err as _Err
+from wit_world.imports import tls as _tls
+
+OPENSSL_VERSION = "rustls 0.23 (TLS run by the wsgi-wasm host)"
+OPENSSL_VERSION_INFO = (3, 0, 0, 0, 0)
+OPENSSL_VERSION_NUMBER = 0x30000000
+_OPENSSL_API_VERSION = (3, 0, 0, 0, 0)
 _DEFAULT_CIPHERS = "@SECLEVEL=2:ECDH+AESGCM:ECDH+CHACHA20:ECDH+AES:DHE+AES:!aNULL:!eNULL:!aDSS:!SHA1:!AESCCM"
 
-NO_TLS = (
-    "wsgi-wasm: TLS is not available in the sandbox (its Python has no OpenSSL); "
-    "connect to the granted address in plain text, or through a TLS proxy on the host's side"
-)
-
-# Nothing below is supported: there is no TLS library to support it.
-HAS_SNI = HAS_ECDH = HAS_NPN = HAS_ALPN = False
-HAS_SSLv2 = HAS_SSLv3 = HAS_TLSv1 = HAS_TLSv1_1 = HAS_TLSv1_2 = HAS_TLSv1_3 = False
+# What the host's TLS (rustls) does: TLS 1.2 and 1.3, SNI, ALPN, ECDH.
+HAS_SNI = HAS_ECDH = HAS_ALPN = True
+HAS_TLSv1_2 = HAS_TLSv1_3 = True
+HAS_NPN = HAS_SSLv2 = HAS_SSLv3 = HAS_TLSv1 = HAS_TLSv1_1 = False
 HAS_PSK = HAS_PHA = False
 
 CERT_NONE, CERT_OPTIONAL, CERT_REQUIRED = 0, 1, 2
@@ -121,7 +127,7 @@ ALERT_DESCRIPTION_UNKNOWN_PSK_IDENTITY = 115
 
 
 class SSLError(OSError):
-    """An SSL error (here, always: there is no TLS in the sandbox)."""
+    """An SSL error."""
 
     library = None
     reason = None
@@ -157,11 +163,29 @@ class SSLCertVerificationError(SSLError, ValueError):
     verify_message = None
 
 
-def _no_tls():
-    err = SSLError(SSL_ERROR_SSL, NO_TLS)
-    err.library = "wsgi-wasm"
-    err.reason = "NO_TLS"
+def _error(cls, code, reason, words):
+    err = cls(code, f"[SSL: {reason}] {words}" if reason else words)
+    err.library = "SSL"
+    err.reason = reason
     return err
+
+
+def _tls_error(err):
+    """The host's `tls-error` as the exception CPython's `_ssl` raises."""
+    kind, value = type(err).__name__, err.value
+    if kind == "TlsError_Certificate":
+        code, words = value
+        exc = _error(
+            SSLCertVerificationError, SSL_ERROR_SSL, "CERTIFICATE_VERIFY_FAILED", f"certificate verify failed: {words}"
+        )
+        exc.verify_code = code
+        exc.verify_message = words
+        return exc
+    if kind == "TlsError_Protocol" and value.startswith("EOF occurred"):
+        return _error(SSLEOFError, SSL_ERROR_EOF, None, value)
+    if kind == "TlsError_Protocol":
+        return _error(SSLError, SSL_ERROR_SSL, "PROTOCOL_ERROR", value)
+    return _error(SSLError, SSL_ERROR_SSL, "REFUSED", value)
 
 
 # The two OIDs `ssl.Purpose` is made of, as OpenSSL names them.
@@ -200,7 +224,8 @@ def RAND_bytes(n):
 
 
 def get_default_verify_paths():
-    # No certificate store: `ssl.get_default_verify_paths()` reports None.
+    # The trust store is the host's: `ssl.get_default_verify_paths()`
+    # reports no file or directory in the guest.
     return ("SSL_CERT_FILE", "", "SSL_CERT_DIR", "")
 
 
@@ -242,7 +267,8 @@ class SSLSession:
 
 
 class _SSLContext:
-    """A context's settings, kept; a handshake, refused."""
+    """A context's settings. Those about verification are kept, and change
+    nothing: the host verifies every peer (see the module docs)."""
 
     def __new__(cls, protocol, *args, **kwargs):
         if protocol not in (PROTOCOL_TLS, PROTOCOL_TLSv1, PROTOCOL_TLSv1_1, PROTOCOL_TLSv1_2,
@@ -263,6 +289,7 @@ class _SSLContext:
         self.keylog_filename = None
         self.num_tickets = 2
         self._msg_cb = None
+        self._alpn = []
         return self
 
     def __init__(self, *args, **kwargs):
@@ -302,7 +329,8 @@ class _SSLContext:
     _msg_callback = _setter("_msg_cb")
     del _setter, _check_verify_mode, _set_check_hostname
 
-    # Configuration: accepted, as a context is set up before it is used.
+    # Configuration: accepted, as a context is set up before it is used. The
+    # app's own roots do not change whom the host trusts.
     def load_verify_locations(self, cafile=None, capath=None, cadata=None):
         if cafile is None and capath is None and cadata is None:
             raise TypeError("cafile, capath and cadata cannot be all omitted")
@@ -326,7 +354,19 @@ class _SSLContext:
         pass
 
     def _set_alpn_protocols(self, protos):
-        pass
+        # The wire format `ssl.SSLContext.set_alpn_protocols` builds: each
+        # name after its length byte.
+        protos, names = bytes(protos), []
+        while protos:
+            names.append(protos[1 : 1 + protos[0]].decode("ascii"))
+            protos = protos[1 + protos[0] :]
+        self._alpn = names
+
+    def _versions(self):
+        """The TLS versions the context allows, as the host takes them."""
+        lo = PROTO_TLSv1_2 if self._minimum_version < PROTO_TLSv1_2 else self._minimum_version
+        hi = PROTO_TLSv1_3 if self._maximum_version < 0 else self._maximum_version
+        return lo, hi
 
     def set_psk_client_callback(self, callback):
         pass
@@ -343,9 +383,211 @@ class _SSLContext:
     def session_stats(self):
         return {}
 
-    # Where TLS would begin: refused.
     def _wrap_socket(self, sock, server_side, server_hostname=None, *, owner=None, session=None):
-        raise _no_tls()
+        return _SSLSocket(self, server_side, server_hostname, owner, sock=sock)
 
     def _wrap_bio(self, incoming, outgoing, server_side, server_hostname=None, *, owner=None, session=None):
-        raise _no_tls()
+        return _SSLSocket(self, server_side, server_hostname, owner, bios=(incoming, outgoing))
+
+
+# A `name-entry` list as `getpeercert()` gives names: a tuple of RDNs, each
+# a tuple of one (key, value) pair.
+def _rdns(entries):
+    return tuple(((e.key, e.value),) for e in entries)
+
+
+class _SSLSocket:
+    """What `_SSLContext._wrap_socket` and `_wrap_bio` return (the C
+    `_ssl._SSLSocket`): a session in the host, its ciphertext moved over the
+    socket, or through the two BIOs."""
+
+    session = None
+    session_reused = False
+
+    def __init__(self, context, server_side, server_hostname, owner, sock=None, bios=None):
+        if server_side:
+            raise _error(SSLError, SSL_ERROR_SSL, "NO_SERVER", "wsgi-wasm: a sandbox cannot be a TLS server")
+        self._context = context
+        self.server_side = False
+        self.server_hostname = server_hostname
+        self.owner = owner
+        self._sock = sock
+        self._bios = bios
+        # Plaintext received and not yet read; ciphertext not yet sent.
+        self._plain = bytearray()
+        self._outgoing = bytearray()
+        name = server_hostname
+        if not name and sock is not None:
+            # No name to check the certificate against: the peer's address.
+            name = _socket.socket.getpeername(sock)[0]
+        if not name:
+            raise ValueError("check_hostname requires server_hostname")
+        lo, hi = context._versions()
+        try:
+            self._session = _tls.Session.open(name, context._alpn, lo, hi)
+        except _Err as e:
+            raise _tls_error(e.value) from None
+
+    context = property(lambda self: self._context, lambda self, ctx: setattr(self, "_context", ctx))
+
+    def _call(self, method, *args):
+        """A method of the host's session; what it refuses, raised as CPython
+        would, after the alert it queued has gone to the peer."""
+        try:
+            return getattr(self._session, method)(*args)
+        except _Err as e:
+            try:
+                self._flush()
+            except OSError:
+                pass
+            raise _tls_error(e.value) from None
+
+    def _flush(self):
+        """Sends the ciphertext the session has for the peer."""
+        self._outgoing += self._session.transmit()
+        if self._bios is not None:
+            self._bios[1].write(bytes(self._outgoing))
+            self._outgoing.clear()
+            return
+        while self._outgoing:
+            try:
+                sent = _socket.socket.send(self._sock, self._outgoing)
+            except BlockingIOError:
+                raise _error(SSLWantWriteError, SSL_ERROR_WANT_WRITE, None, "The operation did not complete (write)")
+            del self._outgoing[:sent]
+
+    def _fill(self):
+        """Hands the session the ciphertext that arrived; waits for some on
+        a blocking socket (within its timeout)."""
+        if self._bios is not None:
+            incoming = self._bios[0]
+            data = incoming.read(16384)
+            if not data and not incoming.eof:
+                raise _error(SSLWantReadError, SSL_ERROR_WANT_READ, None, "The operation did not complete (read)")
+        else:
+            try:
+                data = _socket.socket.recv(self._sock, 16384)
+            except BlockingIOError:
+                raise _error(SSLWantReadError, SSL_ERROR_WANT_READ, None, "The operation did not complete (read)")
+        self._call("receive", data)
+
+    def do_handshake(self):
+        while True:
+            self._flush()
+            if not self._session.handshaking():
+                return
+            self._fill()
+
+    def read(self, len=1024, buffer=None):
+        if len < 0:
+            raise ValueError("size should not be negative")
+        if buffer is not None and len == 0:
+            len = memoryview(buffer).nbytes
+        while not self._plain and len:
+            if self._session.handshaking():
+                self.do_handshake()
+            received = self._call("read", 65536)
+            if received.data:
+                self._plain += received.data
+                break
+            if received.closed:
+                break
+            self._flush()
+            self._fill()
+        data = bytes(self._plain[:len])
+        del self._plain[: builtins_len(data)]
+        if buffer is None:
+            return data
+        memoryview(buffer)[: builtins_len(data)] = data
+        return builtins_len(data)
+
+    def write(self, data):
+        """Sends `data`, in pieces of what the session's buffer takes. On a
+        non-blocking socket that cannot take more, returns how much was
+        taken (its ciphertext goes first on the next call), as `send` may."""
+        if self._session.handshaking():
+            self.do_handshake()
+        view = memoryview(data).cast("B")
+        taken = 0
+        while True:
+            if taken < builtins_len(view):
+                taken += self._call("write", bytes(view[taken : taken + 65536]))
+            try:
+                self._flush()
+            except SSLWantWriteError:
+                if taken:
+                    return taken
+                raise
+            if taken == builtins_len(view):
+                return taken
+
+    def pending(self):
+        return builtins_len(self._plain)
+
+    def _info(self):
+        info = self._session.info()
+        if info is None:
+            raise ValueError("handshake not done yet")
+        return info
+
+    def getpeercert(self, binary_form=False):
+        info = self._info()
+        if not info.peer:
+            return None
+        cert = info.peer[0]
+        if binary_form:
+            return bytes(cert.der)
+        return {
+            "subject": _rdns(cert.subject),
+            "issuer": _rdns(cert.issuer),
+            "version": cert.version,
+            "serialNumber": cert.serial_number,
+            "notBefore": cert.not_before,
+            "notAfter": cert.not_after,
+            "subjectAltName": tuple((e.key, e.value) for e in cert.subject_alt_name),
+        }
+
+    def get_verified_chain(self):
+        return [bytes(cert.der) for cert in self._info().peer]
+
+    get_unverified_chain = get_verified_chain
+
+    def cipher(self):
+        info = self._session.info()
+        return None if info is None else (info.cipher, info.version, info.bits)
+
+    def shared_ciphers(self):
+        return None
+
+    def version(self):
+        info = self._session.info()
+        return None if info is None else info.version
+
+    def selected_alpn_protocol(self):
+        info = self._session.info()
+        return None if info is None else info.alpn
+
+    def selected_npn_protocol(self):
+        return None
+
+    def compression(self):
+        return None
+
+    def get_channel_binding(self, cb_type="tls-unique"):
+        if cb_type != "tls-unique":
+            raise ValueError(f"{cb_type!r} channel binding type not implemented")
+        return None
+
+    def verify_client_post_handshake(self):
+        raise _error(SSLError, SSL_ERROR_SSL, "NO_SERVER", "wsgi-wasm: a sandbox cannot be a TLS server")
+
+    def shutdown(self):
+        self._session.close()
+        try:
+            self._flush()
+        except OSError:
+            pass
+        return self._sock
+
+
+builtins_len = len

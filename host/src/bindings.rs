@@ -12,6 +12,7 @@ wasmtime::component::bindgen!({
 
 pub use self::wsgi_wasm::guest::host::{add_to_linker, Header, Host};
 pub use self::wsgi_wasm::guest::kdf::KdfError;
+pub use self::wsgi_wasm::guest::tls;
 
 /// The `host` interface's instance name.
 pub const HOST_INTERFACE: &str = "wsgi-wasm:guest/host@0.3.0";
@@ -25,5 +26,8 @@ pub const LOG_INTERFACE: &str = "wsgi-wasm:guest/log@0.3.0";
 /// too (`sandbox::kdf`): they need the store, for fuel and the memory limit.
 pub const KDF_INTERFACE: &str = "wsgi-wasm:guest/kdf@0.3.0";
 
+/// The `tls` interface's instance name (`sandbox::tls` implements it).
+pub const TLS_INTERFACE: &str = "wsgi-wasm:guest/tls@0.3.0";
+
 /// Every interface of ours a component may import.
-pub const INTERFACES: &[&str] = &[HOST_INTERFACE, LOG_INTERFACE, KDF_INTERFACE];
+pub const INTERFACES: &[&str] = &[HOST_INTERFACE, LOG_INTERFACE, KDF_INTERFACE, TLS_INTERFACE];

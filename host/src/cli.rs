@@ -208,6 +208,13 @@ pub struct RunArgs {
     #[arg(long = "allow-outbound", value_name = "HOST:PORT")]
     pub allow_outbound: Vec<String>,
 
+    /// A PEM bundle of CA certificates that TLS connections from the sandbox
+    /// trust besides the system's roots (a private CA, a test one). The
+    /// host verifies every TLS peer, certificate and name, against these;
+    /// an app cannot turn that off, nor widen it with its own bundle.
+    #[arg(long, value_name = "FILE")]
+    pub outbound_ca: Option<PathBuf>,
+
     /// Most outbound connections one request may open (with
     /// --allow-outbound); past it, a connect is refused like an ungranted
     /// one. Every connection closes with its sandbox.

@@ -29,6 +29,7 @@
 //! | [`cli`] | clap arguments, documented; no logic |
 //! | [`router`] | which app a request is for: `UWSGI_APPID`, host, prefix |
 //! | [`outbound`] | outbound network grants: the address check and the names a guest may resolve |
+//! | [`trust`] | whom a guest's TLS connections trust: the system's roots and the operator's |
 //! | [`error`] | typed errors and the one error → status mapping |
 //! | [`metrics`] | Prometheus metrics per app (`--metrics`) |
 //! | [`logging`] | the log's formats; text lines that requests and guests cannot forge |
@@ -55,6 +56,7 @@ pub mod sandbox;
 pub mod server;
 pub mod shutdown;
 pub mod tenants;
+pub mod trust;
 pub mod upload;
 pub mod wsgi;
 

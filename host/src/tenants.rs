@@ -416,7 +416,13 @@ fn load_app(
     metrics: Option<&Arc<Metrics>>,
 ) -> Result<Sandbox> {
     let loaded = LoadedApp::load(&app.wasm, shared, &app.limits)?;
-    let grants = Grants { mounts: app.mounts.clone(), env: app.env.clone(), outbound: app.outbound.clone().into() };
+    // TLS rides on granted connections: an app without a grant has none.
+    let trust = match app.outbound.is_empty() {
+        true => None,
+        false => Some(Arc::new(crate::trust::Trust::load(app.outbound_ca.as_deref())?)),
+    };
+    let grants =
+        Grants { mounts: app.mounts.clone(), env: app.env.clone(), outbound: app.outbound.clone().into(), trust };
     let metrics = metrics.map(|m| m.app_series(&app.name));
     let slots = pool.register(app.limits.max_instances);
     let most = app.limits.memory_bytes as u64 * app.limits.max_instances as u64;

@@ -1,5 +1,6 @@
-"""Real network clients in the sandbox (issue 18): pg8000, redis-py, PyMySQL,
-http.client and the socket module, against servers the tests start.
+"""Real network clients in the sandbox (issues 18 and 32): pg8000, redis-py,
+PyMySQL, requests, urllib, smtplib, http.client and the socket module,
+against servers the tests start, over TLS where they ask for it.
 
 Each route takes the server's address in its query string and answers JSON:
 ``{"ok": true, "value": ...}`` or ``{"ok": false, "error": "Type: message"}``.
@@ -7,15 +8,20 @@ The clients are imported at module level, as apps import them, so the build
 proves they import in the guest.
 """
 
+import hashlib
 import json
 import socket
 import ssl
 import time
 from urllib.parse import parse_qs
 
+import smtplib
+import urllib.request
+
 import pg8000.native
 import pymysql
 import redis
+import requests
 
 
 def _query(environ):
@@ -46,11 +52,88 @@ def pg(q):
 
 
 def pg_tls(q):
-    """pg8000 asked for TLS: the sandbox has none, and says so."""
-    pg8000.native.Connection(
+    """pg8000 with TLS (its SSLRequest, then the handshake on the connected
+    socket): what PostgreSQL says of the session."""
+    conn = pg8000.native.Connection(
         q["user"], host=q["host"], port=int(q["port"]), database=q["db"], password=q["password"],
         timeout=5, ssl_context=True,
     )
+    try:
+        [[ssl_on, version]] = conn.run("SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        return {"ssl": ssl_on, "version": version}
+    finally:
+        conn.close()
+
+
+def https(q):
+    """A GET of `url` with `client` (urllib or requests), or a POST of
+    `post=N` bytes; `unverified=1` asks for no verification, as
+    `_create_unverified_context()` and `verify=False` do. The body comes
+    back as text, or as its length and SHA-256 with `digest=1`. An error
+    names its cause's type first."""
+    url, unverified = q["url"], q.get("unverified") == "1"
+    data = bytes(i % 251 for i in range(int(q["post"]))) if "post" in q else None
+    try:
+        if q.get("client") == "requests":
+            resp = requests.request("POST" if data else "GET", url, data=data, timeout=5, verify=not unverified)
+            status, body = resp.status_code, resp.content
+        else:
+            context = ssl._create_unverified_context() if unverified else None
+            with urllib.request.urlopen(url, data=data, timeout=5, context=context) as resp:
+                status, body = resp.status, resp.read()
+    except Exception as e:  # noqa: BLE001 - the test reads what it was
+        raise RuntimeError(_chain(e)) from None
+    if q.get("digest") == "1":
+        return {"status": status, "length": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+    return {"status": status, "body": body.decode()}
+
+
+def _chain(e):
+    """Every exception `e` wraps (urllib's `reason`, requests' and urllib3's
+    causes and arguments), outermost first, as `Type: message` lines."""
+    seen, out, pending = set(), [], [e]
+    while pending:
+        err = pending.pop(0)
+        if id(err) in seen:
+            continue
+        seen.add(id(err))
+        out.append(f"{type(err).__name__}: {err}")
+        for inner in (getattr(err, "reason", None), err.__cause__, err.__context__, *err.args):
+            if isinstance(inner, BaseException):
+                pending.append(inner)
+    return "\n".join(out)
+
+
+def tls_socket(q):
+    """The `ssl` module on a plain socket: wrap, exchange, and what the
+    session reports."""
+    ctx = ssl.create_default_context()
+    ctx.set_alpn_protocols(["http/1.1"])
+    with socket.create_connection((q["host"], int(q["port"])), timeout=5) as sock:
+        with ctx.wrap_socket(sock, server_hostname=q.get("name", q["host"])) as tls:
+            tls.sendall(b"GET /raw HTTP/1.1\r\nHost: x\r\n\r\n")
+            with tls.makefile("rb") as f:
+                status = f.readline().decode().strip()
+            cert = tls.getpeercert()
+            return {
+                "status": status,
+                "version": tls.version(),
+                "cipher": tls.cipher()[1],
+                "alpn": tls.selected_alpn_protocol(),
+                "subject_alt_name": [list(x) for x in cert["subjectAltName"]],
+                "issuer": [list(rdn[0]) for rdn in cert["issuer"]],
+                "der": len(tls.getpeercert(binary_form=True)),
+            }
+
+
+def smtp(q):
+    """smtplib: EHLO, STARTTLS on the connected socket, then a message."""
+    with smtplib.SMTP(q["host"], int(q["port"]), timeout=5) as s:
+        s.ehlo()
+        s.starttls(context=ssl.create_default_context())
+        s.ehlo()
+        s.sendmail("app@example.com", ["ops@example.com"], "Subject: from the sandbox\r\n\r\nsent over STARTTLS\r\n")
+        return "sent"
 
 
 def redis_incr(q):
@@ -77,14 +160,6 @@ def mysql(q):
             return [row[0] for row in cur.fetchall()]
     finally:
         conn.close()
-
-
-def tls(q):
-    """A TLS handshake through the standard `ssl` module."""
-    ctx = ssl.create_default_context()
-    with socket.create_connection((q["host"], int(q["port"])), timeout=5) as sock:
-        with ctx.wrap_socket(sock, server_hostname=q["host"]):
-            return "handshake done"
 
 
 def sockets(q):
@@ -155,7 +230,9 @@ ROUTES = {
     "/pg-tls": pg_tls,
     "/redis": redis_incr,
     "/socket": sockets,
-    "/tls": tls,
+    "/https": https,
+    "/tls-socket": tls_socket,
+    "/smtp": smtp,
 }
 
 

@@ -19,11 +19,6 @@ import operator
 
 from componentize_py_types import Err
 
-# Imported here, at build time, before the heap is shaped: left to
-# componentize-py's runtime, which imports the bindings of every import
-# after the entry module, it freed memory below the snapshot's objects, and
-# a request's objects landed on 31 to 35 snapshot pages instead of 6 or 7
-# (`what_a_request_allocates_lands_above_the_snapshot_objects`).
 from wit_world.imports import kdf as _kdf
 
 _INT_MAX = 2**31 - 1

@@ -71,6 +71,7 @@ table! {
         env: BTreeMap<String, String>,
         allow_outbound: Vec<String>,
         max_outbound_connections: usize,
+        outbound_ca: PathBuf,
     }
 }
 
@@ -161,6 +162,7 @@ impl Settings {
             env: Some(parse_env(&args.env)?),
             allow_outbound: Some(args.allow_outbound.clone()),
             max_outbound_connections: Some(args.max_outbound_connections),
+            outbound_ca: args.outbound_ca.clone(),
         };
         Ok(Self { server, app })
     }
@@ -261,6 +263,7 @@ fn serde_message(err: &toml::de::Error) -> String {
 /// Paths of a table taken relative to the config file's directory.
 fn resolve(mut table: AppTable, dir: &Path) -> AppTable {
     table.wasm = table.wasm.map(|w| dir.join(w));
+    table.outbound_ca = table.outbound_ca.map(|ca| dir.join(ca));
     table.mounts = table.mounts.map(|mounts| {
         mounts
             .into_iter()
@@ -406,6 +409,11 @@ impl AppTable {
         if !(1..=4096).contains(&max_outbound_connections) {
             bail!("{} {max_outbound_connections}: must be between 1 and 4096", key("max_outbound_connections"));
         }
+        // Loaded now only to refuse a bad bundle by name; each app's trust
+        // is built when it is loaded.
+        if let Some(ca) = &self.outbound_ca {
+            crate::trust::Trust::load(Some(ca)).with_context(|| key("outbound_ca"))?;
+        }
         let hosts = self.hosts.clone().unwrap_or_default();
         Ok(AppConfig {
             name: name.to_owned(),
@@ -428,6 +436,7 @@ impl AppTable {
             mounts,
             env,
             outbound,
+            outbound_ca: self.outbound_ca.clone(),
         })
     }
 }

@@ -350,6 +350,9 @@ pub struct AppConfig {
     pub env: Vec<(String, String)>,
     /// Outbound TCP connections its sandboxes may open.
     pub outbound: Vec<crate::outbound::Grant>,
+    /// A PEM bundle of CA certificates its TLS sessions trust besides the
+    /// system's (`--outbound-ca`, `outbound_ca`).
+    pub outbound_ca: Option<PathBuf>,
 }
 
 /// Everything `wsgi-wasm run` needs.

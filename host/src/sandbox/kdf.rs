@@ -483,7 +483,9 @@ mod tests {
 
     #[test]
     fn pbkdf2_matches_rfc_6070() {
-        let cases: [(&[u8], &[u8], u64, usize, &str); 4] = [
+        /// password, salt, iterations, length, expected hex
+        type Case = (&'static [u8], &'static [u8], u64, usize, &'static str);
+        let cases: [Case; 4] = [
             (b"password", b"salt", 1, 20, "0c60c80f961f0e71f3a9b524af6012062fe037a6"),
             (b"password", b"salt", 4096, 20, "4b007901b765489abead49d926f721d065a429c1"),
             (

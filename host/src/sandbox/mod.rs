@@ -22,8 +22,11 @@
 //! - `limiter`, `output`, `random`: the per-request memory limit, the log
 //!   budget, and `wasi:random` in bulk.
 //!
-//! A new host import (key derivation, TLS) is a file of its own here, and
-//! the work it does for the guest is bounded by the request's own limits.
+//! - `kdf` and `tls`: the work the host does for the guest that its CPython
+//!   would take from OpenSSL (key derivation, TLS sessions).
+//!
+//! A new host import is a file of its own here, and the work it does for
+//! the guest is bounded by the request's own limits.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -54,6 +57,7 @@ mod limiter;
 mod network;
 mod output;
 mod random;
+mod tls;
 
 pub use self::exchange::{ChunkSender, GuestIo, HeadAccepted, HeadHandler, HeadRefused, RawHead, RequestBody};
 use self::exchange::{Exchange, Fault};
@@ -97,6 +101,8 @@ pub struct RunStats {
     /// The host's key derivation for the guest (`hashlib.pbkdf2_hmac`,
     /// `hashlib.scrypt`), part of `timing.app`.
     pub kdf: Duration,
+    /// The host's TLS work for the guest, part of `timing.app`.
+    pub tls: Duration,
     pub timing: Timing,
 }
 
@@ -110,6 +116,9 @@ pub struct Grants {
     /// Outbound connections (`--allow-outbound`); none by default. Shared
     /// by every request's `outbound::Policy`.
     pub outbound: Arc<[crate::outbound::Grant]>,
+    /// Whom TLS sessions over those connections trust; none without a
+    /// grant.
+    pub trust: Option<Arc<crate::trust::Trust>>,
 }
 
 /// The compiled, linked app and the limits every instance runs under.
@@ -167,6 +176,7 @@ impl Sandbox {
         random::add_bulk_get_random_bytes(&mut linker)?;
         exchange::add_to_linker(&mut linker)?;
         kdf::add_to_linker(&mut linker)?;
+        tls::add_to_linker(&mut linker)?;
         network::restrict_name_lookup(&mut linker)?;
         let pre = linker
             .instantiate_pre(&app.component)
@@ -327,7 +337,7 @@ impl Sandbox {
             Err(err) => Err(self.classify(state, err, |e| self.trapped(e, SandboxError::Trap))),
         };
         let log = Arc::clone(&state.log);
-        let kdf = state.kdf_time;
+        let (kdf, tls) = (state.kdf_time, state.tls.time);
         let peak_memory = state.limiter.peak;
         if let Some(m) = &self.metrics {
             m.peak_memory(peak_memory);
@@ -337,7 +347,14 @@ impl Sandbox {
         drop(store);
         let teardown = dropped.elapsed();
         log.finish();
-        outcome.map(|stats| RunStats { timing: Timing { app, teardown, ..timing }, peak_memory, fuel, kdf, ..stats })
+        outcome.map(|stats| RunStats {
+            timing: Timing { app, teardown, ..timing },
+            peak_memory,
+            fuel,
+            kdf,
+            tls,
+            ..stats
+        })
     }
 
     /// Names a failure by its first cause: what the host saw go wrong beats
@@ -407,6 +424,7 @@ impl Sandbox {
             limiter: Limiter::new(self.limits.memory_bytes, self.budget.clone(), moving.clone()),
             exchange: Exchange::new(io, self.limits.body_timeout, self.limits.max_response_bytes, req_id),
             kdf_time: Duration::ZERO,
+            tls: tls::Tls::new(self.grants.trust.clone(), self.limits.max_outbound_connections),
             moving: moving.clone(),
             contended: self.app.contended(),
             req_id,
@@ -499,6 +517,8 @@ pub struct HostState {
     exchange: Exchange,
     /// The host's key derivation for this request so far (`kdf`).
     kdf_time: Duration,
+    /// The request's TLS sessions (`tls`).
+    tls: tls::Tls,
     /// The request's wish to move to the background runtime: its guest's
     /// epoch callback and the host's long work for it (`kdf`) ask.
     moving: background::Move,

@@ -318,6 +318,7 @@ impl Dispatcher {
             let fuel = stats.and_then(|s| s.fuel);
             // The host's key derivation for the app, when it did any.
             let kdf_ms = stats.filter(|s| !s.kdf.is_zero()).map(|s| ms2(s.kdf));
+            let tls_ms = stats.filter(|s| !s.tls.is_zero()).map(|s| ms2(s.tls));
             // The host's own phases, with --timing.
             let t = stats.filter(|_| timing).map(|s| s.timing);
             tracing::info!(
@@ -331,6 +332,7 @@ impl Dispatcher {
                 app_ms,
                 fuel,
                 kdf_ms,
+                tls_ms,
                 queue_ms = t.map(|t| ms2(t.queue)),
                 instantiate_ms = t.map(|t| ms2(t.instantiate)),
                 teardown_ms = t.map(|t| ms2(t.teardown)),

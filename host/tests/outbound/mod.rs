@@ -7,6 +7,7 @@
 
 mod clients;
 mod servers;
+mod tls;
 
 use std::net::TcpListener;
 use std::process::{Command, Stdio};

@@ -59,7 +59,15 @@ impl Postgres {
         }
     }
 
+    /// A server whose TLS certificate is self-signed, which no sandbox
+    /// trusts.
     pub fn start() -> Self {
+        Self::start_with_tls(None)
+    }
+
+    /// A server with TLS on: with `cert_and_key` (PEM files), else with a
+    /// throwaway self-signed certificate.
+    pub fn start_with_tls(cert_and_key: Option<(&Path, &Path)>) -> Self {
         ensure_debian_packages("postgresql openssl", || {
             Self::bin_dir().is_some() && Path::new("/usr/bin/openssl").exists()
         });
@@ -67,19 +75,23 @@ impl Postgres {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         std::fs::write(d.join("password"), PASSWORD).unwrap();
-        // A throwaway certificate: the server offers TLS, which the sandbox
-        // must refuse to speak.
-        run(
-            Command::new("openssl").args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]).args([
-                "-subj",
-                "/CN=localhost",
-                "-keyout",
-                &d.join("server.key").display().to_string(),
-                "-out",
-                &d.join("server.crt").display().to_string(),
-            ]),
-            "openssl req",
-        );
+        match cert_and_key {
+            Some((cert, key)) => {
+                std::fs::copy(cert, d.join("server.crt")).unwrap();
+                std::fs::copy(key, d.join("server.key")).unwrap();
+            }
+            None => run(
+                Command::new("openssl").args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]).args([
+                    "-subj",
+                    "/CN=localhost",
+                    "-keyout",
+                    &d.join("server.key").display().to_string(),
+                    "-out",
+                    &d.join("server.crt").display().to_string(),
+                ]),
+                "openssl req",
+            ),
+        }
         if running_as_root() {
             run(Command::new("chown").args(["-R", "postgres:postgres"]).arg(d), "chown");
         }
