@@ -36,8 +36,7 @@ struct AppUse {
     share: u64,
     /// What its sandboxes hold now.
     used: u64,
-    /// Replaced or gone from the config: owed nothing; what its requests in
-    /// flight hold comes back as they end.
+    /// Its version is gone (see [`AppBudget::retire`]): owed nothing.
     retired: bool,
 }
 
@@ -143,8 +142,9 @@ impl AppBudget {
         self.budget.total()
     }
 
-    /// Takes the app out of sharing once it is replaced or removed; its
-    /// requests in flight give back what they hold as they end.
+    /// Takes the app out of sharing once the version it registered is gone
+    /// (the last request of a replaced or removed version has ended, or a
+    /// version that failed to load is dropped).
     pub fn retire(&self) {
         let mut state = self.budget.lock();
         if !state.apps[self.index].retired {

@@ -146,8 +146,9 @@ pub struct Sandbox {
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
-        // A version loaded for a reload that failed never served: its slot
-        // and budget registrations must not hold a share.
+        // The last request of a retired version has ended, or a version
+        // loaded for a reload that failed never served: its slot and budget
+        // registrations must not hold a share.
         self.slots.retire();
         self.budget.retire();
     }
@@ -197,9 +198,13 @@ impl Sandbox {
     /// Takes this version out of the pool's sharing once it no longer takes
     /// new requests (replaced or removed by a reload); its requests in
     /// flight, and those queued, finish.
+    ///
+    /// Its share of the memory budget stays until the last of those ends
+    /// (the drop): a request routed to it just before the swap still has to
+    /// instantiate, and with no share it could take only memory no live app
+    /// is owed, which may be none.
     pub fn retire(&self) {
         self.slots.retire();
-        self.budget.retire();
     }
 
     /// The app's name in log lines and metrics.
