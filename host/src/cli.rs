@@ -23,6 +23,12 @@ pub enum Command {
     Build(BuildArgs),
     /// Serve an app.wasm, with a fresh sandbox for every request.
     Run(RunArgs),
+    /// Check an app.wasm (or --config FILE and all its apps) as `run` does
+    /// before it serves, without serving: its settings, the bundle's limits,
+    /// its imports, compiling it (into the cache, as `run` would) and one
+    /// instantiation. Takes `run`'s flags. Exits non-zero with the message
+    /// `run` would give.
+    Check(RunArgs),
 }
 
 #[derive(Debug, Args)]
@@ -268,7 +274,10 @@ pub struct RunArgs {
     /// on a listener of its own: requests by status, durations,
     /// instantiation, live sandboxes, queue depth, limits hit, guest errors,
     /// memory per request and open connections, each labelled with the app.
-    /// Off by default, and then nothing is recorded.
+    /// The same listener answers the probes: /healthz (200 while the process
+    /// serves) and /readyz (200 once every app has loaded, 503 while
+    /// starting, draining or serving no app). Off by default, and then
+    /// nothing is recorded.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
 

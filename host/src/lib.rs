@@ -13,6 +13,7 @@
 //! | [`activation`] | the listening sockets systemd passes (`LISTEN_FDS`) |
 //! | [`shutdown`] | SIGINT/SIGTERM → cancellation; a second signal exits |
 //! | [`descriptors`] | the descriptor budget, checked against `RLIMIT_NOFILE` |
+//! | [`status`] | the status listener: `/metrics`, `/healthz`, `/readyz` |
 //! | [`protocol`] | wire protocols (HTTP/1.1 via hyper; uwsgi) → [`wsgi::WsgiRequest`] |
 //! | [`wsgi`] | CGI environ, response validation and framing, routing and dispatch |
 //! | [`tenants`] | the apps served: each loaded into its sandbox, and the routing table |
@@ -32,6 +33,7 @@
 //! | [`trust`] | whom a guest's TLS connections trust: the system's roots and the operator's |
 //! | [`error`] | typed errors and the one error → status mapping |
 //! | [`metrics`] | Prometheus metrics per app (`--metrics`) |
+//! | [`health`] | alive and ready: the server's phase and how many apps it serves |
 //! | [`logging`] | the log's formats; text lines that requests and guests cannot forge |
 
 pub mod activation;
@@ -45,6 +47,7 @@ pub mod config;
 pub mod descriptors;
 pub mod engine;
 pub mod error;
+pub mod health;
 pub mod logging;
 pub mod metrics;
 pub mod outbound;
@@ -55,6 +58,7 @@ pub mod router;
 pub mod sandbox;
 pub mod server;
 pub mod shutdown;
+pub mod status;
 pub mod tenants;
 pub mod trust;
 pub mod upload;

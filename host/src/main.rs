@@ -10,6 +10,7 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches};
 use wsgi_wasm::cli::{Cli, Command, RunArgs};
 use wsgi_wasm::config::{BuildConfig, RunConfig};
+use wsgi_wasm::health::Health;
 use wsgi_wasm::server::ServeOptions;
 use wsgi_wasm::tenants::Tenants;
 use wsgi_wasm::{package, server, shutdown};
@@ -20,12 +21,13 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(err) => err.exit(),
     };
-    let json = matches!(&cli.command, Command::Run(args) if args.log_format == "json");
+    let json = matches!(&cli.command, Command::Run(args) | Command::Check(args) if args.log_format == "json");
     let access = !matches!(&cli.command, Command::Run(args) if args.no_access_log);
     wsgi_wasm::logging::init(json, access);
     let result = match cli.command {
         Command::Build(args) => BuildConfig::from_args(args).and_then(|cfg| package::build(&cfg)),
         Command::Run(args) => run(args, &given_flags(&matches)),
+        Command::Check(args) => check(&args, &given_flags(&matches)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -36,10 +38,12 @@ fn main() -> ExitCode {
     }
 }
 
-/// The ids of the `run` flags given on the command line or by their
-/// environment variable (not defaulted): these override a config file.
+/// The ids of the `run` (or `check`) flags given on the command line or by
+/// their environment variable (not defaulted): these override a config file.
 fn given_flags(matches: &ArgMatches) -> HashSet<String> {
-    let Some(run) = matches.subcommand_matches("run") else { return HashSet::new() };
+    let Some(run) = matches.subcommand_matches("run").or_else(|| matches.subcommand_matches("check")) else {
+        return HashSet::new();
+    };
     run.ids()
         .filter(|id| matches!(run.value_source(id.as_str()), Some(ValueSource::CommandLine | ValueSource::EnvVariable)))
         .map(|id| id.as_str().to_owned())
@@ -68,9 +72,8 @@ fn run(args: RunArgs, given: &HashSet<String>) -> Result<()> {
     let mut config = RunConfig::from_args(&args, given)?;
     config.require_all()?;
     wsgi_wasm::descriptors::ensure(&config)?;
-    // Everything that can be wrong with an app is found before listening.
     let metrics = config.metrics.map(|_| wsgi_wasm::metrics::Metrics::new());
-    let tenants = Arc::new(Tenants::load(&config, metrics)?);
+    let health = Arc::new(Health::new());
     // tokio's defaults, event_interval (61 task polls between two looks at
     // I/O events) included. Checking more often (it was 4, for guests that
     // computed on these workers; they now move to `background`) woke more
@@ -79,25 +82,43 @@ fn run(args: RunArgs, given: &HashSet<String>) -> Result<()> {
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     runtime.block_on(async {
+        // The probes answer while the apps load: starting is not dead.
+        if let (Some(addr), Some(metrics)) = (config.metrics, &metrics) {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on --metrics {addr}"))?;
+            tracing::info!("serving /metrics, /healthz and /readyz on http://{}", listener.local_addr()?);
+            tokio::spawn(wsgi_wasm::status::serve(listener, Arc::clone(metrics), Arc::clone(&health)));
+        }
+        // Everything that can be wrong with an app is found before listening.
+        let tenants = Arc::new(Tenants::load(&config, metrics, Arc::clone(&health))?);
         tenants.check().await?;
         let listeners = server::bind(&config.http, &config.uwsgi, inherited).await?;
-        let metrics = match config.metrics {
-            Some(addr) => Some(
-                tokio::net::TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("cannot listen on --metrics {addr}"))?,
-            ),
-            None => None,
-        };
         let shutdown = shutdown::on_signals().context("installing signal handlers")?;
         tokio::spawn(Arc::clone(&tenants).watch(rereader(args, given.clone(), &config), shutdown.clone()));
         let options = ServeOptions {
             limits: config.server.clone(),
-            metrics,
+            health,
             uwsgi_vars_limit: config.uwsgi.buffer_size,
             shutdown_timeout: config.shutdown_timeout,
             timing: config.timing,
         };
         server::run(listeners, tenants, options, shutdown).await
     })
+}
+
+/// `wsgi-wasm check`: everything `run` does to its apps before it listens,
+/// then a line per app on stdout.
+fn check(args: &RunArgs, given: &HashSet<String>) -> Result<()> {
+    let mut config = RunConfig::from_args(args, given)?;
+    config.require_all()?;
+    wsgi_wasm::descriptors::ensure(&config)?;
+    let tenants = Tenants::load(&config, None, Arc::new(Health::new()))?;
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
+    runtime.block_on(tenants.check())?;
+    for (name, sandbox) in tenants.apps() {
+        println!("ok: {name} ({})", sandbox.digest());
+    }
+    Ok(())
 }

@@ -2,8 +2,9 @@
 //! graceful shutdown.
 //!
 //! [`run`] owns every task it starts through one `TaskTracker`: accept loops,
-//! connections and (through the dispatcher) sandboxes. When `shutdown` fires
-//! it stops accepting, lets each connection finish the request it is serving,
+//! connections and (through the dispatcher) sandboxes. Once every listener
+//! accepts, `/readyz` says ready. When `shutdown` fires, `/readyz` says
+//! draining; the server stops accepting, lets each connection finish the request it is serving,
 //! and waits up to the shutdown timeout for all of them.
 
 use std::net::SocketAddr;
@@ -19,6 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::activation::{Inherited, Socket};
 use crate::config::{ServerLimits, UwsgiAddr, UwsgiConfig};
+use crate::health::Health;
 use crate::protocol;
 use crate::tenants::Tenants;
 use crate::wsgi::{ConnInfo, Dispatcher};
@@ -171,8 +173,9 @@ fn bind_unix(path: &Path, mode: u32) -> Result<(UnixListener, SocketFile)> {
 pub struct ServeOptions {
     /// The connection-level limits.
     pub limits: ServerLimits,
-    /// Where `/metrics` is served (`--metrics`), on a listener of its own.
-    pub metrics: Option<TcpListener>,
+    /// What `/readyz` reports: ready once every listener accepts,
+    /// draining from the first signal.
+    pub health: Arc<Health>,
     /// Largest uwsgi vars block.
     pub uwsgi_vars_limit: usize,
     /// How long to wait for requests in flight on shutdown.
@@ -192,12 +195,8 @@ pub async fn run(
     options: ServeOptions,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    let ServeOptions { limits, metrics, uwsgi_vars_limit, shutdown_timeout, timing } = options;
+    let ServeOptions { limits, health, uwsgi_vars_limit, shutdown_timeout, timing } = options;
     let tasks = TaskTracker::new();
-    if let (Some(listener), Some(m)) = (metrics, tenants.metrics()) {
-        tracing::info!("serving metrics on http://{}/metrics", listener.local_addr()?);
-        tasks.spawn(serve_metrics(listener, Arc::clone(m), shutdown.clone()));
-    }
     for (name, sandbox) in tenants.apps() {
         tracing::info!(app = %name, digest = %sandbox.digest(), "serving app {name}");
     }
@@ -214,8 +213,10 @@ pub async fn run(
         tracing::info!("listening on {}", listener.describe());
         tasks.spawn(accept_loop(listener, Arc::clone(&shared)));
     }
+    health.ready();
 
     shutdown.cancelled().await;
+    health.draining();
     tasks.close();
     if tokio::time::timeout(shutdown_timeout, tasks.wait()).await.is_err() {
         tracing::warn!(
@@ -226,44 +227,6 @@ pub async fn run(
         tracing::info!("all requests finished; bye");
     }
     Ok(())
-}
-
-/// Answers `GET /metrics` with every metric, until `shutdown`; anything
-/// else gets a 404. Its own listener, never an app's.
-async fn serve_metrics(listener: TcpListener, metrics: Arc<crate::metrics::Metrics>, shutdown: CancellationToken) {
-    use http_body_util::Full;
-    use hyper::{Response, StatusCode};
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(err) => {
-                    tracing::warn!(cause = %err, "metrics accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            () = shutdown.cancelled() => return,
-        };
-        let metrics = Arc::clone(&metrics);
-        let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-            let metrics = Arc::clone(&metrics);
-            async move {
-                let resp = if req.uri().path() == "/metrics" {
-                    Response::builder()
-                        .header("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")
-                        .body(Full::new(bytes::Bytes::from(metrics.encode())))
-                } else {
-                    Response::builder().status(StatusCode::NOT_FOUND).body(Full::new(bytes::Bytes::from_static(b"")))
-                };
-                Ok::<_, std::convert::Infallible>(resp.expect("a valid response"))
-            }
-        });
-        tokio::spawn(async move {
-            let io = hyper_util::rt::TokioIo::new(stream);
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
-        });
-    }
 }
 
 /// What every accept loop shares.

@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use crate::budget::MemoryBudget;
 use crate::config::{AppConfig, RunConfig};
 use crate::engine::{PoolSpec, SharedEngine};
+use crate::health::Health;
 use crate::metrics::{AppMetrics, Metrics};
 use crate::pool::Pool;
 use crate::router::Router;
@@ -50,6 +51,8 @@ pub struct Tenants {
     budget: Arc<MemoryBudget>,
     served: RwLock<Arc<Served>>,
     metrics: Option<Arc<Metrics>>,
+    /// Told how many apps are served, for `/readyz`.
+    health: Arc<Health>,
     /// Requests no app took (no match, or refused before routing).
     unrouted: Option<AppMetrics>,
     /// The config file, if the apps came from one (messages name it).
@@ -93,7 +96,7 @@ impl Tenants {
     ///
     /// # Errors
     /// Names the app, and what is wrong with it.
-    pub fn load(config: &RunConfig, metrics: Option<Arc<Metrics>>) -> Result<Self> {
+    pub fn load(config: &RunConfig, metrics: Option<Arc<Metrics>>, health: Arc<Health>) -> Result<Self> {
         let spec = PoolSpec {
             slots: config.pool,
             memory_bytes: config.apps.iter().map(|a| a.limits.memory_bytes).max().unwrap_or(0),
@@ -120,6 +123,7 @@ impl Tenants {
             apps.push(Entry { config: app.clone(), stamp, sandbox: Arc::new(sandbox) });
         }
         let served = Served::new(apps, &file)?;
+        health.serving(served.apps.len());
         let unrouted = metrics.as_ref().map(|m| m.unrouted());
         Ok(Self {
             shared,
@@ -127,6 +131,7 @@ impl Tenants {
             budget,
             served: RwLock::new(Arc::new(served)),
             metrics,
+            health,
             unrouted,
             file,
             reloading: tokio::sync::Mutex::new(()),
@@ -270,6 +275,7 @@ impl Tenants {
     fn install(&self, old: &Served, new: Served, fresh: &[String]) {
         *self.served.write().expect("the table lock is never poisoned") = Arc::new(new);
         let new = self.served();
+        self.health.serving(new.apps.len());
         let digests: Vec<&str> = new.apps.iter().map(|e| e.sandbox.digest()).collect();
         self.shared.cache.keep_only(&digests);
         for entry in &old.apps {

@@ -120,6 +120,13 @@ pub fn refused_run(wasm: &Path, args: &[&str]) -> String {
     reader.join().unwrap();
     let stderr = stderr.lock().unwrap().clone();
     assert!(!status.success(), "{} {args:?} exited cleanly: {stderr}", wasm.display());
+    // `check` refuses the same file with the same flags, in the same words.
+    let checked = wsgi_wasm().arg("check").arg(wasm).arg("--cache-dir").arg(cache_dir()).args(args).output().unwrap();
+    let error = |text: &str| text.lines().rfind(|l| l.starts_with("wsgi-wasm: error:")).map(str::to_owned);
+    let check_stderr = String::from_utf8_lossy(&checked.stderr);
+    assert!(!checked.status.success(), "check accepted what run refused: {stderr}");
+    assert_eq!(error(&check_stderr), error(&stderr), "check and run differ:\n{check_stderr}\n{stderr}");
+    assert!(error(&stderr).is_some(), "{stderr}");
     stderr
 }
 
@@ -312,12 +319,19 @@ impl Drop for Server {
     }
 }
 
+/// The status listener's base URL the server logged (`--metrics`), once
+/// it listens: `http://ADDR`.
+pub fn status_url(server: &Server) -> String {
+    const LOGGED: &str = "/healthz and /readyz on ";
+    assert!(server.wait_for_log(LOGGED, Duration::from_secs(30)), "{}", server.log());
+    let log = server.log();
+    let rest = log.split(LOGGED).nth(1).unwrap();
+    rest.split_whitespace().next().unwrap().to_owned()
+}
+
 /// The `/metrics` address the server logged (`--metrics`).
 pub fn metrics_url(server: &Server) -> String {
-    assert!(server.wait_for_log("serving metrics on ", Duration::from_secs(30)), "{}", server.log());
-    let log = server.log();
-    let rest = log.split("serving metrics on ").nth(1).unwrap();
-    rest.split_whitespace().next().unwrap().to_owned()
+    format!("{}/metrics", status_url(server))
 }
 
 /// The resident memory of process `pid`, in MiB.

@@ -252,3 +252,101 @@ fn r20_perf_map_names_the_compiled_guest_code_of_the_running_server() {
         );
     }
 }
+
+/// A probe's answer: its status and body, or `None` if nothing answered.
+fn probe(base: &str, path: &str) -> Option<(u16, String)> {
+    let resp = reqwest::blocking::Client::new().get(format!("{base}{path}")).timeout(Duration::from_secs(5)).send();
+    resp.ok().map(|r| (r.status().as_u16(), r.text().unwrap()))
+}
+
+#[test]
+fn r33_the_probes_say_starting_ready_draining_and_then_nothing_answers() {
+    // Issue 33. A cache of its own: the app is compiled at this start, which
+    // takes seconds, during which the server is alive and not ready.
+    let cache = tempfile::tempdir().unwrap();
+    let port = crate::common::free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let prober = {
+        let (base, watching) = (base.clone(), std::sync::Arc::clone(&watching));
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while watching.load(std::sync::atomic::Ordering::Relaxed) {
+                if let (Some(alive), Some(ready)) = (probe(&base, "/healthz"), probe(&base, "/readyz")) {
+                    if seen.last() != Some(&(alive.clone(), ready.clone())) {
+                        seen.push((alive, ready));
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            seen
+        })
+    };
+    let mut cmd = wsgi_wasm();
+    cmd.arg("run").arg(fixture()).args(["--http", "127.0.0.1:0", "--metrics", &format!("127.0.0.1:{port}")]);
+    cmd.arg("--cache-dir").arg(cache.path());
+    let mut server = Server::spawn(cmd, 1);
+    let ready = std::time::Instant::now();
+    while probe(&base, "/readyz").map(|(status, _)| status) != Some(200) {
+        assert!(ready.elapsed() < Duration::from_secs(10), "never ready: {}", server.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    watching.store(false, std::sync::atomic::Ordering::Relaxed);
+    let seen = prober.join().unwrap();
+    let ok = |body: &str| (200, body.to_owned());
+    assert_eq!(seen.first(), Some(&(ok("ok\n"), (503, "starting: loading the apps\n".to_owned()))), "{seen:?}");
+    assert!(server.log().contains("compiling"), "the app was compiled at this start: {}", server.log());
+    // The app's own paths are the app's: no probe there.
+    assert_eq!(client().get(server.url("/healthz")).send().unwrap().status(), 404);
+    assert_eq!(probe(&base, "/nothing").map(|(status, _)| status), Some(404));
+
+    // A request in flight when SIGTERM comes: not ready from then on, still
+    // alive until the request is done and the process is gone.
+    let url = server.url("/sleep?s=2");
+    let inflight = std::thread::spawn(move || client().get(url).send().unwrap());
+    assert!(server.wait_for_log("sleep started", Duration::from_secs(30)), "{}", server.log());
+    server.terminate();
+    let draining = std::time::Instant::now();
+    while probe(&base, "/readyz") != Some((503, "draining: shutting down\n".into())) {
+        assert!(draining.elapsed() < Duration::from_secs(1), "not draining: {}", server.log());
+    }
+    assert_eq!(probe(&base, "/healthz"), Some(ok("ok\n")));
+    let resp = inflight.join().unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(server.wait(Duration::from_secs(20)).expect("the server did not exit").success());
+    assert_eq!(probe(&base, "/healthz"), None, "something answers after the exit");
+}
+
+#[test]
+fn r33_check_accepts_a_good_app_and_a_config_and_names_what_is_wrong() {
+    // Issue 33 (the refusals of crafted files are checked with `run`'s in
+    // `common::refused_run`, for every file the other tests refuse).
+    let out = wsgi_wasm().arg("check").arg(fixture()).arg("--cache-dir").arg(cache_dir()).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.starts_with("ok: fixture ("),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(fixture(), dir.path().join("good.wasm")).unwrap();
+    std::fs::write(dir.path().join("bad.wasm"), b"not wasm at all").unwrap();
+    let config = dir.path().join("apps.toml");
+    let check = |toml: &str| {
+        std::fs::write(&config, toml).unwrap();
+        let out = wsgi_wasm().arg("check").arg("--config").arg(&config).arg("--cache-dir").arg(cache_dir()).output();
+        let out = out.unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (passed, stdout, _) =
+        check("[apps.a]\nwasm = \"good.wasm\"\nprefix = \"/a\"\n[apps.b]\nwasm = \"good.wasm\"\nprefix = \"/b\"\n");
+    assert!(passed && stdout.lines().count() == 2, "{stdout}");
+    let (passed, _, stderr) = check("[apps.a]\nwasm = \"good.wasm\"\nprefix = \"/a\"\n[apps.b]\nwasm = \"bad.wasm\"\n");
+    assert!(!passed && stderr.contains("[apps.b]") && stderr.contains("not a wsgi-wasm app"), "{stderr}");
+    let (passed, _, stderr) = check("[apps.a]\nwasm = \"good.wasm\"\nmemory = 3\n");
+    assert!(!passed && stderr.contains("[apps.a] memory 3: must be between 16 and 65536 MiB"), "{stderr}");
+}
