@@ -96,8 +96,8 @@ pub struct BuildArgs {
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
     /// The component made by `wsgi-wasm build`: one app, at every host and
-    /// path. Or give --config.
-    #[arg(required_unless_present = "config", conflicts_with = "config")]
+    /// path. Or give --config, or --apps-dir.
+    #[arg(required_unless_present_any = ["config", "apps_dir"], conflicts_with_all = ["config", "apps_dir"])]
     pub app: Option<PathBuf>,
 
     /// Host the apps of this TOML file (`[server]`, `[defaults]`,
@@ -105,6 +105,14 @@ pub struct RunArgs {
     /// as well overrides the file's setting, for every app.
     #[arg(long, short = 'c', value_name = "FILE")]
     pub config: Option<PathBuf>,
+
+    /// Serve one app per DIR/NAME.toml file (an `[apps.NAME]` table's keys,
+    /// paths relative to DIR), as uWSGI's Emperor does: a file added starts
+    /// serving its app, a file changed reloads it, a file removed retires
+    /// it, with no SIGHUP; a bad file is refused alone. With --config, or
+    /// `[server] apps_dir` in it, its apps are served beside the file's.
+    #[arg(long, value_name = "DIR")]
+    pub apps_dir: Option<PathBuf>,
 
     /// Serve HTTP/1.1 on this address; repeat for more. Default, when no
     /// --uwsgi is given either: 127.0.0.1:8000.

@@ -54,8 +54,9 @@ fn given_flags(matches: &ArgMatches) -> HashSet<String> {
 /// over it). `[server]` settings, the listeners and the pool are fixed at
 /// startup; a reload that changes them says so and applies the rest.
 fn rereader(args: RunArgs, given: HashSet<String>, startup: &RunConfig) -> impl Fn() -> Result<RunConfig> + Send {
-    let fixed =
-        |c: &RunConfig| (c.http.clone(), c.uwsgi.clone(), c.server.clone(), c.pool, c.cache_dir.clone(), c.metrics);
+    let fixed = |c: &RunConfig| {
+        (c.http.clone(), c.uwsgi.clone(), c.server.clone(), c.pool, c.cache_dir.clone(), c.metrics, c.apps_dir.clone())
+    };
     let at_startup = fixed(startup);
     move || {
         let config = RunConfig::from_args(&args, &given)?;
@@ -93,6 +94,10 @@ fn run(args: RunArgs, given: &HashSet<String>) -> Result<()> {
         // Everything that can be wrong with an app is found before listening.
         let tenants = Arc::new(Tenants::load(&config, metrics, Arc::clone(&health))?);
         tenants.check().await?;
+        // The apps directory's, each refused alone if it cannot serve.
+        if config.apps_dir.is_some() {
+            tenants.reload(&config).await?;
+        }
         let listeners = server::bind(&config.http, &config.uwsgi, inherited).await?;
         let shutdown = shutdown::on_signals().context("installing signal handlers")?;
         tokio::spawn(Arc::clone(&tenants).watch(rereader(args, given.clone(), &config), shutdown.clone()));
@@ -111,12 +116,18 @@ fn run(args: RunArgs, given: &HashSet<String>) -> Result<()> {
 /// then a line per app on stdout.
 fn check(args: &RunArgs, given: &HashSet<String>) -> Result<()> {
     let mut config = RunConfig::from_args(args, given)?;
-    config.require_all()?;
+    config.require_every()?;
     wsgi_wasm::descriptors::ensure(&config)?;
     let tenants = Tenants::load(&config, None, Arc::new(Health::new()))?;
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
-    runtime.block_on(tenants.check())?;
+    runtime.block_on(async {
+        tenants.check().await?;
+        match tenants.reload(&config).await?.into_iter().next() {
+            Some(refused) => Err(refused),
+            None => Ok(()),
+        }
+    })?;
     for (name, sandbox) in tenants.apps() {
         println!("ok: {name} ({})", sandbox.digest());
     }

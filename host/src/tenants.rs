@@ -10,20 +10,23 @@
 //! another's deploy:
 //! - when an app's `wasm` file is replaced, that app alone is reloaded
 //!   ([`Tenants::watch`]);
-//! - on `SIGHUP` the config is read again ([`Tenants::reload`]): an app
+//! - on `SIGHUP`, or when a file of the apps directory is added, changed
+//!   or removed, the config is read again ([`Tenants::reload`]): an app
 //!   whose settings and file are unchanged keeps its sandbox; a new or
 //!   changed one is loaded, compiled and instantiated once before it takes
 //!   traffic; one that fails keeps its last good version (or, if new, is
-//!   not added), and the others apply.
+//!   not added), and the others apply. An app of the apps directory that
+//!   claims another's host and prefix is refused alone.
 //!
 //! Either way the new table is swapped in one step. Requests already routed
 //! hold their app's sandbox and finish on it. A failure is logged and
 //! counted (`wsgi_wasm_reloads_total{app,result="error"}`), and a file that
 //! failed is not tried again until it changes. Only a config that does not
-//! parse, or whose apps claim the same host and prefix, changes nothing.
+//! parse, or whose main-config apps claim the same host and prefix,
+//! changes nothing.
 
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -31,7 +34,7 @@ use anyhow::{bail, Context, Result};
 use tokio_util::sync::CancellationToken;
 
 use crate::budget::MemoryBudget;
-use crate::config::{AppConfig, RunConfig};
+use crate::config::{AppConfig, Broken, RunConfig};
 use crate::engine::{PoolSpec, SharedEngine};
 use crate::health::Health;
 use crate::metrics::{AppMetrics, Metrics};
@@ -57,6 +60,8 @@ pub struct Tenants {
     unrouted: Option<AppMetrics>,
     /// The config file, if the apps came from one (messages name it).
     file: Option<String>,
+    /// The apps directory, watched (fixed at startup).
+    apps_dir: Option<PathBuf>,
     /// One reload at a time.
     reloading: tokio::sync::Mutex<()>,
 }
@@ -99,7 +104,7 @@ impl Tenants {
     pub fn load(config: &RunConfig, metrics: Option<Arc<Metrics>>, health: Arc<Health>) -> Result<Self> {
         let spec = PoolSpec {
             slots: config.pool,
-            memory_bytes: config.apps.iter().map(|a| a.limits.memory_bytes).max().unwrap_or(0),
+            memory_bytes: config.slot_memory_bytes,
             fuel: config.apps.iter().any(|a| a.limits.fuel.is_some()),
             perf_map: config.perf_map,
         };
@@ -113,7 +118,9 @@ impl Tenants {
         );
         let file = config.file.as_ref().map(|f| f.display().to_string());
         let mut apps = Vec::new();
-        for app in &config.apps {
+        // The apps directory's apps are added by a reload once these serve
+        // (`main.rs`), so that each is refused alone.
+        for app in config.apps.iter().filter(|a| a.source.is_none()) {
             let stamp = Stamp::of(&app.wasm);
             let sandbox =
                 load_app(app, &shared, &pool, &budget, metrics.as_ref()).with_context(|| describe(&file, app))?;
@@ -134,6 +141,7 @@ impl Tenants {
             health,
             unrouted,
             file,
+            apps_dir: config.apps_dir.clone(),
             reloading: tokio::sync::Mutex::new(()),
         })
     }
@@ -145,7 +153,7 @@ impl Tenants {
     /// Names the app and says what to change.
     pub async fn check(&self) -> Result<()> {
         for entry in &self.served().apps {
-            entry.sandbox.check().await.with_context(|| describe(&self.file, &entry.config))?;
+            entry.sandbox.check().await.with_context(|| self.describe(&entry.config))?;
         }
         Ok(())
     }
@@ -185,22 +193,27 @@ impl Tenants {
 
     /// Serves `config`'s apps from now on: each new or changed one that
     /// loads, the last good version of each that does not (a new app that
-    /// fails is not added), and none of the apps it no longer names.
+    /// fails is not added), and none of the apps it no longer names. An app
+    /// of the apps directory that claims a host and prefix another app
+    /// holds is refused alone. Returns the errors of the apps refused, each
+    /// logged and counted already.
     ///
     /// # Errors
-    /// Two apps claiming the same host and prefix: nothing has changed then.
-    pub async fn reload(&self, config: &RunConfig) -> Result<()> {
+    /// Two of the main config's apps claiming the same host and prefix:
+    /// nothing has changed then.
+    pub async fn reload(&self, config: &RunConfig) -> Result<Vec<anyhow::Error>> {
         let _one_at_a_time = self.reloading.lock().await;
         let old = self.served();
         let mut apps = Vec::new();
         let mut fresh = Vec::new();
+        let mut refused = Vec::new();
         for app in &config.apps {
             let stamp = Stamp::of(&app.wasm);
             if let Some(kept) = old.apps.iter().find(|e| e.config == *app && e.stamp == stamp && stamp.is_some()) {
                 apps.push(Entry { config: app.clone(), stamp, sandbox: Arc::clone(&kept.sandbox) });
                 continue;
             }
-            match self.load_checked(app).await.with_context(|| describe(&self.file, app)) {
+            match self.load_checked(app).await.with_context(|| self.describe(app)) {
                 // Touched but the same bytes and settings: keep the old one.
                 Ok(sandbox) => {
                     match old.apps.iter().find(|e| e.config == *app && e.sandbox.digest() == sandbox.digest()) {
@@ -213,28 +226,81 @@ impl Tenants {
                         }
                     }
                 }
-                Err(err) => self.keep_last_good(&old, &app.name, &err, &mut apps),
+                Err(error) => {
+                    let broken = Broken { name: app.name.clone(), source: app.source.clone(), error };
+                    refused.push(self.keep_last_good(&old, broken, &mut apps));
+                }
             }
         }
-        for (name, err) in &config.broken {
-            self.keep_last_good(&old, name, err, &mut apps);
+        for broken in &config.broken {
+            let (name, source) = (broken.name.clone(), broken.source.clone());
+            let broken = Broken { name, source, error: anyhow::anyhow!("{:#}", broken.error) };
+            refused.push(self.keep_last_good(&old, broken, &mut apps));
         }
-        let new = Served::new(apps, &self.file).inspect_err(|_| self.count_reload("-", "error"))?;
+        let new = self.admit(apps, &old, &mut refused).inspect_err(|_| self.count_reload("-", "error"))?;
         self.install(&old, new, &fresh);
-        Ok(())
+        Ok(refused)
     }
 
-    /// After `name` failed to reload with `err`: logs and counts it, and
-    /// keeps the version `old` serves, if there is one.
-    fn keep_last_good(&self, old: &Served, name: &str, err: &anyhow::Error, apps: &mut Vec<Entry>) {
-        self.count_reload(name, "error");
-        match old.apps.iter().find(|e| e.config.name == name) {
+    /// After `broken` failed to load or to parse: logs and counts it, and
+    /// keeps the version `old` serves from the same file, if there is one
+    /// and no other app has its name now. Returns its error.
+    fn keep_last_good(&self, old: &Served, broken: Broken, apps: &mut Vec<Entry>) -> anyhow::Error {
+        let Broken { name, source, error } = broken;
+        self.count_reload(&name, "error");
+        let last = old.apps.iter().find(|e| e.config.name == name && e.config.source == source);
+        match last.filter(|_| !apps.iter().any(|e| e.config.name == name)) {
             Some(last) => {
-                tracing::error!(app = %name, "reload failed; still serving its last good version: {err:#}");
+                tracing::error!(app = %name, "reload failed; still serving its last good version: {error:#}");
                 apps.push(Entry { config: last.config.clone(), stamp: last.stamp, sandbox: Arc::clone(&last.sandbox) });
             }
-            None => tracing::error!(app = %name, "not added: {err:#}"),
+            None => tracing::error!(app = %name, "not added: {error:#}"),
         }
+        error
+    }
+
+    /// The routing table of `apps`. The main config's apps must fit
+    /// together; then each app of the apps directory joins, those that
+    /// served before first, unless it claims what another holds: then its
+    /// last good version joins instead, if that fits, or none. So one
+    /// tenant's file never takes another's host, nor stops the others'.
+    ///
+    /// # Errors
+    /// The main config's apps claim the same host and prefix.
+    fn admit(&self, apps: Vec<Entry>, old: &Served, refused: &mut Vec<anyhow::Error>) -> Result<Served> {
+        let (mut admitted, mut dir): (Vec<Entry>, Vec<Entry>) =
+            apps.into_iter().partition(|e| e.config.source.is_none());
+        if dir.is_empty() {
+            return Served::new(admitted, &self.file);
+        }
+        Router::new(routes(&admitted)).with_context(|| self.file.clone().unwrap_or_default())?;
+        let served_before = |e: &Entry| old.apps.iter().any(|o| Arc::ptr_eq(&o.sandbox, &e.sandbox));
+        dir.sort_by_key(|e| !served_before(e));
+        for entry in dir {
+            admitted.push(entry);
+            let Err(err) = Router::new(routes(&admitted)) else { continue };
+            let entry = admitted.pop().expect("just pushed");
+            let name = &entry.config.name;
+            let error = anyhow::anyhow!("{}: {err:#}", self.describe(&entry.config));
+            self.count_reload(name, "error");
+            let last = old.apps.iter().find(|o| o.config.name == *name && o.config.source == entry.config.source);
+            if let Some(last) = last.filter(|last| !Arc::ptr_eq(&last.sandbox, &entry.sandbox)) {
+                admitted.push(Entry {
+                    config: last.config.clone(),
+                    stamp: last.stamp,
+                    sandbox: Arc::clone(&last.sandbox),
+                });
+                if Router::new(routes(&admitted)).is_ok() {
+                    tracing::error!(app = %name, "reload failed; still serving its last good version: {error:#}");
+                    refused.push(error);
+                    continue;
+                }
+                admitted.pop();
+            }
+            tracing::error!(app = %name, "not added: {error:#}");
+            refused.push(error);
+        }
+        Served::new(admitted, &self.file)
     }
 
     /// Reloads the one app `name` from its `wasm` file, which changed.
@@ -246,8 +312,7 @@ impl Tenants {
         let old = self.served();
         let Some(entry) = old.apps.iter().find(|e| e.config.name == name) else { return Ok(()) };
         let stamp = Stamp::of(&entry.config.wasm);
-        let sandbox = match self.load_checked(&entry.config).await.with_context(|| describe(&self.file, &entry.config))
-        {
+        let sandbox = match self.load_checked(&entry.config).await.with_context(|| self.describe(&entry.config)) {
             Ok(sandbox) => sandbox,
             Err(err) => {
                 self.count_reload(name, "error");
@@ -334,16 +399,22 @@ impl Tenants {
         Ok(sandbox)
     }
 
+    fn describe(&self, app: &AppConfig) -> String {
+        describe(&self.file, app)
+    }
+
     fn count_reload(&self, app: &str, result: &str) {
         if let Some(m) = &self.metrics {
             m.reload(app, result);
         }
     }
 
-    /// Reloads on `SIGHUP`, with the config `reread` gives, and an app
-    /// alone when its `wasm` file is replaced, until `shutdown`. A failure
-    /// is logged and the server goes on as before; a file that failed is
-    /// not tried again until it changes.
+    /// Reloads on `SIGHUP`, with the config `reread` gives; an app alone
+    /// when its `wasm` file is replaced; and, when a file of the apps
+    /// directory is added, changed or removed, the config as on `SIGHUP`
+    /// (an app whose file and settings are unchanged keeps its sandbox).
+    /// Until `shutdown`. A failure is logged and the server goes on as
+    /// before; a file that failed is not tried again until it changes.
     pub async fn watch(
         self: Arc<Self>,
         reread: impl Fn() -> Result<RunConfig> + Send + 'static,
@@ -355,63 +426,102 @@ impl Tenants {
         };
         // The version of each app's file that failed, not to be tried again.
         let mut failed: std::collections::HashMap<String, Option<Stamp>> = std::collections::HashMap::new();
+        let mut listing = self.apps_dir.as_deref().map(dir_listing);
         loop {
-            tokio::select! {
-                _ = hup.recv() => {
-                    tracing::info!("reloading: SIGHUP");
-                    let result = match reread() {
-                        Ok(config) => self.reload(&config).await,
-                        Err(err) => {
-                            self.count_reload("-", "error");
-                            Err(err)
-                        }
-                    };
-                    match result {
-                        Ok(()) => tracing::info!("reloaded: serving {} apps", self.served().apps.len()),
-                        Err(err) => tracing::error!("reload failed, still serving as before: {err:#}"),
-                    }
-                    failed.clear();
-                }
+            let why = tokio::select! {
+                _ = hup.recv() => "SIGHUP",
                 () = tokio::time::sleep(WATCH_INTERVAL) => {
-                    let served = self.served();
-                    for entry in &served.apps {
-                        let stamp = Stamp::of(&entry.config.wasm);
-                        if stamp == entry.stamp || failed.get(&entry.config.name) == Some(&stamp) {
-                            continue;
-                        }
-                        let name = &entry.config.name;
-                        tracing::info!(app = %name, "reloading {name}: its wasm file changed");
-                        match self.reload_file(name).await {
-                            Ok(()) => {
-                                failed.remove(name);
-                            }
-                            Err(err) => {
-                                tracing::error!(app = %name, "reload failed; still serving its last good version: {err:#}");
-                                failed.insert(name.clone(), stamp);
-                            }
-                        }
+                    let now = self.apps_dir.as_deref().map(dir_listing);
+                    if now != listing {
+                        listing = now;
+                        "a file of the apps directory changed"
+                    } else {
+                        self.reload_replaced(&mut failed).await;
+                        continue;
                     }
                 }
                 () = shutdown.cancelled() => return,
+            };
+            tracing::info!("reloading: {why}");
+            let result = match reread() {
+                Ok(config) => self.reload(&config).await,
+                Err(err) => {
+                    self.count_reload("-", "error");
+                    Err(err)
+                }
+            };
+            match result {
+                Ok(refused) => tracing::info!(
+                    "reloaded: serving {} apps{}",
+                    self.served().apps.len(),
+                    if refused.is_empty() { String::new() } else { format!(", {} refused", refused.len()) }
+                ),
+                Err(err) => tracing::error!("reload failed, still serving as before: {err:#}"),
+            }
+            failed.clear();
+        }
+    }
+
+    /// Reloads each app whose `wasm` file was replaced since it was loaded,
+    /// unless that version failed before (`failed`).
+    async fn reload_replaced(&self, failed: &mut std::collections::HashMap<String, Option<Stamp>>) {
+        let served = self.served();
+        for entry in &served.apps {
+            let stamp = Stamp::of(&entry.config.wasm);
+            if stamp == entry.stamp || failed.get(&entry.config.name) == Some(&stamp) {
+                continue;
+            }
+            let name = &entry.config.name;
+            tracing::info!(app = %name, "reloading {name}: its wasm file changed");
+            match self.reload_file(name).await {
+                Ok(()) => {
+                    failed.remove(name);
+                }
+                Err(err) => {
+                    tracing::error!(app = %name, "reload failed; still serving its last good version: {err:#}");
+                    failed.insert(name.clone(), stamp);
+                }
             }
         }
     }
 }
 
+/// The `.toml` files of the apps directory and the version of each, to
+/// tell when one is added, changed or removed; `None` if it cannot be read.
+fn dir_listing(dir: &Path) -> Option<Vec<(std::ffi::OsString, Option<Stamp>)>> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|entry| {
+            let path = entry.ok()?.path();
+            if path.extension()? != "toml" {
+                return None;
+            }
+            Some((path.file_name()?.to_owned(), Stamp::of(&path)))
+        })
+        .collect();
+    files.sort_by(|a, b| a.0.cmp(&b.0));
+    Some(files)
+}
+
 impl Served {
     fn new(apps: Vec<Entry>, file: &Option<String>) -> Result<Self> {
-        let routes = apps.iter().map(|e| (e.config.name.clone(), e.config.mount.clone(), Arc::clone(&e.sandbox)));
-        let table = Router::new(routes.collect()).with_context(|| file.clone().unwrap_or_default())?;
+        let table = Router::new(routes(&apps)).with_context(|| file.clone().unwrap_or_default())?;
         Ok(Self { table, apps })
     }
 }
 
 /// The app in messages: its file and table, or its path.
 fn describe(file: &Option<String>, app: &AppConfig) -> String {
-    match file {
-        Some(file) => format!("{file}: [apps.{}] ({})", app.name, app.wasm.display()),
-        None => format!("{}", app.wasm.display()),
+    match (&app.source, file) {
+        (Some(source), _) => format!("{} ({})", source.display(), app.wasm.display()),
+        (None, Some(file)) => format!("{file}: [apps.{}] ({})", app.name, app.wasm.display()),
+        (None, None) => format!("{}", app.wasm.display()),
     }
+}
+
+/// The routes of `apps`, for a [`Router`].
+fn routes(apps: &[Entry]) -> Vec<(String, crate::router::Mount, Arc<Sandbox>)> {
+    apps.iter().map(|e| (e.config.name.clone(), e.config.mount.clone(), Arc::clone(&e.sandbox))).collect()
 }
 
 fn load_app(

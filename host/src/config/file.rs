@@ -93,6 +93,7 @@ table! {
         max_instances: usize,
         memory_budget: u64,
         cache_dir: PathBuf,
+        apps_dir: PathBuf,
     }
 }
 
@@ -111,6 +112,8 @@ pub enum Origin<'a> {
     Server,
     Defaults,
     App(&'a str),
+    /// A file of the apps directory.
+    AppFile(&'a Path),
 }
 
 /// Every setting the flags give: their values, defaults included.
@@ -142,6 +145,7 @@ impl Settings {
             max_instances: None,
             memory_budget: args.memory_budget,
             cache_dir: args.cache.cache_dir.clone(),
+            apps_dir: args.apps_dir.clone(),
         };
         let app = AppTable {
             wasm: None,
@@ -219,6 +223,7 @@ pub fn load(path: &Path) -> Result<Loaded> {
                 let mut server: ServerTable =
                     value.try_into().map_err(|e| anyhow::anyhow!("{file}: [server]: {}", serde_message(&e)))?;
                 server.cache_dir = server.cache_dir.map(|d| dir.join(d));
+                server.apps_dir = server.apps_dir.map(|d| dir.join(d));
                 server.uwsgi = server.uwsgi.map(|addrs| addrs.into_iter().map(|a| relative_unix(&a, &dir)).collect());
                 loaded.server = server;
             }
@@ -237,7 +242,7 @@ pub fn load(path: &Path) -> Result<Loaded> {
                     bail!("{file}: apps: expected tables, as [apps.NAME]");
                 };
                 for (name, table) in apps {
-                    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+                    if !valid_name(&name) {
                         bail!("{file}: [apps.{name:?}]: an app's name may hold only letters, digits, - and _");
                     }
                     let app: AppTable = table
@@ -253,6 +258,78 @@ pub fn load(path: &Path) -> Result<Loaded> {
         }
     }
     Ok(loaded)
+}
+
+/// Whether `name` may name an app: letters, digits, `-` and `_`.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// One file of the apps directory: `NAME.toml`, an `[apps.NAME]` table's
+/// keys at its top level.
+pub struct AppFile {
+    /// The file's stem.
+    pub name: String,
+    pub path: PathBuf,
+    /// Its settings, paths taken relative to the directory; or why the
+    /// file cannot be one app.
+    pub table: Result<AppTable>,
+}
+
+/// Reads every `*.toml` file of the apps directory `dir`, sorted by name.
+/// Hidden files (a dot first: editors' and atomic writers' temporaries)
+/// and other names are skipped. A file that cannot be read or parsed is
+/// listed with its error, so that it is refused alone.
+///
+/// # Errors
+/// The directory itself cannot be read.
+pub fn load_dir(dir: &Path) -> Result<Vec<AppFile>> {
+    let entries = std::fs::read_dir(dir).with_context(|| format!("reading apps_dir {}", dir.display()))?;
+    let mut files = Vec::new();
+    for entry in entries {
+        let path = entry.with_context(|| format!("reading apps_dir {}", dir.display()))?.path();
+        let (Some(stem), Some("toml")) =
+            (path.file_stem().and_then(|s| s.to_str()), path.extension().and_then(|e| e.to_str()))
+        else {
+            continue;
+        };
+        if stem.starts_with('.') {
+            continue;
+        }
+        let name = stem.to_owned();
+        let table = if valid_name(&name) {
+            app_file(&path, dir)
+        } else {
+            Err(anyhow::anyhow!(
+                "{}: an app's name (the file's stem) may hold only letters, digits, - and _",
+                path.display()
+            ))
+        };
+        files.push(AppFile { name, path, table });
+    }
+    files.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(files)
+}
+
+/// One app's file: its keys, checked like an `[apps.NAME]` table's.
+fn app_file(path: &Path, dir: &Path) -> Result<AppTable> {
+    let shown = path.display();
+    // Read through a size cap: the directory is written by a control plane,
+    // but a runaway file must not take the server's memory.
+    let mut text = String::new();
+    std::io::Read::read_to_string(
+        &mut std::io::Read::take(std::fs::File::open(path).with_context(|| format!("reading {shown}"))?, 1 << 20),
+        &mut text,
+    )
+    .with_context(|| format!("reading {shown}"))?;
+    if text.len() >= 1 << 20 {
+        bail!("{shown}: larger than 1 MiB; an app's file holds one app's settings");
+    }
+    let app: AppTable = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{shown}: {}", serde_message(&e)))?;
+    if app.wasm.is_none() {
+        bail!("{shown}: wasm: missing; say which app.wasm it serves");
+    }
+    Ok(resolve(app, dir))
 }
 
 /// The message of a `toml` deserialization error, on one line.
@@ -437,6 +514,7 @@ impl AppTable {
             env,
             outbound,
             outbound_ca: self.outbound_ca.clone(),
+            source: None,
         })
     }
 }

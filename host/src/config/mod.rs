@@ -353,6 +353,18 @@ pub struct AppConfig {
     /// A PEM bundle of CA certificates its TLS sessions trust besides the
     /// system's (`--outbound-ca`, `outbound_ca`).
     pub outbound_ca: Option<PathBuf>,
+    /// The apps directory's file it comes from; `None` for the main config
+    /// (or the command line).
+    pub source: Option<PathBuf>,
+}
+
+/// An app whose settings are wrong, and why.
+#[derive(Debug)]
+pub struct Broken {
+    pub name: String,
+    /// The apps directory's file it comes from, as [`AppConfig::source`].
+    pub source: Option<PathBuf>,
+    pub error: anyhow::Error,
 }
 
 /// Everything `wsgi-wasm run` needs.
@@ -370,12 +382,22 @@ pub struct RunConfig {
     /// The linear memory all sandboxes may hold at once, in bytes
     /// (`--memory-budget`, `[server] memory_budget`).
     pub memory_budget: u64,
+    /// The main config's apps, then the apps directory's by name.
     pub apps: Vec<AppConfig>,
-    /// The apps whose settings are wrong (a missing `wasm`, a bad value),
-    /// each with why. At startup any one stops the server
-    /// ([`RunConfig::require_all`]); on a reload each keeps its last good
-    /// version while the others apply.
-    pub broken: Vec<(String, anyhow::Error)>,
+    /// The apps whose settings are wrong (a missing `wasm`, a bad value, a
+    /// file of the apps directory that does not parse or takes a name the
+    /// main config has), each with why. At startup one of the main
+    /// config's stops the server ([`RunConfig::require_all`]), and one of
+    /// the directory's is refused alone; on a reload each keeps its last
+    /// good version while the others apply.
+    pub broken: Vec<Broken>,
+    /// The apps directory (`[server] apps_dir`, `--apps-dir`), watched for
+    /// files added, changed and removed.
+    pub apps_dir: Option<PathBuf>,
+    /// What each pool slot holds, fixed at startup: the largest `memory` of
+    /// the apps and of the defaults (what an app added later gets unless
+    /// its file says otherwise).
+    pub slot_memory_bytes: usize,
     pub shutdown_timeout: Duration,
     /// Report per-request timing (`--timing`).
     pub timing: bool,
@@ -398,17 +420,21 @@ impl RunConfig {
         let flags = defaults.only(given);
         let loaded = match &args.config {
             Some(path) => file::load(path)?,
-            None => {
-                let app = args.app.clone().context("give an app.wasm, or --config FILE")?;
-                let name = app.file_stem().map_or_else(|| "app".into(), |s| s.to_string_lossy().into_owned());
-                file::Loaded::one_app(name, app)
-            }
+            None => match args.app.clone() {
+                Some(app) => {
+                    let name = app.file_stem().map_or_else(|| "app".into(), |s| s.to_string_lossy().into_owned());
+                    file::Loaded::one_app(name, app)
+                }
+                None if args.apps_dir.is_some() => file::Loaded::default(),
+                None => bail!("give an app.wasm, --config FILE or --apps-dir DIR"),
+            },
         };
         let name_of = |origin: file::Origin<'_>, key: &str| match origin {
             _ if given.contains(key) || loaded.path.is_none() => file::flag(key),
             file::Origin::Server => format!("{}: [server] {key}", loaded.display()),
             file::Origin::App(app) => format!("{}: [apps.{app}] {key}", loaded.display()),
             file::Origin::Defaults => format!("{}: [defaults] {key}", loaded.display()),
+            file::Origin::AppFile(path) => format!("{}: {key}", path.display()),
         };
         let server = defaults.server.over(&loaded.server).over(&flags.server);
         let key = |k: &str| {
@@ -423,23 +449,56 @@ impl RunConfig {
         };
         let mut apps = Vec::new();
         let mut broken = Vec::new();
-        for (name, table) in &loaded.apps {
+        // One app's table, layered and checked.
+        let app = |name: &str, table: &file::AppTable, origin: file::Origin<'_>, source: Option<&Path>| {
             let merged = defaults.app.over(&loaded.defaults).over(table).over(&flags.app);
             let key = |k: &str| {
                 let from_defaults = !table.has(k) && loaded.defaults.has(k);
-                name_of(if from_defaults { file::Origin::Defaults } else { file::Origin::App(name) }, k)
+                name_of(if from_defaults { file::Origin::Defaults } else { origin }, k)
             };
+            let source = source.map(Path::to_path_buf);
             match merged.into_app(name, pool, &key) {
+                Ok(app) => Ok(AppConfig { source, ..app }),
+                Err(error) => Err(Broken { name: name.to_owned(), source, error }),
+            }
+        };
+        for (name, table) in &loaded.apps {
+            match app(name, table, file::Origin::App(name), None) {
                 Ok(app) => apps.push(app),
-                Err(err) => broken.push((name.clone(), err)),
+                Err(refused) => broken.push(refused),
             }
         }
-        if apps.is_empty() && broken.is_empty() {
+        if let Some(dir) = &server.apps_dir {
+            for app_file in file::load_dir(dir)? {
+                let (path, name) = (app_file.path.as_path(), app_file.name.as_str());
+                let checked = match &app_file.table {
+                    _ if loaded.apps.iter().any(|(main, _)| main == name) => Err(Broken {
+                        name: name.to_owned(),
+                        source: Some(path.to_path_buf()),
+                        error: anyhow::anyhow!(
+                            "{}: {} already names [apps.{name}]; rename the file",
+                            path.display(),
+                            loaded.display()
+                        ),
+                    }),
+                    Ok(table) => app(name, table, file::Origin::AppFile(path), Some(path)),
+                    Err(err) => Err(Broken {
+                        name: name.to_owned(),
+                        source: Some(path.to_path_buf()),
+                        error: anyhow::anyhow!("{err:#}"),
+                    }),
+                };
+                match checked {
+                    Ok(app) => apps.push(app),
+                    Err(refused) => broken.push(refused),
+                }
+            }
+        } else if apps.is_empty() && broken.is_empty() {
             bail!("{}: no [apps.NAME] table: name at least one app", loaded.display());
         }
         // One app alone: the pool is its own cap.
         let pool = match apps.first() {
-            Some(app) if loaded.path.is_none() => app.limits.max_instances,
+            Some(app) if loaded.path.is_none() && server.apps_dir.is_none() => app.limits.max_instances,
             _ => pool,
         };
         let memory_budget = match server.memory_budget {
@@ -447,6 +506,14 @@ impl RunConfig {
             Some(mib) => mib << 20,
             None => default_memory_budget(),
         };
+        let apps_dir = server.apps_dir.clone();
+        let default_memory = defaults.app.over(&loaded.defaults).over(&flags.app).memory.unwrap_or(0);
+        let slot_memory_bytes = apps
+            .iter()
+            .map(|a| a.limits.memory_bytes)
+            .chain(apps_dir.as_ref().and_then(|_| usize::try_from(default_memory.min(65_536) << 20).ok()))
+            .max()
+            .unwrap_or(0);
         let server_cfg = server.into_server(&key)?;
         Ok(Self {
             memory_budget,
@@ -458,6 +525,8 @@ impl RunConfig {
             pool,
             apps,
             broken,
+            apps_dir,
+            slot_memory_bytes,
             shutdown_timeout: server_cfg.shutdown_timeout,
             timing: args.timing,
             perf_map: args.perf_map,
@@ -467,13 +536,27 @@ impl RunConfig {
 }
 
 impl RunConfig {
-    /// Every app's settings are right, as a server needs at startup.
+    /// The main config's apps' settings are right, as a server needs at
+    /// startup; the apps directory's broken files stay in `broken`, to be
+    /// refused alone.
+    ///
+    /// # Errors
+    /// The first of the main config's apps whose settings are wrong, and why.
+    pub fn require_all(&mut self) -> Result<()> {
+        match self.broken.iter().position(|b| b.source.is_none()) {
+            Some(at) => Err(self.broken.remove(at).error),
+            None => Ok(()),
+        }
+    }
+
+    /// Every app's settings are right, the apps directory's included, as
+    /// `check` needs.
     ///
     /// # Errors
     /// The first app whose settings are wrong, and why.
-    pub fn require_all(&mut self) -> Result<()> {
+    pub fn require_every(&mut self) -> Result<()> {
         match self.broken.drain(..).next() {
-            Some((_, err)) => Err(err),
+            Some(broken) => Err(broken.error),
             None => Ok(()),
         }
     }

@@ -349,4 +349,13 @@ fn r33_check_accepts_a_good_app_and_a_config_and_names_what_is_wrong() {
     assert!(!passed && stderr.contains("[apps.b]") && stderr.contains("not a wsgi-wasm app"), "{stderr}");
     let (passed, _, stderr) = check("[apps.a]\nwasm = \"good.wasm\"\nmemory = 3\n");
     assert!(!passed && stderr.contains("[apps.a] memory 3: must be between 16 and 65536 MiB"), "{stderr}");
+    // The apps directory's files are checked too, though `run` would
+    // refuse a bad one alone and start.
+    std::fs::create_dir(dir.path().join("apps.d")).unwrap();
+    std::fs::write(dir.path().join("apps.d/c.toml"), "wasm = \"../good.wasm\"\nhosts = [\"c.test\"]\n").unwrap();
+    let (passed, stdout, stderr) = check("[server]\napps_dir = \"apps.d\"\n[apps.a]\nwasm = \"good.wasm\"\n");
+    assert!(passed && stdout.contains("ok: a (") && stdout.contains("ok: c ("), "{stdout}{stderr}");
+    std::fs::write(dir.path().join("apps.d/d.toml"), "wasm = \"../bad.wasm\"\n").unwrap();
+    let (passed, _, stderr) = check("[server]\napps_dir = \"apps.d\"\n[apps.a]\nwasm = \"good.wasm\"\n");
+    assert!(!passed && stderr.contains("d.toml") && stderr.contains("not a wsgi-wasm app"), "{stderr}");
 }

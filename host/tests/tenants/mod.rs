@@ -10,6 +10,8 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod apps_dir;
+
 use crate::common::{
     body_json, cache_dir, fixture, metrics_url, raw_exchange, raw_text, uwsgi_packet, wsgi_wasm, Server,
 };
