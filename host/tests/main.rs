@@ -12,6 +12,7 @@ mod outbound;
 mod readme;
 mod real_apps;
 pub mod tenants;
+mod wheel;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -2,12 +2,17 @@
 //! bundles) and uv (which resolves requirements for that CPython),
 //! provisioned on first use into the cache.
 //!
-//! The pin is `python-wasm/requirements.lock`, compiled into this binary. It
-//! is installed with `pip --require-hashes` into a directory named after the
-//! lock file's hash, and marked complete only after pip succeeded, so an
-//! interrupted install is redone and a changed pin gets a directory of its own.
-//! Builds that start at once (a CI job's parallel tests, two terminals) take
-//! turns through a file lock: one installs, the others then find it done.
+//! The pin is `python-wasm/requirements.lock`, compiled into this binary.
+//!
+//! When this binary was installed by pip (the wheel of `pyproject.toml`,
+//! which depends on the same pins), the componentize-py and uv installed
+//! beside it are used, if their versions are the pinned ones. Otherwise the
+//! lock is installed with `pip --require-hashes` into a directory named
+//! after the lock file's hash, and marked complete only after pip
+//! succeeded, so an interrupted install is redone and a changed pin gets a
+//! directory of its own. Builds that start at once (a CI job's parallel
+//! tests, two terminals) take turns through a file lock: one installs, the
+//! others then find it done.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -26,18 +31,26 @@ pub const GUEST_PYTHON: &str = "3.14";
 
 /// A provisioned componentize-py and uv.
 pub struct Toolchain {
+    /// The Python that runs componentize-py (and builds sdists for uv).
     python: PathBuf,
-    site: PathBuf,
+    /// Where the cache's copy is installed, put on `PYTHONPATH`; `None` for
+    /// the copy installed beside this binary, which its Python finds.
+    site: Option<PathBuf>,
+    uv: PathBuf,
     /// uv's own cache, beside the toolchain in wsgi-wasm's.
     uv_cache: PathBuf,
 }
 
 impl Toolchain {
-    /// Finds the toolchain in the cache, installing it first if needed.
+    /// Finds the toolchain: the one installed beside this binary if it is
+    /// the pinned one, else the cache's, installing it first if needed.
     ///
     /// # Errors
     /// Fails with what to do if Python or pip is missing, or pip fails.
     pub fn ensure(python: &Path, cache_dir: &Path) -> Result<Self> {
+        if let Some(installed) = Self::installed(cache_dir) {
+            return Ok(installed);
+        }
         check_python(python)?;
         let key = hex(&Sha256::digest(LOCK.as_bytes()));
         let dir = cache_dir.join("toolchain").join(&key[..16]);
@@ -78,7 +91,42 @@ impl Toolchain {
             }
             std::fs::write(&done, b"")?;
         }
-        Ok(Self { python: python.to_owned(), site, uv_cache: cache_dir.join("uv") })
+        Ok(Self {
+            python: python.to_owned(),
+            uv: site.join("bin/uv"),
+            site: Some(site),
+            uv_cache: cache_dir.join("uv"),
+        })
+    }
+
+    /// The toolchain pip installed beside this binary (`pip install
+    /// wsgi-wasm` into a virtualenv or a prefix puts the binary, a Python,
+    /// componentize-py and uv there together), if its versions are the
+    /// pinned ones.
+    fn installed(cache_dir: &Path) -> Option<Self> {
+        let exe = std::env::current_exe().ok()?;
+        let bin = exe.parent()?;
+        let python = ["python3", "python"].iter().map(|name| bin.join(name)).find(|p| p.is_file())?;
+        let out = Command::new(&python)
+            .args(["-c", "from importlib.metadata import version as v; import uv; print(v('componentize-py'), v('uv'), uv.find_uv_bin())"])
+            .env("PYTHONNOUSERSITE", "1")
+            .stderr(std::process::Stdio::null())
+            .output()
+            .ok()?;
+        let text = String::from_utf8(out.stdout).ok()?;
+        let mut found = text.split_whitespace();
+        let (componentize, uv, uv_bin) = (found.next()?, found.next()?, found.next()?);
+        if (Some(componentize), Some(uv)) != (pinned("componentize-py"), pinned("uv")) {
+            eprintln!(
+                "wsgi-wasm: the componentize-py {componentize} and uv {uv} beside {} are not the pinned {} and {}; \
+                 using the cache's own copy",
+                exe.display(),
+                pinned("componentize-py").unwrap_or("?"),
+                pinned("uv").unwrap_or("?")
+            );
+            return None;
+        }
+        Some(Self { python, site: None, uv: PathBuf::from(uv_bin), uv_cache: cache_dir.join("uv") })
     }
 
     /// A `uv pip install` for the guest: into `target`, resolved for
@@ -87,7 +135,7 @@ impl Toolchain {
     /// build proves it), files copied rather than linked to uv's cache.
     /// `--python` builds source distributions.
     pub fn uv_install(&self, target: &Path) -> Command {
-        let mut cmd = Command::new(self.site.join("bin/uv"));
+        let mut cmd = Command::new(&self.uv);
         cmd.args(["pip", "install", "--quiet", "--link-mode", "copy", "--python-version", GUEST_PYTHON])
             .args(["--python-platform", "x86_64-manylinux_2_28", "--python"])
             .arg(&self.python)
@@ -102,12 +150,20 @@ impl Toolchain {
     /// A `componentize-py` command line, ready for arguments.
     pub fn componentize_py(&self) -> Command {
         let mut cmd = Command::new(&self.python);
-        cmd.env("PYTHONPATH", &self.site).env("PYTHONNOUSERSITE", "1").args([
+        if let Some(site) = &self.site {
+            cmd.env("PYTHONPATH", site);
+        }
+        cmd.env("PYTHONNOUSERSITE", "1").args([
             "-c",
             "import sys; sys.argv[0] = 'componentize-py'; from componentize_py import script; sys.exit(script())",
         ]);
         cmd
     }
+}
+
+/// The version `package` is pinned to in [`LOCK`].
+fn pinned(package: &str) -> Option<&'static str> {
+    LOCK.lines().find_map(|line| line.strip_prefix(package)?.strip_prefix("==")?.split_whitespace().next())
 }
 
 fn check_python(python: &Path) -> Result<()> {
@@ -143,5 +199,14 @@ mod tests {
         assert_eq!(pins.len(), 2, "{pins:?}");
         assert!(pins[0].starts_with("componentize-py==") && pins[1].starts_with("uv=="));
         assert_eq!(super::LOCK.matches("--hash=sha256:").count(), 2);
+    }
+
+    #[test]
+    fn the_wheel_depends_on_the_pinned_versions() {
+        let pyproject = include_str!("../../../pyproject.toml");
+        for package in ["componentize-py", "uv"] {
+            let pin = format!("\"{package}=={}\"", super::pinned(package).unwrap());
+            assert!(pyproject.contains(&pin), "pyproject.toml should depend on {pin}");
+        }
     }
 }
