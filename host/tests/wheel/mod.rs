@@ -1,8 +1,13 @@
 //! `pip install` (issue 33): the wheel `pyproject.toml` describes, built
-//! once with maturin from this checkout (reusing target/release, which
-//! `cargo test --release` has just built), installed into a fresh
+//! once with maturin from this checkout, installed into a fresh
 //! virtualenv, gives a `wsgi-wasm` that builds and serves an app with no
 //! other step, using the componentize-py and uv pip installed beside it.
+//!
+//! maturin builds in target/release, reusing what `cargo test --release`
+//! built. Not all of it: the dev-dependencies turn on features of crates
+//! the binary shares (hyper's client, getrandom's `std` under ring), so
+//! about a minute of those is compiled again and the binary relinked in
+//! place, with the same code.
 
 use std::path::Path;
 use std::process::Command;
