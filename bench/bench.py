@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Measures wsgi-wasm against the WSGI servers people run today, in one run.
 
-Two modes, both by default:
+Three modes, all by default:
 
 - **both cores** (what users get): every server as users run it on this
   machine, unpinned, with its defaults: wsgi-wasm `run` with no flag,
@@ -9,6 +9,14 @@ Two modes, both by default:
   processes, Granian `--workers 2`; `wrk -t2 -c32` beside them.
 - **one core** (controlled): every server on CPU 0 with one worker and no
   access log, wrk on CPU 1.
+- **behind nginx** (the seeds' stack): Debian's nginx, one worker, started
+  by the benchmark on loopback, `uwsgi_pass` to wsgi-wasm `--uwsgi ADDR
+  --no-access-log` and to uWSGI `--socket ADDR --processes 2 --master
+  --disable-logging`; both cores, `wrk -t1 -c32` against nginx, ratios to
+  uWSGI. Only those two servers run in this mode.
+
+The `io_wait` app waits 50 ms per request (a database or API call) and is
+measured with 64 connections: 1,280 req/s is what the waits allow.
 
 wsgi-wasm runs each app twice: built with no flags, and built with
 `--warmup` of its route. Servers are interleaved round by round, so a drift
@@ -45,13 +53,20 @@ APPS = {
     "hello": ("hello:app", "/", "GET", 0),
     "flask_json": ("flask_json:app", "/api/items/42", "GET", 0),
     "echo_64k": ("echo:app", "/", "POST", 64 * 1024),
+    "io_wait": ("io_wait:app", "/", "GET", 0),
 }
 
+# app -> wrk's connections, when not 32: enough for the waits to overlap.
+CONNECTIONS = {"io_wait": 64}
+
 # app -> the `--warmup` request its component is built with.
-WARMUP = {"hello": "/", "flask_json": "/api/items/1", "echo_64k": "POST /"}
+WARMUP = {"hello": "/", "flask_json": "/api/items/1", "echo_64k": "POST /", "io_wait": "/"}
 
 SERVERS = ["wsgi-wasm", "wsgi-wasm-warmup", "gunicorn-sync", "gunicorn-gthread", "uwsgi", "granian"]
-MODES = ["both", "one"]
+MODES = ["both", "one", "nginx"]
+# The servers measured behind nginx: the seeds' stack is nginx → uwsgi.
+NGINX_SERVERS = ["wsgi-wasm", "uwsgi"]
+NGINX = "/usr/sbin/nginx"
 
 
 def free_port():
@@ -113,6 +128,8 @@ def prepare_wasm(app, server):
 def server_cmd(server, app, port, mode):
     if mode == "both":
         return both_cores_cmd(server, app, port)
+    if mode == "nginx":
+        return behind_nginx_cmd(server, app, port)
     module = APPS[app][0]
     py = VENV / "bin"
     pin = ["taskset", "-c", SERVER_CPU]
@@ -161,6 +178,50 @@ def both_cores_cmd(server, app, port):
     raise ValueError(server)
 
 
+def behind_nginx_cmd(server, app, port):
+    """The server speaking uwsgi on `port`, as behind nginx in production:
+    both cores, no request log (as the issue's measurement ran them)."""
+    module = APPS[app][0]
+    addr = f"127.0.0.1:{port}"
+    if server.startswith("wsgi-wasm"):
+        return [str(WSGI_WASM), "run", str(WASMS[(app, server)]), "--uwsgi", addr, "--no-access-log"]
+    if server == "uwsgi":
+        mod, call = module.split(":")
+        return [str(VENV / "bin" / "uwsgi"), "--socket", addr, "--processes", "2", "--master", "--disable-logging",
+                "--chdir", str(HERE / "apps"), "--module", mod, "--callable", call]
+    raise ValueError(server)
+
+
+def start_nginx(upstream_port):
+    """Debian's nginx on a free loopback port, one worker, `uwsgi_pass` to
+    `upstream_port`, in a directory of its own; returns (process, port)."""
+    port = free_port()
+    d = BUILD / f"nginx-{port}"
+    d.mkdir(parents=True, exist_ok=True)
+    user = "user root root;" if os.geteuid() == 0 else ""
+    conf = f"""daemon off;
+master_process on;
+worker_processes 1;
+{user}
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fastcgi;
+  uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{ include /etc/nginx/uwsgi_params; uwsgi_pass 127.0.0.1:{upstream_port}; }}
+  }}
+}}
+"""
+    (d / "nginx.conf").write_text(conf)
+    proc = subprocess.Popen([NGINX, "-p", str(d), "-c", str(d / "nginx.conf"), "-e", str(d / "error.log")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    return proc, port
+
+
 def tree_pids(pid):
     """A process and its descendants."""
     out, todo = [], [pid]
@@ -203,13 +264,16 @@ def tree_peak_rss_mib(pid):
     return total / 1024
 
 
-def wrk(url, method, body_len, duration, mode, during=None):
+def wrk(url, method, body_len, duration, mode, connections=32, during=None):
     """Runs wrk; `during()` is called once, halfway through the load."""
     script = None
+    common = [f"-c{connections}", f"-d{duration}s", "--latency", "--timeout", "10s"]
     if mode == "both":
-        cmd = ["wrk", "-t2", "-c32", f"-d{duration}s", "--latency", "--timeout", "10s"]
+        cmd = ["wrk", "-t2", *common]
+    elif mode == "nginx":
+        cmd = ["wrk", "-t1", *common]
     else:
-        cmd = ["taskset", "-c", CLIENT_CPU, "wrk", "-t1", "-c32", f"-d{duration}s", "--latency", "--timeout", "10s"]
+        cmd = ["taskset", "-c", CLIENT_CPU, "wrk", "-t1", *common]
     if method == "POST":
         script = BUILD / "post.lua"
         script.write_text(
@@ -250,16 +314,23 @@ def run_one(server, app, duration, mode):
     env = dict(os.environ, WSGI_WASM_LOG="warn") if mode == "one" else dict(os.environ)
     proc = subprocess.Popen(server_cmd(server, app, port, mode), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=env, start_new_session=True)
+    nginx = None
     try:
         wait_ready(port, proc)
+        if mode == "nginx":
+            nginx, port = start_nginx(port)
+            wait_ready(port, nginx)
         _, path, method, body_len = APPS[app]
         url = f"http://127.0.0.1:{port}{path}"
-        wrk(url, method, body_len, 1, mode)  # warm-up: imports, caches, JIT of the peers
-        result = wrk(url, method, body_len, duration, mode, during=lambda: tree_pss_mib(proc.pid))
+        conns = CONNECTIONS.get(app, 32)
+        wrk(url, method, body_len, 1, mode, conns)  # warm-up: imports, caches, JIT of the peers
+        result = wrk(url, method, body_len, duration, mode, conns, during=lambda: tree_pss_mib(proc.pid))
         result["pss_mib"] = result.pop("sampled")
         result["peak_rss_mib"] = tree_peak_rss_mib(proc.pid)
         return result
     finally:
+        if nginx:
+            stop(nginx)
         stop(proc)
 
 
@@ -282,16 +353,24 @@ def stop(proc):
         pass
 
 
+def mode_servers(mode, servers):
+    """The servers a mode measures."""
+    return [s for s in servers if s in NGINX_SERVERS] if mode == "nginx" else servers
+
+
 def table(mode, summary, servers, apps, args):
-    where = ("unpinned, each server with its defaults; wrk -t2 -c32" if mode == "both"
-             else f"server on CPU {SERVER_CPU} with one worker, wrk -t1 -c32 on CPU {CLIENT_CPU}")
-    lines = [f"**{'Both cores' if mode == 'both' else 'One core'}**: {where}; {args.duration} s x {args.rounds} "
-             "rounds (median)", ""]
-    lines.append("| app | server | req/s | p50 ms | p99 ms | PSS under load MiB | peak RSS MiB | vs gunicorn sync |")
+    where, title, base_server = {
+        "both": ("unpinned, each server with its defaults; wrk -t2 -c32", "Both cores", "gunicorn-sync"),
+        "one": (f"server on CPU {SERVER_CPU} with one worker, wrk -t1 -c32 on CPU {CLIENT_CPU}", "One core",
+                "gunicorn-sync"),
+        "nginx": ("nginx (one worker) → uwsgi_pass, both cores, wrk -t1 -c32 against nginx", "Behind nginx", "uwsgi"),
+    }[mode]
+    lines = [f"**{title}**: {where} (io_wait: -c64); {args.duration} s x {args.rounds} rounds (median)", ""]
+    lines.append(f"| app | server | req/s | p50 ms | p99 ms | PSS under load MiB | peak RSS MiB | vs {base_server} |")
     lines.append("|---|---|---:|---:|---:|---:|---:|---:|")
     for app in apps:
-        base = summary[app].get("gunicorn-sync", {}).get("rps")
-        for server in servers:
+        base = summary[app].get(base_server, {}).get("rps")
+        for server in mode_servers(mode, servers):
             m = summary[app][server]
             ratio = f"{m['rps'] / base:.2f}x" if base else "-"
             flag = f" ({m['non_2xx']} non-2xx)" if m["non_2xx"] else ""
@@ -317,11 +396,11 @@ def main():
             if server.startswith("wsgi-wasm"):
                 prepare_wasm(app, server)
 
-    samples = {(m, s, a): [] for m in modes for s in servers for a in apps}
+    samples = {(m, s, a): [] for m in modes for s in mode_servers(m, servers) for a in apps}
     for r in range(args.rounds):
         for mode in modes:
             for app in apps:
-                for server in servers:
+                for server in mode_servers(mode, servers):
                     res = run_one(server, app, args.duration, mode)
                     samples[(mode, server, app)].append(res)
                     print(f"round {r + 1}/{args.rounds} {mode:<4} {app:<10} {server:<17} {res['rps']:>9.0f} req/s  "
