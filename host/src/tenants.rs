@@ -237,7 +237,7 @@ impl Tenants {
             let broken = Broken { name, source, error: anyhow::anyhow!("{:#}", broken.error) };
             refused.push(self.keep_last_good(&old, broken, &mut apps));
         }
-        let new = self.admit(apps, &old, &mut refused).inspect_err(|_| self.count_reload("-", "error"))?;
+        let new = self.admit(apps, &old, &mut fresh, &mut refused).inspect_err(|_| self.count_reload("-", "error"))?;
         self.install(&old, new, &fresh);
         Ok(refused)
     }
@@ -265,14 +265,24 @@ impl Tenants {
     /// last good version joins instead, if that fits, or none. So one
     /// tenant's file never takes another's host, nor stops the others'.
     ///
+    /// A refused app is taken out of `fresh` and its error added to
+    /// `refused`.
+    ///
     /// # Errors
     /// The main config's apps claim the same host and prefix.
-    fn admit(&self, apps: Vec<Entry>, old: &Served, refused: &mut Vec<anyhow::Error>) -> Result<Served> {
+    fn admit(
+        &self,
+        apps: Vec<Entry>,
+        old: &Served,
+        fresh: &mut Vec<String>,
+        refused: &mut Vec<anyhow::Error>,
+    ) -> Result<Served> {
+        // The common case, one table for all: no app is tried alone.
+        if apps.iter().all(|e| e.config.source.is_none()) || Router::new(routes(&apps)).is_ok() {
+            return Served::new(apps, &self.file);
+        }
         let (mut admitted, mut dir): (Vec<Entry>, Vec<Entry>) =
             apps.into_iter().partition(|e| e.config.source.is_none());
-        if dir.is_empty() {
-            return Served::new(admitted, &self.file);
-        }
         Router::new(routes(&admitted)).with_context(|| self.file.clone().unwrap_or_default())?;
         let served_before = |e: &Entry| old.apps.iter().any(|o| Arc::ptr_eq(&o.sandbox, &e.sandbox));
         dir.sort_by_key(|e| !served_before(e));
@@ -283,6 +293,7 @@ impl Tenants {
             let name = &entry.config.name;
             let error = anyhow::anyhow!("{}: {err:#}", self.describe(&entry.config));
             self.count_reload(name, "error");
+            fresh.retain(|f| f != name);
             let last = old.apps.iter().find(|o| o.config.name == *name && o.config.source == entry.config.source);
             if let Some(last) = last.filter(|last| !Arc::ptr_eq(&last.sandbox, &entry.sandbox)) {
                 admitted.push(Entry {

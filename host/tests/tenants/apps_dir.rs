@@ -91,6 +91,19 @@ fn r33_files_added_changed_broken_and_removed_under_load_and_no_other_request_fa
     assert_eq!(get(&server, "elsewhere.test", "/whoami").0, 404);
     assert_eq!(whoami(&server, "main.test", "/whoami").0, "main");
     assert_eq!(whoami(&server, "alpha.test", "/whoami").0, "alpha-2");
+    // A serving app whose new file claims another's host keeps its last
+    // good version, and is not reported as serving the new one.
+    let serving = server.log().matches("app beta now serves").count();
+    put(
+        &dir,
+        "beta",
+        &format!(
+            "wasm = \"../fixture.wasm\"\nhosts = [\"beta.test\", \"alpha.test\"]\nenv = {{ TENANT = \"beta-2\" }}\n"
+        ),
+    );
+    assert!(server.wait_for_log("[apps.beta] both claim alpha.test", Duration::from_secs(30)), "{}", server.log());
+    assert_eq!(whoami(&server, "beta.test", "/whoami").0, "beta");
+    assert_eq!(server.log().matches("app beta now serves").count(), serving, "{}", server.log());
     // Removed: retired, the host's own 404 from then on.
     std::fs::remove_file(dir.join("beta.toml")).unwrap();
     let removed = Instant::now();
