@@ -97,9 +97,7 @@ fn r33_files_added_changed_broken_and_removed_under_load_and_no_other_request_fa
     put(
         &dir,
         "beta",
-        &format!(
-            "wasm = \"../fixture.wasm\"\nhosts = [\"beta.test\", \"alpha.test\"]\nenv = {{ TENANT = \"beta-2\" }}\n"
-        ),
+        "wasm = \"../fixture.wasm\"\nhosts = [\"beta.test\", \"alpha.test\"]\nenv = { TENANT = \"beta-2\" }\n",
     );
     assert!(server.wait_for_log("[apps.beta] both claim alpha.test", Duration::from_secs(30)), "{}", server.log());
     assert_eq!(whoami(&server, "beta.test", "/whoami").0, "beta");
