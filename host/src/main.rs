@@ -91,13 +91,10 @@ fn run(args: RunArgs, given: &HashSet<String>) -> Result<()> {
             tracing::info!("serving /metrics, /healthz and /readyz on http://{}", listener.local_addr()?);
             tokio::spawn(wsgi_wasm::status::serve(listener, Arc::clone(metrics), Arc::clone(&health)));
         }
-        // Everything that can be wrong with an app is found before listening.
-        let tenants = Arc::new(Tenants::load(&config, metrics, Arc::clone(&health))?);
-        tenants.check().await?;
-        // The apps directory's, each refused alone if it cannot serve.
-        if config.apps_dir.is_some() {
-            tenants.reload(&config).await?;
-        }
+        // Everything that can be wrong with an app is found before listening;
+        // the apps directory's are each refused alone (and logged).
+        let (tenants, _refused) = Tenants::start(&config, metrics, Arc::clone(&health)).await?;
+        let tenants = Arc::new(tenants);
         let listeners = server::bind(&config.http, &config.uwsgi, inherited).await?;
         let shutdown = shutdown::on_signals().context("installing signal handlers")?;
         tokio::spawn(Arc::clone(&tenants).watch(rereader(args, given.clone(), &config), shutdown.clone()));
@@ -118,16 +115,12 @@ fn check(args: &RunArgs, given: &HashSet<String>) -> Result<()> {
     let mut config = RunConfig::from_args(args, given)?;
     config.require_every()?;
     wsgi_wasm::descriptors::ensure(&config)?;
-    let tenants = Tenants::load(&config, None, Arc::new(Health::new()))?;
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
-    runtime.block_on(async {
-        tenants.check().await?;
-        match tenants.reload(&config).await?.into_iter().next() {
-            Some(refused) => Err(refused),
-            None => Ok(()),
-        }
-    })?;
+    let (tenants, refused) = runtime.block_on(Tenants::start(&config, None, Arc::new(Health::new())))?;
+    if let Some(refused) = refused.into_iter().next() {
+        return Err(refused);
+    }
     for (name, sandbox) in tenants.apps() {
         println!("ok: {name} ({})", sandbox.digest());
     }

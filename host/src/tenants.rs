@@ -72,6 +72,7 @@ struct Served {
     apps: Vec<Entry>,
 }
 
+#[derive(Clone)]
 struct Entry {
     config: AppConfig,
     stamp: Option<Stamp>,
@@ -101,7 +102,7 @@ impl Tenants {
     ///
     /// # Errors
     /// Names the app, and what is wrong with it.
-    pub fn load(config: &RunConfig, metrics: Option<Arc<Metrics>>, health: Arc<Health>) -> Result<Self> {
+    fn load(config: &RunConfig, metrics: Option<Arc<Metrics>>, health: Arc<Health>) -> Result<Self> {
         let spec = PoolSpec {
             slots: config.pool,
             memory_bytes: config.slot_memory_bytes,
@@ -119,7 +120,7 @@ impl Tenants {
         let file = config.file.as_ref().map(|f| f.display().to_string());
         let mut apps = Vec::new();
         // The apps directory's apps are added by a reload once these serve
-        // (`main.rs`), so that each is refused alone.
+        // (`start`), so that each is refused alone.
         for app in config.apps.iter().filter(|a| a.source.is_none()) {
             let stamp = Stamp::of(&app.wasm);
             let sandbox =
@@ -146,12 +147,33 @@ impl Tenants {
         })
     }
 
+    /// Everything done to the apps before the server listens, and all that
+    /// `check` does: loads the main config's apps and instantiates each
+    /// once (any failure is an error), then adds the apps directory's by a
+    /// reload, which refuses each that cannot serve alone and returns why.
+    ///
+    /// # Errors
+    /// A main-config app that cannot serve, named with what to change.
+    pub async fn start(
+        config: &RunConfig,
+        metrics: Option<Arc<Metrics>>,
+        health: Arc<Health>,
+    ) -> Result<(Self, Vec<anyhow::Error>)> {
+        let tenants = Self::load(config, metrics, health)?;
+        tenants.check().await?;
+        let refused = match config.apps_dir {
+            Some(_) => tenants.reload(config).await?,
+            None => Vec::new(),
+        };
+        Ok((tenants, refused))
+    }
+
     /// Instantiates every app once, so that what would fail each of its
     /// requests stops the server at startup instead.
     ///
     /// # Errors
     /// Names the app and says what to change.
-    pub async fn check(&self) -> Result<()> {
+    async fn check(&self) -> Result<()> {
         for entry in &self.served().apps {
             entry.sandbox.check().await.with_context(|| self.describe(&entry.config))?;
         }
@@ -248,11 +270,10 @@ impl Tenants {
     fn keep_last_good(&self, old: &Served, broken: Broken, apps: &mut Vec<Entry>) -> anyhow::Error {
         let Broken { name, source, error } = broken;
         self.count_reload(&name, "error");
-        let last = old.apps.iter().find(|e| e.config.name == name && e.config.source == source);
-        match last.filter(|_| !apps.iter().any(|e| e.config.name == name)) {
+        match old.last_good(&name, &source).filter(|_| !apps.iter().any(|e| e.config.name == name)) {
             Some(last) => {
                 tracing::error!(app = %name, "reload failed; still serving its last good version: {error:#}");
-                apps.push(Entry { config: last.config.clone(), stamp: last.stamp, sandbox: Arc::clone(&last.sandbox) });
+                apps.push(last.clone());
             }
             None => tracing::error!(app = %name, "not added: {error:#}"),
         }
@@ -294,13 +315,9 @@ impl Tenants {
             let error = anyhow::anyhow!("{}: {err:#}", self.describe(&entry.config));
             self.count_reload(name, "error");
             fresh.retain(|f| f != name);
-            let last = old.apps.iter().find(|o| o.config.name == *name && o.config.source == entry.config.source);
+            let last = old.last_good(name, &entry.config.source);
             if let Some(last) = last.filter(|last| !Arc::ptr_eq(&last.sandbox, &entry.sandbox)) {
-                admitted.push(Entry {
-                    config: last.config.clone(),
-                    stamp: last.stamp,
-                    sandbox: Arc::clone(&last.sandbox),
-                });
+                admitted.push(last.clone());
                 if Router::new(routes(&admitted)).is_ok() {
                     tracing::error!(app = %name, "reload failed; still serving its last good version: {error:#}");
                     refused.push(error);
@@ -338,7 +355,7 @@ impl Tenants {
             .iter()
             .map(|e| match &e.config.name {
                 n if n == name => Entry { config: e.config.clone(), stamp, sandbox: Arc::clone(&sandbox) },
-                _ => Entry { config: e.config.clone(), stamp: e.stamp, sandbox: Arc::clone(&e.sandbox) },
+                _ => e.clone(),
             })
             .collect();
         let new = Served::new(apps, &self.file)?;
@@ -518,6 +535,12 @@ impl Served {
     fn new(apps: Vec<Entry>, file: &Option<String>) -> Result<Self> {
         let table = Router::new(routes(&apps)).with_context(|| file.clone().unwrap_or_default())?;
         Ok(Self { table, apps })
+    }
+
+    /// The version served of app `name` from `source` (its apps directory
+    /// file, or the main config), the one a failed reload keeps.
+    fn last_good(&self, name: &str, source: &Option<PathBuf>) -> Option<&Entry> {
+        self.apps.iter().find(|e| e.config.name == name && e.config.source == *source)
     }
 }
 
