@@ -24,7 +24,7 @@ pub struct Trust {
     both: Arc<ClientConfig>,
     tls12: Arc<ClientConfig>,
     tls13: Arc<ClientConfig>,
-    /// How many roots it holds, for the startup log.
+    /// How many roots it holds.
     pub roots: usize,
 }
 
@@ -37,17 +37,7 @@ impl Trust {
     pub fn load(extra_ca: Option<&Path>) -> Result<Self> {
         let mut roots = system_roots().clone();
         if let Some(path) = extra_ca {
-            let mut added = 0;
-            for cert in CertificateDer::pem_file_iter(path).with_context(|| format!("reading {}", path.display()))? {
-                let cert = cert.with_context(|| format!("{} is not a PEM bundle", path.display()))?;
-                roots
-                    .add(cert)
-                    .with_context(|| format!("{} holds a certificate that cannot be parsed", path.display()))?;
-                added += 1;
-            }
-            if added == 0 {
-                bail!("{} holds no certificate (expected a PEM bundle of CA certificates)", path.display());
-            }
+            roots.roots.extend(read_bundle(path)?.roots);
         }
         let roots = Arc::new(roots);
         let config = |versions: &[&'static rustls::SupportedProtocolVersion]| -> Result<Arc<ClientConfig>> {
@@ -83,6 +73,24 @@ impl Trust {
             (false, false) => None,
         }
     }
+}
+
+/// The roots of the PEM bundle at `path`: what `--outbound-ca` and
+/// `outbound_ca` add to the system's.
+///
+/// # Errors
+/// The file cannot be read, is not PEM, holds no certificate, or holds one
+/// that cannot be parsed.
+pub fn read_bundle(path: &Path) -> Result<RootCertStore> {
+    let mut bundle = RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(path).with_context(|| format!("reading {}", path.display()))? {
+        let cert = cert.with_context(|| format!("{} is not a PEM bundle", path.display()))?;
+        bundle.add(cert).with_context(|| format!("{} holds a certificate that cannot be parsed", path.display()))?;
+    }
+    if bundle.is_empty() {
+        bail!("{} holds no certificate (expected a PEM bundle of CA certificates)", path.display());
+    }
+    Ok(bundle)
 }
 
 /// The system's trusted roots, read once: the platform store (Debian's

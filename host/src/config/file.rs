@@ -486,10 +486,10 @@ impl AppTable {
         if !(1..=4096).contains(&max_outbound_connections) {
             bail!("{} {max_outbound_connections}: must be between 1 and 4096", key("max_outbound_connections"));
         }
-        // Loaded now only to refuse a bad bundle by name; each app's trust
-        // is built when it is loaded.
+        // Read now only to refuse a bad bundle by name; each app's trust is
+        // built when it is loaded.
         if let Some(ca) = &self.outbound_ca {
-            crate::trust::Trust::load(Some(ca)).with_context(|| key("outbound_ca"))?;
+            crate::trust::read_bundle(ca).with_context(|| key("outbound_ca"))?;
         }
         let hosts = self.hosts.clone().unwrap_or_default();
         Ok(AppConfig {
