@@ -340,9 +340,13 @@ mod tests {
         assert!(v.get("HTTP_CONTENT_TYPE").is_none() && v.get("HTTP_CONTENT_LENGTH").is_none());
     }
 
+    /// uwsgi vars as the codec gives them.
+    fn pairs(vars: &[(&str, &str)]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        vars.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec())).collect()
+    }
+
     fn uwsgi(vars: &[(&str, &str)]) -> (CgiVars, &'static str) {
-        let vars = vars.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec())).collect();
-        from_uwsgi(vars, Some(conn())).unwrap()
+        from_uwsgi(pairs(vars), Some(conn())).unwrap()
     }
 
     #[test]
@@ -382,9 +386,6 @@ mod tests {
 
     #[test]
     fn uwsgi_hosts_and_paths_follow_the_http_rules() {
-        let pairs = |vars: &[(&str, &str)]| -> Vec<(Vec<u8>, Vec<u8>)> {
-            vars.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec())).collect()
-        };
         let (v, _) = uwsgi(&[("HTTP_HOST", "Shop.Test."), ("PATH_INFO", "/x/../sub//y")]);
         assert_eq!((v.get("HTTP_HOST").unwrap(), v.get("PATH_INFO").unwrap()), (&b"shop.test"[..], &b"/sub/y"[..]));
         for bad in [

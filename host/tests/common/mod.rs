@@ -513,6 +513,19 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// Runs `cmd` (`what`, in the message), which must succeed; its output.
+pub fn succeed(cmd: &mut Command, what: &str) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what} ({cmd:?}): {e}"));
+    assert!(
+        out.status.success(),
+        "{what} ({cmd:?}) failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// A port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()

@@ -8,23 +8,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::common::{ensure_debian_packages, free_port, running_as_root, wait_for_port, KillOnDrop};
+use crate::common::{ensure_debian_packages, free_port, running_as_root, succeed, wait_for_port, KillOnDrop};
 
 /// The user, password and database every server here is set up with.
 pub const USER: &str = "app";
 pub const PASSWORD: &str = "secret";
 pub const DATABASE: &str = "app";
-
-/// Runs `cmd` and fails the test with its output if it fails.
-fn run(cmd: &mut Command, what: &str) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(
-        out.status.success(),
-        "{what} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// A PostgreSQL cluster of its own (`initdb`, then `pg_ctl start`), with a
 /// password login by SCRAM over TCP and TLS on, so that a client can ask
@@ -80,24 +69,28 @@ impl Postgres {
                 std::fs::copy(cert, d.join("server.crt")).unwrap();
                 std::fs::copy(key, d.join("server.key")).unwrap();
             }
-            None => run(
-                Command::new("openssl").args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]).args([
-                    "-subj",
-                    "/CN=localhost",
-                    "-keyout",
-                    &d.join("server.key").display().to_string(),
-                    "-out",
-                    &d.join("server.crt").display().to_string(),
-                ]),
-                "openssl req",
-            ),
+            None => {
+                succeed(
+                    Command::new("openssl").args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]).args(
+                        [
+                            "-subj",
+                            "/CN=localhost",
+                            "-keyout",
+                            &d.join("server.key").display().to_string(),
+                            "-out",
+                            &d.join("server.crt").display().to_string(),
+                        ],
+                    ),
+                    "openssl req",
+                );
+            }
         }
         if running_as_root() {
-            run(Command::new("chown").args(["-R", "postgres:postgres"]).arg(d), "chown");
+            succeed(Command::new("chown").args(["-R", "postgres:postgres"]).arg(d), "chown");
         }
-        run(Command::new("chmod").arg("600").arg(d.join("server.key")), "chmod");
+        succeed(Command::new("chmod").arg("600").arg(d.join("server.key")), "chmod");
         let data = d.join("data");
-        run(
+        succeed(
             Self::as_owner(&bin.join("initdb"))
                 .arg("-D")
                 .arg(&data)
@@ -110,7 +103,7 @@ impl Postgres {
             "-p {port} -k {d} -c listen_addresses=127.0.0.1 -c ssl=on -c ssl_cert_file={d}/server.crt -c ssl_key_file={d}/server.key -c fsync=off",
             d = d.display()
         );
-        run(
+        succeed(
             Self::as_owner(&bin.join("pg_ctl"))
                 .arg("-D")
                 .arg(&data)
@@ -119,7 +112,7 @@ impl Postgres {
                 .args(["-w", "-t", "60", "-o", &options, "start"]),
             "pg_ctl start",
         );
-        run(
+        succeed(
             Command::new("psql")
                 .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", USER, "-d", "postgres", "-q"])
                 .args(["-c", &format!("CREATE DATABASE {DATABASE}")])
@@ -197,7 +190,7 @@ impl MariaDb {
         let d = dir.path();
         // As root, the server runs as root: the package alone makes no user.
         let user = if running_as_root() { vec!["--user=root"] } else { vec![] };
-        run(
+        succeed(
             Command::new("mariadb-install-db")
                 .arg("--no-defaults")
                 .arg(format!("--datadir={}", d.join("data").display()))

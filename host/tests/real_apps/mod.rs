@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::common::{build_cmd, fixture, raw_get, refused_run, Server};
+use crate::common::{build_cmd, fixture, raw_get, refused_run, succeed, Server};
 
 /// A directory of its own under the test binary's scratch space.
 fn scratch(name: &str) -> PathBuf {
@@ -26,14 +26,7 @@ fn scratch(name: &str) -> PathBuf {
 
 /// Runs a command of the build machine, which must succeed; its stdout.
 fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    String::from_utf8_lossy(&succeed(cmd, "a command of the build machine").stdout).into_owned()
 }
 
 /// `wsgi-wasm build` with `args`, which must succeed; what it printed.

@@ -12,20 +12,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::common::{client, repo, Server};
-
-/// Runs `cmd`, which must succeed; its stderr.
-fn run(cmd: &mut Command, what: &str) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{}\n{stderr}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout)
-    );
-    stderr
-}
+use crate::common::{client, repo, succeed, Server};
 
 #[test]
 fn r33_pip_install_gives_a_wsgi_wasm_that_builds_and_serves_hello_world() {
@@ -33,7 +20,7 @@ fn r33_pip_install_gives_a_wsgi_wasm_that_builds_and_serves_hello_world() {
     let tmp = tempfile::tempdir().unwrap();
     let (wheels, venv, cache) = (tmp.path().join("wheels"), tmp.path().join("venv"), tmp.path().join("cache"));
     let python = std::env::var("WSGI_WASM_PYTHON").unwrap_or_else(|_| "python3".into());
-    run(
+    succeed(
         Command::new(&python)
             .args(["-m", "pip", "wheel", "--quiet", "--disable-pip-version-check", "--no-deps", "-w"])
             .arg(&wheels)
@@ -43,8 +30,8 @@ fn r33_pip_install_gives_a_wsgi_wasm_that_builds_and_serves_hello_world() {
     let wheel = std::fs::read_dir(&wheels).unwrap().next().unwrap().unwrap().path();
     let name = wheel.file_name().unwrap().to_string_lossy().into_owned();
     assert!(name.starts_with("wsgi_wasm-") && name.ends_with(".whl"), "{name}");
-    run(Command::new(&python).args(["-m", "venv"]).arg(&venv), "python -m venv");
-    run(
+    succeed(Command::new(&python).args(["-m", "venv"]).arg(&venv), "python -m venv");
+    succeed(
         Command::new(venv.join("bin/pip")).args(["install", "--quiet", "--disable-pip-version-check"]).arg(&wheel),
         "pip install the wheel",
     );
@@ -61,7 +48,7 @@ fn r33_pip_install_gives_a_wsgi_wasm_that_builds_and_serves_hello_world() {
         cmd.arg("--cache-dir").arg(&cache).env_remove("WSGI_WASM_PYTHON").env_remove("WSGI_WASM_CACHE_DIR");
         cmd
     };
-    let stderr = run(&mut build(), "wsgi-wasm build from the venv");
+    let stderr = String::from_utf8_lossy(&succeed(&mut build(), "wsgi-wasm build from the venv").stderr).into_owned();
     assert!(!stderr.contains("provisioning the guest toolchain"), "{stderr}");
     assert!(!cache.join("toolchain").exists(), "the cache got a toolchain of its own");
 
