@@ -5,9 +5,12 @@ Starts `wsgi-wasm run APP.wasm --perf-map --no-access-log` on a free
 loopback port, loads it with `wrk -t2 -c32` (both cores, as users run it),
 samples it with `perf record` and prints the share of the samples per group
 (the guest, the reset, instantiating, the kernel, ...) and the hottest
-functions.
+functions. With `--nginx` the server speaks uwsgi behind Debian's nginx
+(one worker, as `bench/run.sh --mode nginx` runs it) and wrk loads nginx
+with `-t1 -c32`; only the wsgi-wasm process is sampled.
 
     bench/profile.py bench/build/flask_json-plain.wasm --path /api/items/42
+    bench/profile.py bench/build/hello-plain.wasm --nginx
 
 `--perf-map` has wasmtime write /tmp/perf-PID.map with the address of each
 compiled function, named `wasm[MODULE]::function[INDEX]`, and its name when
@@ -28,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import WSGI_WASM, free_port, wait_ready
+from bench import WSGI_WASM, free_port, start_nginx, stop, wait_ready
 
 # First match wins; the rest is "the host: other".
 GROUPS = [
@@ -100,9 +103,11 @@ def function_names(wasm):
 def record(args, workdir):
     """Runs the server under load and perf; returns (perf.data, perf map, wrk's output)."""
 
+    listener = "--uwsgi" if args.nginx else "--http"
+
     def start(*flags):
         port = free_port()
-        cmd = [str(WSGI_WASM), "run", args.wasm, "--http", f"127.0.0.1:{port}", "--no-access-log", *flags]
+        cmd = [str(WSGI_WASM), "run", args.wasm, listener, f"127.0.0.1:{port}", "--no-access-log", *flags]
         proc = subprocess.Popen(cmd + args.run_args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             wait_ready(port, proc)
@@ -119,11 +124,16 @@ def record(args, workdir):
     first.terminate()
     first.wait()
     server, port = start("--perf-map")
-    url = f"http://127.0.0.1:{port}{args.path}"
+    nginx = None
     try:
-        subprocess.run(["wrk", "-t2", "-c32", "-d3", url], capture_output=True, check=True)
+        if args.nginx:
+            nginx, port = start_nginx(port)
+            wait_ready(port, nginx)
+        url = f"http://127.0.0.1:{port}{args.path}"
+        threads = "-t1" if args.nginx else "-t2"
+        subprocess.run(["wrk", threads, "-c32", "-d3", url], capture_output=True, check=True)
         load = subprocess.Popen(
-            ["wrk", "-t2", "-c32", f"-d{args.seconds + 2}", url], stdout=subprocess.PIPE, text=True
+            ["wrk", threads, "-c32", f"-d{args.seconds + 2}", url], stdout=subprocess.PIPE, text=True
         )
         time.sleep(1)
         data = workdir / "perf.data"
@@ -137,6 +147,8 @@ def record(args, workdir):
         shutil.move(f"/tmp/perf-{server.pid}.map", perf_map)
         return data, perf_map, out
     finally:
+        if nginx:
+            stop(nginx)
         server.terminate()
         server.wait()
 
@@ -180,6 +192,7 @@ def main():
     ap.add_argument("--path", default="/", help="the path wrk requests (GET)")
     ap.add_argument("--seconds", type=int, default=10, help="seconds sampled")
     ap.add_argument("--top", type=int, default=30, help="functions listed")
+    ap.add_argument("--nginx", action="store_true", help="serve uwsgi behind nginx, as the seeds' stack does")
     ap.add_argument("run_args", nargs="*", help="more `wsgi-wasm run` flags, after --")
     args = ap.parse_args()
     for tool in ("perf", "wrk"):
