@@ -15,7 +15,11 @@
 //! use at most (`memory` × `max_instances`) if that is less. An app may go
 //! past its share only into memory no other app's unused share is owed, so
 //! one tenant's flood leaves every other tenant its share.
+//!
+//! An app's record lives as long as its version: once retired it is removed
+//! as soon as it holds nothing, so records do not pile up across reloads.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 /// The budget, shared by every app's sandboxes.
@@ -26,7 +30,9 @@ pub struct MemoryBudget {
 struct State {
     /// Bytes not taken.
     free: u64,
-    apps: Vec<AppUse>,
+    /// By registration number.
+    apps: BTreeMap<u64, AppUse>,
+    next_id: u64,
 }
 
 struct AppUse {
@@ -36,27 +42,29 @@ struct AppUse {
     share: u64,
     /// What its sandboxes hold now.
     used: u64,
-    /// Its version is gone (see [`AppBudget::retire`]): owed nothing.
+    /// Its version is gone (see [`AppBudget::retire`]): owed nothing, and
+    /// removed once it holds nothing.
     retired: bool,
 }
 
 impl State {
     fn total(&self) -> u64 {
-        self.free + self.apps.iter().map(|a| a.used).sum::<u64>()
+        self.free + self.apps.values().map(|a| a.used).sum::<u64>()
     }
 
     /// Shares after the set of apps changed.
     fn reshare(&mut self) {
         let total = self.total();
-        let live = self.apps.iter().filter(|a| !a.retired).count().max(1) as u64;
-        for app in &mut self.apps {
+        let live = self.apps.values().filter(|a| !a.retired).count().max(1) as u64;
+        for app in self.apps.values_mut() {
             app.share = if app.retired { 0 } else { app.cap.min(total / live) };
         }
     }
 
-    /// Whether app `i` may take `bytes` more now.
-    fn may_take(&self, i: usize, bytes: u64) -> bool {
-        let app = &self.apps[i];
+    /// Whether app `id` may take `bytes` more now (never, once its record
+    /// is gone).
+    fn may_take(&self, id: u64, bytes: u64) -> bool {
+        let Some(app) = self.apps.get(&id) else { return false };
         if bytes > self.free {
             return false;
         }
@@ -66,18 +74,24 @@ impl State {
         let owed_to_others: u64 = self
             .apps
             .iter()
-            .enumerate()
-            .filter(|(j, a)| *j != i && !a.retired)
+            .filter(|(j, a)| **j != id && !a.retired)
             .map(|(_, a)| a.share.saturating_sub(a.used))
             .sum();
         self.free - bytes >= owed_to_others
+    }
+
+    /// Removes app `id`'s record if it is retired and holds nothing.
+    fn remove_if_done(&mut self, id: u64) {
+        if self.apps.get(&id).is_some_and(|a| a.retired && a.used == 0) {
+            self.apps.remove(&id);
+        }
     }
 }
 
 impl MemoryBudget {
     /// A budget of `bytes`, with no app yet.
     pub fn new(bytes: u64) -> Arc<Self> {
-        Arc::new(Self { state: Mutex::new(State { free: bytes, apps: Vec::new() }) })
+        Arc::new(Self { state: Mutex::new(State { free: bytes, apps: BTreeMap::new(), next_id: 0 }) })
     }
 
     /// The whole budget, in bytes.
@@ -88,9 +102,17 @@ impl MemoryBudget {
     /// Adds an app whose sandboxes may hold up to `cap` bytes together.
     pub fn register(self: &Arc<Self>, cap: u64) -> AppBudget {
         let mut state = self.lock();
-        state.apps.push(AppUse { cap, share: 0, used: 0, retired: false });
+        let id = state.next_id;
+        state.next_id += 1;
+        state.apps.insert(id, AppUse { cap, share: 0, used: 0, retired: false });
         state.reshare();
-        AppBudget { budget: Arc::clone(self), index: state.apps.len() - 1 }
+        AppBudget { budget: Arc::clone(self), id }
+    }
+
+    /// Apps with a record (live, or retired and still holding memory).
+    #[cfg(test)]
+    fn records(&self) -> usize {
+        self.lock().apps.len()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -102,7 +124,7 @@ impl MemoryBudget {
 #[derive(Clone)]
 pub struct AppBudget {
     budget: Arc<MemoryBudget>,
-    index: usize,
+    id: u64,
 }
 
 impl AppBudget {
@@ -110,21 +132,22 @@ impl AppBudget {
     /// app's share allow; `false` (and nothing taken) if not.
     pub fn try_take(&self, bytes: u64) -> bool {
         let mut state = self.budget.lock();
-        if !state.may_take(self.index, bytes) {
+        if !state.may_take(self.id, bytes) {
             return false;
         }
         state.free -= bytes;
-        state.apps[self.index].used += bytes;
+        state.apps.get_mut(&self.id).expect("may_take found it").used += bytes;
         true
     }
 
     /// Gives back `bytes` the app's sandboxes took.
     pub fn give_back(&self, bytes: u64) {
         let mut state = self.budget.lock();
-        let app = &mut state.apps[self.index];
+        let Some(app) = state.apps.get_mut(&self.id) else { return };
         let bytes = bytes.min(app.used);
         app.used -= bytes;
         state.free += bytes;
+        state.remove_if_done(self.id);
     }
 
     /// Takes `bytes` for as long as the returned lease lives.
@@ -134,7 +157,7 @@ impl AppBudget {
 
     /// What the app's sandboxes hold now, in bytes.
     pub fn used(&self) -> u64 {
-        self.budget.lock().apps[self.index].used
+        self.budget.lock().apps.get(&self.id).map_or(0, |a| a.used)
     }
 
     /// The whole budget, in bytes.
@@ -147,9 +170,11 @@ impl AppBudget {
     /// version that failed to load is dropped).
     pub fn retire(&self) {
         let mut state = self.budget.lock();
-        if !state.apps[self.index].retired {
-            state.apps[self.index].retired = true;
+        let Some(app) = state.apps.get_mut(&self.id) else { return };
+        if !app.retired {
+            app.retired = true;
             state.reshare();
+            state.remove_if_done(self.id);
         }
     }
 }
@@ -210,6 +235,25 @@ mod tests {
         assert!(big.try_take(90 * MIB), "the small app is owed only its 10");
         assert!(!big.try_take(MIB));
         assert!(small.try_take(10 * MIB));
+    }
+
+    #[test]
+    fn a_retired_apps_record_goes_once_it_holds_nothing() {
+        let budget = MemoryBudget::new(100 * MIB);
+        let live = budget.register(1 << 40);
+        // A thousand versions loaded and replaced, each with a sandbox that
+        // outlives the retirement a little.
+        for _ in 0..1000 {
+            let old = budget.register(1 << 40);
+            assert!(old.try_take(10 * MIB));
+            old.retire();
+            assert_eq!(budget.records(), 2, "kept while it holds memory");
+            old.give_back(10 * MIB);
+            assert_eq!(budget.records(), 1);
+            assert!(!old.try_take(1), "a handle whose record is gone takes nothing");
+        }
+        assert_eq!(budget.total(), 100 * MIB);
+        assert!(live.try_take(100 * MIB), "the live app is owed the whole budget again");
     }
 
     #[test]

@@ -11,8 +11,12 @@
 //! request of an app below its share gets a slot at once. A slot that frees
 //! goes to the waiting app furthest below its share (fewest in use first),
 //! and within an app to its oldest waiter.
+//!
+//! An app's record lives as long as its version: it is removed once the
+//! version is gone ([`AppSlots::release`]) and its last slot is back, so a
+//! server that reloads for months keeps records only for what it serves.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
@@ -24,7 +28,9 @@ pub struct Pool {
 
 struct State {
     free: usize,
-    apps: Vec<AppState>,
+    /// By registration number, oldest first (ties in `grant` go to it).
+    apps: BTreeMap<u64, AppState>,
+    next_id: u64,
 }
 
 struct AppState {
@@ -37,6 +43,9 @@ struct AppState {
     /// Replaced or gone from the config: once its queue is empty, owed no
     /// share and granted no slot.
     retired: bool,
+    /// Its version is gone: no request can queue any more, and the record
+    /// goes once its slots are back.
+    released: bool,
 }
 
 impl AppState {
@@ -56,25 +65,37 @@ impl AppState {
 }
 
 impl State {
-    /// Whether app `i` may take a free slot now.
-    fn may_take(&self, i: usize) -> bool {
-        let app = &self.apps[i];
+    fn app(&mut self, id: u64) -> &mut AppState {
+        self.apps.get_mut(&id).expect("an app's record outlives its handle's use")
+    }
+
+    /// Whether app `id` may take a free slot now.
+    fn may_take(&self, id: u64) -> bool {
+        let app = &self.apps[&id];
         if self.free == 0 || app.in_use >= app.cap {
             return false;
         }
         if app.in_use < app.share {
             return true;
         }
-        let owed_to_others: usize = self.apps.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, a)| a.owed()).sum();
+        let owed_to_others: usize = self.apps.iter().filter(|(j, _)| **j != id).map(|(_, a)| a.owed()).sum();
         self.free > owed_to_others
     }
 
     /// Shares after the set of apps changed.
     fn reshare(&mut self, total: usize) {
-        let live = self.apps.iter().filter(|a| !a.gone()).count().max(1);
+        let live = self.apps.values().filter(|a| !a.gone()).count().max(1);
         let even = (total / live).max(1);
-        for app in &mut self.apps {
+        for app in self.apps.values_mut() {
             app.share = if app.gone() { 0 } else { app.cap.min(even) };
+        }
+    }
+
+    /// Removes app `id`'s record if its version is gone and it holds no
+    /// slot (it can have no waiter then).
+    fn remove_if_done(&mut self, id: u64) {
+        if self.apps.get(&id).is_some_and(|a| a.released && a.in_use == 0) {
+            self.apps.remove(&id);
         }
     }
 }
@@ -83,32 +104,41 @@ impl State {
 #[derive(Clone)]
 pub struct AppSlots {
     pool: Arc<Pool>,
-    index: usize,
+    id: u64,
 }
 
 /// A slot held by one request; dropping it frees the slot.
 pub struct Slot {
     pool: Arc<Pool>,
-    index: usize,
+    id: u64,
 }
 
 impl Pool {
     /// A pool of `total` slots, with no app yet.
     pub fn new(total: usize) -> Arc<Self> {
-        Arc::new(Self { state: Mutex::new(State { free: total, apps: Vec::new() }) })
+        Arc::new(Self { state: Mutex::new(State { free: total, apps: BTreeMap::new(), next_id: 0 }) })
     }
 
     fn total(state: &State) -> usize {
-        state.free + state.apps.iter().map(|a| a.in_use).sum::<usize>()
+        state.free + state.apps.values().map(|a| a.in_use).sum::<usize>()
     }
 
     /// Adds an app that may hold up to `cap` slots at once.
     pub fn register(self: &Arc<Self>, cap: usize) -> AppSlots {
         let mut state = self.state.lock().expect("the pool lock is never poisoned");
-        state.apps.push(AppState { cap, share: 0, in_use: 0, waiters: VecDeque::new(), retired: false });
+        let id = state.next_id;
+        state.next_id += 1;
+        let app = AppState { cap, share: 0, in_use: 0, waiters: VecDeque::new(), retired: false, released: false };
+        state.apps.insert(id, app);
         let total = Self::total(&state);
         state.reshare(total);
-        AppSlots { pool: Arc::clone(self), index: state.apps.len() - 1 }
+        AppSlots { pool: Arc::clone(self), id }
+    }
+
+    /// Apps with a record (live, retired, or released with slots still out).
+    #[cfg(test)]
+    fn records(&self) -> usize {
+        self.state.lock().expect("the pool lock is never poisoned").apps.len()
     }
 
     /// Gives freed slots to waiters, furthest below its share first.
@@ -117,22 +147,25 @@ impl Pool {
         let total = Self::total(state);
         state.reshare(total);
         loop {
-            let next = (0..state.apps.len())
-                .filter(|&i| !state.apps[i].waiters.is_empty() && state.may_take(i))
-                .min_by_key(|&i| (state.apps[i].in_use >= state.apps[i].share, state.apps[i].in_use));
-            let Some(i) = next else { return };
-            let waiter = state.apps[i].waiters.pop_front().expect("not empty");
+            let next = state
+                .apps
+                .iter()
+                .filter(|&(&id, a)| !a.waiters.is_empty() && state.may_take(id))
+                .min_by_key(|(_, a)| (a.in_use >= a.share, a.in_use))
+                .map(|(&id, _)| id);
+            let Some(id) = next else { return };
+            let waiter = state.app(id).waiters.pop_front().expect("not empty");
             if waiter.is_closed() {
                 continue;
             }
             state.free -= 1;
-            state.apps[i].in_use += 1;
-            if let Err(slot) = waiter.send(Slot { pool: Arc::clone(self), index: i }) {
+            state.app(id).in_use += 1;
+            if let Err(slot) = waiter.send(Slot { pool: Arc::clone(self), id }) {
                 // It went away just now: give the slot back without
                 // re-entering the lock through `Slot::drop`.
                 std::mem::forget(slot);
                 state.free += 1;
-                state.apps[i].in_use -= 1;
+                state.app(id).in_use -= 1;
             }
         }
     }
@@ -144,13 +177,13 @@ impl AppSlots {
         let rx = {
             let mut state = self.pool.state.lock().expect("the pool lock is never poisoned");
             // Waiters of this app come first: no overtaking in its queue.
-            if state.apps[self.index].waiters.is_empty() && state.may_take(self.index) {
+            if state.app(self.id).waiters.is_empty() && state.may_take(self.id) {
                 state.free -= 1;
-                state.apps[self.index].in_use += 1;
-                return Slot { pool: Arc::clone(&self.pool), index: self.index };
+                state.app(self.id).in_use += 1;
+                return Slot { pool: Arc::clone(&self.pool), id: self.id };
             }
             let (tx, rx) = oneshot::channel();
-            state.apps[self.index].waiters.push_back(tx);
+            state.app(self.id).waiters.push_back(tx);
             rx
         };
         rx.await.expect("a waiter's sender is only dropped by sending or when its receiver is gone")
@@ -158,7 +191,7 @@ impl AppSlots {
 
     /// Slots this app holds now.
     pub fn in_use(&self) -> usize {
-        self.pool.state.lock().expect("the pool lock is never poisoned").apps[self.index].in_use
+        self.pool.state.lock().expect("the pool lock is never poisoned").apps.get(&self.id).map_or(0, |a| a.in_use)
     }
 
     /// Takes the app out of sharing, once it is replaced or removed: what
@@ -167,13 +200,23 @@ impl AppSlots {
     /// retiring once.
     pub fn retire(&self) {
         let mut state = self.pool.state.lock().expect("the pool lock is never poisoned");
-        if state.apps[self.index].retired {
+        if state.app(self.id).retired {
             return;
         }
-        state.apps[self.index].retired = true;
+        state.app(self.id).retired = true;
         let total = Pool::total(&state);
         state.reshare(total);
         self.pool.grant(&mut state);
+    }
+
+    /// The app's version is gone (its `Sandbox` dropped, so no request can
+    /// ask for a slot any more): retires it, and removes its record once
+    /// the slots it still holds are back. No use of this handle may follow.
+    pub fn release(&self) {
+        self.retire();
+        let mut state = self.pool.state.lock().expect("the pool lock is never poisoned");
+        state.app(self.id).released = true;
+        state.remove_if_done(self.id);
     }
 }
 
@@ -181,7 +224,8 @@ impl Drop for Slot {
     fn drop(&mut self) {
         let mut state = self.pool.state.lock().expect("the pool lock is never poisoned");
         state.free += 1;
-        state.apps[self.index].in_use -= 1;
+        state.app(self.id).in_use -= 1;
+        state.remove_if_done(self.id);
         self.pool.grant(&mut state);
     }
 }
@@ -272,6 +316,24 @@ mod tests {
         assert!(try_acquire(&app).await.is_none()); // this waiter is dropped
         drop(held);
         assert!(try_acquire(&app).await.is_some(), "the slot came back");
+    }
+
+    #[tokio::test]
+    async fn a_released_apps_record_goes_once_its_slots_are_back() {
+        let pool = Pool::new(2);
+        let live = pool.register(2);
+        // A thousand versions loaded and replaced, each served one request.
+        for _ in 0..1000 {
+            let old = pool.register(2);
+            let slot = old.acquire().await;
+            old.release();
+            assert_eq!(pool.records(), 2, "kept while its request holds a slot");
+            drop(slot);
+            assert_eq!(pool.records(), 1);
+        }
+        // The live app still has the whole pool.
+        let held = futures_slots(&live, 2).await;
+        drop(held);
     }
 
     #[tokio::test]

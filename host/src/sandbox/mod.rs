@@ -149,7 +149,7 @@ impl Drop for Sandbox {
         // The last request of a retired version has ended, or a version
         // loaded for a reload that failed never served: its slot and budget
         // registrations must not hold a share.
-        self.slots.retire();
+        self.slots.release();
         self.budget.retire();
     }
 }
