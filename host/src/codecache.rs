@@ -119,8 +119,9 @@ fn store_compiled(component: &Component, cached: &Path) -> Result<()> {
 /// Writes `path` out and drops its pages from the page cache, so that the
 /// app's mapping of it later reads in only the pages it touches.
 ///
-/// A file just written stays cached in the large folios the write made,
-/// and a mapping of it then maps far more than it touches: ten apps
+/// A file just written stays cached in the 2 MiB folios the write made,
+/// and a read fault in a mapping of it maps a whole folio (one PMD entry),
+/// far more than the app touches: ten apps
 /// compiled at start held 24 MiB each of their `.cwasm` mapped after one
 /// request, against 2.7 MiB once the same files were read back from disk
 /// (`docs/performance.md`). Best effort: on failure the pages stay cached,
