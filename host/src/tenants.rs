@@ -34,6 +34,7 @@ use anyhow::{bail, Context, Result};
 use tokio_util::sync::CancellationToken;
 
 use crate::budget::MemoryBudget;
+use crate::codecache;
 use crate::config::{AppConfig, Broken, RunConfig};
 use crate::engine::{PoolSpec, SharedEngine};
 use crate::health::Health;
@@ -165,6 +166,9 @@ impl Tenants {
             Some(_) => tenants.reload(config).await?,
             None => Vec::new(),
         };
+        // What reading the main config's `app.wasm` files took is freed now
+        // (each app a reload loads frees its own).
+        codecache::return_free_heap();
         Ok((tenants, refused))
     }
 
@@ -420,9 +424,11 @@ impl Tenants {
             Arc::clone(&self.budget),
             self.metrics.clone(),
         );
-        let sandbox = tokio::task::spawn_blocking(move || load_app(&app, &shared, &pool, &budget, metrics.as_ref()))
-            .await
-            .context("the loading thread panicked")??;
+        let loaded =
+            tokio::task::spawn_blocking(move || load_app(&app, &shared, &pool, &budget, metrics.as_ref())).await;
+        // Whether it loaded or not, the `app.wasm` read for it is freed now.
+        codecache::return_free_heap();
+        let sandbox = loaded.context("the loading thread panicked")??;
         sandbox.check().await?;
         Ok(sandbox)
     }
