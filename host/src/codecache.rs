@@ -104,8 +104,9 @@ fn load_or_compile(engine: &Engine, bytes: &[u8], cached: &Path) -> Result<Compo
 
 /// Gives the heap's free memory back to the system. Loading an app reads
 /// its whole `app.wasm` (tens of MB) and compiling one allocates far more;
-/// once freed, glibc keeps memory of that size in the heap for reuse. Ten
-/// apps loaded from the cache left 66 MiB of heap behind (`docs/performance.md`).
+/// once freed, glibc keeps much of it in the heap for reuse. Ten apps
+/// loaded from the cache left 66 MiB of heap behind, 19 with this
+/// (`docs/performance.md`).
 pub fn return_free_heap() {
     // SAFETY: malloc_trim only returns free heap memory to the system.
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -129,11 +130,10 @@ fn store_compiled(component: &Component, cached: &Path) -> Result<()> {
 ///
 /// A file just written stays cached in the 2 MiB folios the write made,
 /// and a read fault in a mapping of it maps a whole folio (one PMD entry),
-/// far more than the app touches: ten apps
-/// compiled at start held 24 MiB each of their `.cwasm` mapped after one
-/// request, against 2.7 MiB once the same files were read back from disk
-/// (`docs/performance.md`). Best effort: on failure the pages stay cached,
-/// as they did before.
+/// far more than the app touches: ten apps compiled at start held 24 MiB
+/// each of their `.cwasm` mapped after one request, against 2.7 MiB once
+/// the same files were read back from disk (`docs/performance.md`). Best
+/// effort: on failure the pages stay cached, as they did before.
 fn leave_page_cache(path: &Path) {
     let Ok(file) = std::fs::File::open(path) else { return };
     if file.sync_data().is_err() {

@@ -92,7 +92,8 @@ impl State {
     }
 
     /// Removes app `id`'s record if its version is gone and it holds no
-    /// slot (it can have no waiter then).
+    /// slot (a waiter still queued is one that gave up: no request can
+    /// queue after the release).
     fn remove_if_done(&mut self, id: u64) {
         if self.apps.get(&id).is_some_and(|a| a.released && a.in_use == 0) {
             self.apps.remove(&id);
