@@ -88,11 +88,10 @@ fn load_or_compile(engine: &Engine, bytes: &[u8], cached: &Path) -> Result<Compo
     // is then page cache, not this process's own memory (10 apps compiled
     // at start held 722 MiB of anonymous memory, against 346 MiB of PSS in
     // all from the cache). The compiler's freed memory goes back to the
-    // system too.
+    // system once the app is loaded (`return_free_heap`, by `tenants`).
     drop(component);
     // SAFETY: as above; the file was written and moved into place just now.
     let reloaded = unsafe { Component::deserialize_file(engine, cached) };
-    return_free_heap();
     match reloaded {
         Ok(component) => Ok(component),
         Err(err) => {
@@ -102,11 +101,11 @@ fn load_or_compile(engine: &Engine, bytes: &[u8], cached: &Path) -> Result<Compo
     }
 }
 
-/// Gives the heap's free memory back to the system. Loading an app reads
-/// its whole `app.wasm` (tens of MB) and compiling one allocates far more;
-/// once freed, glibc keeps much of it in the heap for reuse. Ten apps
-/// loaded from the cache left 66 MiB of heap behind, 19 with this
-/// (`docs/performance.md`).
+/// Gives the heap's free memory back to the system; `tenants` calls it
+/// once apps are loaded. Loading an app reads its whole `app.wasm` (tens of
+/// MB) and compiling one allocates far more; once freed, glibc keeps much
+/// of it in the heap for reuse. Ten apps loaded from the cache left 66 MiB
+/// of heap behind, 19 with this (`docs/performance.md`).
 pub fn return_free_heap() {
     // SAFETY: malloc_trim only returns free heap memory to the system.
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
