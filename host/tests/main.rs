@@ -430,29 +430,11 @@ fn a_just_compiled_app_maps_only_the_code_and_image_it_touches() {
         std::fs::read_dir(cache.path().join("compiled")).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(compiled.len(), 1, "{compiled:?}");
     let size_kib = std::fs::metadata(&compiled[0]).unwrap().len() / 1024;
-    let mapped_kib = rss_of_mappings_kib(server.pid(), &compiled[0]);
+    let mapped_kib = common::smaps_kib(server.pid(), "Rss", |name| std::path::Path::new(name) == compiled[0]);
     assert!(
         mapped_kib * 4 < size_kib,
         "the server maps {mapped_kib} KiB of its {size_kib} KiB of compiled code after one request"
     );
-}
-
-/// Resident KiB of process `pid`'s mappings of `path`.
-fn rss_of_mappings_kib(pid: u32, path: &std::path::Path) -> u64 {
-    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
-    let mut ours = false;
-    let mut kib = 0;
-    for line in smaps.lines() {
-        let mut words = line.split_whitespace();
-        match words.next() {
-            Some("Rss:") if ours => kib += words.next().unwrap().parse::<u64>().unwrap(),
-            Some(first) if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') => {
-                ours = words.nth(4).is_some_and(|name| std::path::Path::new(name) == path);
-            }
-            _ => {}
-        }
-    }
-    kib
 }
 
 #[test]

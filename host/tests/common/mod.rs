@@ -341,6 +341,25 @@ pub fn rss_mib(pid: u32) -> u64 {
     line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() / 1024
 }
 
+/// `field` (`Rss`, `Pss`, ...; in KiB) summed over process `pid`'s mappings
+/// whose name (a path, `[heap]`, or empty) `is_ours` accepts.
+pub fn smaps_kib(pid: u32, field: &str, is_ours: impl Fn(&str) -> bool) -> u64 {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let mut ours = false;
+    let mut kib = 0;
+    for line in smaps.lines() {
+        let mut words = line.split_whitespace();
+        let first = words.next().unwrap_or_default();
+        if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            // A mapping's head: range, perms, offset, device, inode, name.
+            ours = is_ours(words.nth(4).unwrap_or_default());
+        } else if ours && first.strip_suffix(':') == Some(field) {
+            kib += words.next().unwrap().parse::<u64>().unwrap();
+        }
+    }
+    kib
+}
+
 /// The resident set by kind (anonymous, file, shared memory), for messages.
 pub fn rss_detail(pid: u32) -> String {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

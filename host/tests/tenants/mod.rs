@@ -468,23 +468,8 @@ fn loading_apps_leaves_no_copy_of_their_app_wasm_in_the_heap() {
         assert_eq!(get(&server, &format!("{name}.test"), "/list").0, 200);
     }
     let wasm_kib = std::fs::metadata(fixture()).unwrap().len() / 1024;
-    let heap_kib = heap_pss_kib(server.pid());
+    // `[heap]` is glibc's main arena.
+    let heap_kib = crate::common::smaps_kib(server.pid(), "Pss", |name| name == "[heap]");
     // Six apps and their requests need a few MiB of it (3 here).
     assert!(heap_kib * 4 < wasm_kib, "six apps left {heap_kib} KiB of heap; one app.wasm is {wasm_kib} KiB");
-}
-
-/// PSS of process `pid`'s `[heap]` (glibc's main arena), in KiB.
-fn heap_pss_kib(pid: u32) -> u64 {
-    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
-    let mut in_heap = false;
-    let mut kib = 0;
-    for line in smaps.lines() {
-        if line.ends_with("[heap]") {
-            in_heap = true;
-        } else if let Some(value) = line.strip_prefix("Pss:").filter(|_| in_heap) {
-            kib += value.trim().trim_end_matches("kB").trim().parse::<u64>().unwrap();
-            in_heap = false;
-        }
-    }
-    kib
 }
