@@ -5,17 +5,23 @@ Each copy is the same build with a custom section naming it appended, so
 every app has a digest, a compile and a memory image of its own, as
 distinct tenants' apps do. For each count it reports:
 
-- the time from starting `wsgi-wasm run --config` to its first listener,
-  with every app's code already in the compile cache (a second start);
-- the server's PSS when idle after one request to every app, and per app;
-- the same after compiling, for the first start (reported, not compared).
+- the first start, with an empty compile cache: the time from starting
+  `wsgi-wasm run --config` to its first listener, and the server's PSS
+  after one request to every app (the compiler's leftovers included);
+- the same for a second start, every app's code in the compile cache, and
+  the PSS per app;
+- for each of the two servers, how long a new app takes to serve: a Flask
+  app (another build, so its own snapshot module, as a new tenant's upload
+  has) is added to the config and the server sent SIGHUP; the time runs
+  from the signal to the new app's first 200.
 
-Traffic goes to 127.0.0.1 only: one GET per app.
+Traffic goes to 127.0.0.1 only: one GET per app, and the new app's polls.
 
     bench/run.sh first (it builds the binary), then python3 bench/density.py
 """
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -57,9 +63,9 @@ def pss_kib(pid):
     raise RuntimeError("no Pss")
 
 
-def get(port, host):
+def get(port, host, path="/"):
     with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
-        s.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
         data = b""
         while chunk := s.recv(65536):
             data += chunk
@@ -80,7 +86,32 @@ def start(config, cache):
     raise RuntimeError(f"server exited with {proc.wait()}")
 
 
-def measure(n, hello, work, cache):
+def app_lines(name, wasm):
+    return [f"[apps.{name}]", f'wasm = "{wasm}"', f'hosts = ["{name}.test"]', ""]
+
+
+def serves(port, host):
+    try:
+        get(port, host, "/api/items/42")
+        return True
+    except (OSError, RuntimeError):
+        return False
+
+
+def new_app_seconds(proc, port, config, lines, wasm, name):
+    """Adds `wasm` as app `name` to `config`, sends SIGHUP, and returns the
+    seconds until it answers 200 (polled every 20 ms, for at most 120 s)."""
+    config.write_text("\n".join(lines + app_lines(name, wasm)))
+    signalled = time.monotonic()
+    os.kill(proc.pid, signal.SIGHUP)
+    while time.monotonic() - signalled < 120:
+        if serves(port, f"{name}.test"):
+            return time.monotonic() - signalled
+        time.sleep(0.02)
+    raise RuntimeError(f"{name} did not serve within 120 s of SIGHUP")
+
+
+def measure(n, hello, flask, work, cache):
     apps = work / f"apps-{n}"
     apps.mkdir(exist_ok=True)
     lines = ["[defaults]", "memory = 64", ""]
@@ -88,17 +119,21 @@ def measure(n, hello, work, cache):
         wasm = apps / f"hello-{i}.wasm"
         if not wasm.exists():
             tagged(hello, wasm, i)
-        lines += [f"[apps.hello{i}]", f'wasm = "{wasm}"', f'hosts = ["hello{i}.test"]', ""]
+        lines += app_lines(f"hello{i}", wasm)
     config = work / f"density-{n}.toml"
-    config.write_text("\n".join(lines))
     results = {}
-    for phase in ("first start (compiles)", "from the compile cache"):
+    for phase in ("first", "cached"):
+        config.write_text("\n".join(lines))
         proc, port, took = start(config, cache)
         try:
             for i in range(n):
                 get(port, f"hello{i}.test")
             time.sleep(0.5)
-            results[phase] = (took, pss_kib(proc.pid))
+            pss = pss_kib(proc.pid)
+            new = apps / f"new-{phase}.wasm"
+            tagged(flask, new, 1000 + n * 10 + len(results))
+            added = new_app_seconds(proc, port, config, lines, new, "added")
+            results[phase] = (took, pss, added)
         finally:
             os.killpg(proc.pid, 15)
             proc.wait()
@@ -107,15 +142,18 @@ def measure(n, hello, work, cache):
 
 def main():
     hello = bench.wasm_for("hello")
+    flask = bench.wasm_for("flask_json")
     with tempfile.TemporaryDirectory() as tmp:
         work, cache = Path(tmp), Path(tmp) / "cache"
-        print("| apps | start, cached (s) | PSS idle (MiB) | PSS per app (MiB) | first start (s) |")
-        print("|---|---|---|---|---|")
+        print("| apps | first start (s) | its PSS (MiB) | then a new app (s) "
+              "| cached start (s) | PSS idle (MiB) | per app (MiB) | then a new app (s) |")
+        print("|---|---|---|---|---|---|---|---|")
         for n in COUNTS:
-            r = measure(n, hello, work, cache)
-            cold_s, _ = r["first start (compiles)"]
-            warm_s, pss = r["from the compile cache"]
-            print(f"| {n} | {warm_s:.2f} | {pss / 1024:.0f} | {pss / 1024 / n:.1f} | {cold_s:.1f} |", flush=True)
+            r = measure(n, hello, flask, work, cache)
+            cold_s, cold_pss, cold_new = r["first"]
+            warm_s, pss, warm_new = r["cached"]
+            print(f"| {n} | {cold_s:.1f} | {cold_pss / 1024:.0f} | {cold_new:.2f} "
+                  f"| {warm_s:.2f} | {pss / 1024:.0f} | {pss / 1024 / n:.1f} | {warm_new:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

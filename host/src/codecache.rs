@@ -78,8 +78,13 @@ fn load_or_compile(engine: &Engine, bytes: &[u8], cached: &Path) -> Result<Compo
     }
     let started = Instant::now();
     tracing::info!("compiling the component (once per app.wasm and wasmtime version)");
+    let reused_before = engine.shared_compiled_modules_reused();
     let component = Component::new(engine, bytes)?;
-    tracing::info!(elapsed = ?started.elapsed(), "compiled");
+    // Core modules another app already compiled are linked, not compiled
+    // (`engine::engine_config`); with concurrent compiles the count is
+    // approximate.
+    let reused = engine.shared_compiled_modules_reused().saturating_sub(reused_before);
+    tracing::info!(elapsed = ?started.elapsed(), modules_reused = reused, "compiled");
     if let Err(err) = store_compiled(&component, cached) {
         tracing::warn!(cause = %err, "could not cache compiled code; the next start compiles again");
         return Ok(component);

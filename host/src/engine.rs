@@ -153,6 +153,14 @@ pub fn engine_config(spec: &PoolSpec, keep_resident: bool) -> Config {
     // when a budget is asked for (and the compiled-code cache keys on it).
     config.consume_fuel(spec.fuel);
     config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+    // Every componentize-py app carries the same libpython, libc and
+    // runtime modules, byte for byte: the engine keeps their compiled
+    // functions and a new app compiles only what is its own (vendor/README,
+    // patch 8). A function body's offset differs from one app.wasm to the
+    // next, so the code carries no address map: a trap's backtrace names
+    // its wasm functions but not their byte offsets.
+    config.generate_address_map(false);
+    config.share_compiled_modules(SHARED_MODULES);
     if spec.perf_map {
         // Written as each module is loaded, from the cache too; it changes
         // no compiled code.
@@ -166,6 +174,11 @@ pub fn engine_config(spec: &PoolSpec, keep_resident: bool) -> Config {
         .expect("a short version string");
     config
 }
+
+/// How many core modules' compiled functions the engine keeps for the next
+/// app it compiles: a componentize-py app has 14 core modules, 10 of them
+/// with code, of which all but one or two are the same in every app.
+const SHARED_MODULES: usize = 32;
 
 /// The version of the vendored, patched wasmtime (see `vendor/README.md`).
 /// Bump the suffix whenever the patch changes what a compiled module holds.

@@ -6,9 +6,10 @@
 //! where the patch must still behave as the spec says: overlapping segments,
 //! a later eager write, a copy out of a lazy range, a segment out of bounds;
 //! functions linked between a component's core instances, re-exported or
-//! later referenced as values; globals linked the same way; and a memory
-//! image that a pool slot keeps resident maps only the pages touched, from
-//! a memfd or from a file just written.
+//! later referenced as values; globals linked the same way; a memory image
+//! that a pool slot keeps resident maps only the pages touched, from a memfd
+//! or from a file just written; and a core module's compiled code is reused
+//! by the next component only where it is the same module in the same place.
 
 use wasmtime::{Engine, Global, GlobalType, Instance, Linker, Module, Mutability, Store, Table, Val, ValType};
 use wsgi_wasm::engine::PoolSpec;
@@ -403,4 +404,94 @@ fn assert_maps_only_touched_pages(engine: &Engine, module: &Module) -> String {
     let (resident, mapped) = resident_pages_at(image_at);
     assert!((5..=8).contains(&resident), "{resident} of the image's 64 pages are mapped (from {mapped:?})");
     mapped
+}
+
+/// An app-shaped component for patch 8: `$main` owns the memory and a
+/// snapshot-like data segment (`{data}`), and a library module (`{lib}`),
+/// placed after `{before}`, reads it through a `call_indirect` and a direct
+/// call. Apps built by one toolchain differ in `$main` and share the rest.
+fn app_component(data: &str, lib: &str, before: &str) -> String {
+    format!(
+        r#"
+(component
+  {before}
+  (core module $main
+    (memory (export "memory") 1)
+    (func (export "pages") (result i32) memory.size)
+    (data (i32.const 0) "{data}"))
+  (core instance $main (instantiate $main))
+  (core module $lib
+    (import "main" "memory" (memory 1))
+    (type $t (func (param i32) (result i32)))
+    (table 2 funcref)
+    (elem (i32.const 0) $byte $twice)
+    (func $byte (param i32) (result i32) (i32.load8_u (local.get 0)))
+    (func $twice (param i32) (result i32) (i32.mul (local.get 0) (i32.const 2)))
+    (func (export "run") (result i32)
+      {lib}))
+  (core instance $lib (instantiate $lib (with "main" (instance $main))))
+  (func (export "run") (result u32) (canon lift (core func $lib "run"))))
+"#
+    )
+}
+
+/// The library's body: the first byte of `$main`'s data, plus 1000, twice.
+const READS_FIRST_BYTE: &str = "(call_indirect (type $t) (i32.add (call_indirect (type $t) (i32.const 0) \
+                                (i32.const 0)) (i32.const 1000)) (i32.const 1))";
+
+fn run_component(engine: &Engine, text: &str) -> u32 {
+    use wasmtime::component::{Component, Linker};
+    let component = Component::new(engine, wat(text)).unwrap();
+    let mut store = Store::new(engine, ());
+    store.set_epoch_deadline(1);
+    let instance = Linker::<()>::new(engine).instantiate(&mut store, &component).unwrap();
+    let func = instance.get_typed_func::<(), (u32,)>(&mut store, "run").unwrap();
+    func.call(&mut store, ()).unwrap().0
+}
+
+#[test]
+fn a_module_compiled_for_one_app_is_linked_into_the_next_and_reads_that_apps_data() {
+    let engine = engine();
+    assert_eq!(run_component(&engine, &app_component("A", READS_FIRST_BYTE, "")), (65 + 1000) * 2);
+    assert_eq!(engine.shared_compiled_modules_reused(), 0);
+    // Another app: its own `$main` (more data, another memory image), the
+    // same library in the same place.
+    let b = app_component("Bxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", READS_FIRST_BYTE, "");
+    assert_eq!(run_component(&engine, &b), (66 + 1000) * 2);
+    assert_eq!(engine.shared_compiled_modules_reused(), 1, "the library was compiled again");
+    assert_eq!(run_component(&engine, &app_component("C", READS_FIRST_BYTE, "")), (67 + 1000) * 2);
+    assert_eq!(engine.shared_compiled_modules_reused(), 2, "a `$main` with other data was reused");
+}
+
+#[test]
+fn a_module_that_differs_in_one_instruction_or_in_its_place_is_compiled_for_itself() {
+    let engine = engine();
+    assert_eq!(run_component(&engine, &app_component("A", READS_FIRST_BYTE, "")), 2130);
+    // One constant changed in the library's code.
+    let changed = READS_FIRST_BYTE.replace("1000", "2000");
+    assert_eq!(run_component(&engine, &app_component("A", &changed, "")), (65 + 2000) * 2);
+    assert_eq!(engine.shared_compiled_modules_reused(), 1, "only `$main` is the same");
+    // The same library after another module, whose types come first: its
+    // place, its calls and its interned type indices all differ. `$main`
+    // moves too.
+    let before = r#"(core module $first (type (func (param f64) (result f64 f64)))
+                      (func (export "f") (param f64) (result f64 f64) (local.get 0) (local.get 0)))
+                    (core instance $first (instantiate $first))"#;
+    assert_eq!(run_component(&engine, &app_component("A", READS_FIRST_BYTE, before)), 2130);
+    assert_eq!(engine.shared_compiled_modules_reused(), 1, "a module was reused in another place");
+}
+
+#[test]
+fn an_app_that_fails_to_compile_leaves_the_kept_modules_to_the_next() {
+    let engine = engine();
+    assert_eq!(run_component(&engine, &app_component("A", READS_FIRST_BYTE, "")), 2130);
+    // The library is checked out, then the app fails validation in a module
+    // of its own.
+    let bad = app_component("B", READS_FIRST_BYTE, "")
+        .replace(r#"(core module $main"#, r#"(core module $main (func (result i32) (i64.const 1))"#);
+    let err = wasmtime::component::Component::new(&engine, wat(&bad)).unwrap_err();
+    assert!(format!("{err:?}").contains("type mismatch"), "{err:?}");
+    let reused = engine.shared_compiled_modules_reused();
+    assert_eq!(run_component(&engine, &app_component("C", READS_FIRST_BYTE, "")), (67 + 1000) * 2);
+    assert_eq!(engine.shared_compiled_modules_reused(), reused + 1, "the library was lost");
 }

@@ -45,6 +45,10 @@ pub use self::code_builder::{CodeBuilder, CodeHint, HashedEngineCompileEnv};
 #[cfg(feature = "runtime")]
 mod runtime;
 
+// wsgi-wasm patch 8: compiled core modules shared between components.
+mod shared;
+pub(crate) use self::shared::SharedModules;
+
 /// Converts an input binary-encoded WebAssembly module to compilation
 /// artifacts and type information.
 ///
@@ -89,7 +93,9 @@ pub(crate) fn build_module_artifacts<T: FinishedObject>(
     let functions = mem::take(&mut translation.function_body_inputs);
 
     let compile_inputs = CompileInputs::for_module(&types, &translation, functions);
-    let unlinked_compile_outputs = compile_inputs.compile(engine, &types)?;
+    // wsgi-wasm patch 8: a module on its own is compiled, never shared.
+    let mut reused = shared::Checkouts::new(None);
+    let unlinked_compile_outputs = compile_inputs.compile(engine, &types, &mut reused)?;
     let PreLinkOutput {
         needs_gc_heap,
         compiled_funcs,
@@ -115,7 +121,7 @@ pub(crate) fn build_module_artifacts<T: FinishedObject>(
     let (mut object, compilation_artifacts) = indices.link_and_append_code(
         object,
         engine,
-        compiled_funcs,
+        &compiled_funcs,
         std::iter::once(translation).collect(),
         dwarf_package,
     )?;
@@ -175,17 +181,36 @@ pub(crate) fn build_component_artifacts<T: FinishedObject>(
         );
     }
 
+    // wsgi-wasm patch 8: check out the modules whose compiled functions the
+    // engine kept (`compile/shared.rs`); their functions are neither
+    // validated nor compiled here, only linked. `reused` gives them back
+    // when it drops, whatever happens below.
+    let mut reused = shared::Checkouts::new(engine.shared_modules());
+    for (index, translation) in module_translations.iter() {
+        reused.check_out(index, translation, types.module_types_builder())?;
+    }
+
     let compile_inputs = CompileInputs::for_component(
         engine,
         &types,
         &component,
         module_translations.iter_mut().map(|(i, translation)| {
             let functions = mem::take(&mut translation.function_body_inputs);
+            let functions = if reused.has(i) {
+                reused.note_start_srclocs(i, &functions);
+                PrimaryMap::new()
+            } else {
+                functions
+            };
             (i, &*translation, functions)
         }),
     );
-    let unlinked_compile_outputs = compile_inputs.compile(&engine, types.module_types_builder())?;
+    let unlinked_compile_outputs =
+        compile_inputs.compile(&engine, types.module_types_builder(), &mut reused)?;
 
+    for (key, output) in &unlinked_compile_outputs.outputs {
+        reused.note_needs_gc_heap(*key, output.function.needs_gc_heap);
+    }
     let PreLinkOutput {
         needs_gc_heap,
         compiled_funcs,
@@ -209,13 +234,17 @@ pub(crate) fn build_component_artifacts<T: FinishedObject>(
     engine.append_compiler_info(&mut object)?;
     engine.append_bti(&mut object);
 
-    let (mut object, compilation_artifacts) = indices.link_and_append_code(
+    let linked = indices.link_and_append_code(
         object,
         engine,
-        compiled_funcs,
+        &compiled_funcs,
         module_translations,
         None, // TODO: Support dwarf packages for components.
-    )?;
+    );
+    // wsgi-wasm patch 8: what was reused goes back, and what was compiled
+    // is kept, for the next component.
+    reused.keep(compiled_funcs);
+    let (mut object, compilation_artifacts) = linked?;
 
     if tunables.debug_guest {
         object.append_wasm_bytecode(module_wasms);
@@ -595,6 +624,7 @@ impl<'a> CompileInputs<'a> {
         self,
         engine: &Engine,
         types: &'a ModuleTypesBuilder,
+        reused: &mut shared::Checkouts<'_>,
     ) -> Result<UnlinkedCompileOutputs<'a>> {
         let compiler = engine.try_compiler()?;
 
@@ -648,6 +678,18 @@ the use case.
                 );
             }
         }
+
+        // wsgi-wasm patch 8: the functions of the modules checked out join
+        // the ones just compiled, before the builtins they call are found.
+        let lent = reused.lend().into_iter();
+        raw_outputs.extend(lent.map(|(key, symbol, function, start_srcloc)| CompileOutput {
+            key,
+            symbol,
+            function,
+            start_srcloc,
+            translation: None,
+            func_body: None,
+        }));
 
         // Now that all functions have been compiled see if any
         // wasmtime-builtin functions are necessary. If so those need to be
@@ -1124,7 +1166,7 @@ impl FunctionIndices {
         self,
         mut obj: object::write::Object<'static>,
         engine: &'a Engine,
-        compiled_funcs: Vec<(String, FuncKey, Box<dyn Any + Send + Sync>)>,
+        compiled_funcs: &[(String, FuncKey, Box<dyn Any + Send + Sync>)],
         translations: PrimaryMap<StaticModuleIndex, ModuleTranslation<'_>>,
         dwarf_package_bytes: Option<&[u8]>,
     ) -> Result<(wasmtime_environ::ObjectBuilder<'a>, Artifacts)> {
@@ -1137,7 +1179,7 @@ impl FunctionIndices {
         let tunables = engine.tunables();
         let symbol_ids_and_locs = compiler.append_code(
             &mut obj,
-            &compiled_funcs,
+            compiled_funcs,
             &|_caller_index: usize, callee: FuncKey| {
                 self.indices.get(&callee).copied().unwrap_or_else(|| {
                     panic!("cannot resolve relocation! no index for callee {callee:?}")

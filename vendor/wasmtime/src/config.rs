@@ -190,6 +190,9 @@ pub struct Config {
     #[cfg(feature = "async")]
     pub(crate) stack_creator: Option<Arc<dyn RuntimeFiberStackCreator>>,
     pub(crate) module_version: ModuleVersionStrategy,
+    // wsgi-wasm patch 8: how many core modules' compiled functions the engine
+    // keeps for later components (`share_compiled_modules`).
+    pub(crate) shared_module_capacity: usize,
     pub(crate) parallel_compilation: bool,
     pub(crate) memory_guaranteed_dense_image_size: u64,
     pub(crate) force_memory_init_memfd: bool,
@@ -303,6 +306,7 @@ impl Config {
             #[cfg(feature = "async")]
             stack_creator: None,
             module_version: ModuleVersionStrategy::default(),
+            shared_module_capacity: 0, // wsgi-wasm patch 8
             parallel_compilation: !cfg!(miri),
             memory_guaranteed_dense_image_size: 16 << 20,
             force_memory_init_memfd: false,
@@ -2229,6 +2233,21 @@ impl Config {
         self
     }
 
+    /// wsgi-wasm patch 8: keeps the compiled functions of up to `capacity`
+    /// core modules of the components this engine compiles, and reuses them
+    /// when a later component holds a module with the same bytes, in the
+    /// same place, with the same types (`compile/shared.rs`). A component
+    /// whose core modules all match another's compiles only its trampolines
+    /// and startup functions, and is linked. `0`, the default, keeps none.
+    ///
+    /// Function bodies sit at different offsets in different components, so
+    /// this requires [`Config::generate_address_map`]`(false)`; it also
+    /// requires inlining and native debug info to be off.
+    pub fn share_compiled_modules(&mut self, capacity: usize) -> &mut Self {
+        self.shared_module_capacity = capacity;
+        self
+    }
+
     /// Configures whether copy-on-write memory-mapped data is used to
     /// initialize a linear memory.
     ///
@@ -2824,6 +2843,20 @@ impl Config {
 
         if tunables.debug_native && !tunables.debug_symbols {
             bail!("cannot enable native debug info while debug symbols are disabled");
+        }
+
+        // wsgi-wasm patch 8: shared code must not depend on where a module
+        // sits in its component, nor on another module's code.
+        if self.shared_module_capacity > 0 {
+            if tunables.generate_address_map {
+                bail!("sharing compiled modules requires `generate_address_map(false)`");
+            }
+            if tunables.inlining != Inlining::No {
+                bail!("sharing compiled modules requires inlining to be off");
+            }
+            if tunables.debug_native || tunables.debug_guest {
+                bail!("sharing compiled modules requires debug info to be off");
+            }
         }
 
         Ok((tunables, features))
