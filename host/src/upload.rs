@@ -51,7 +51,8 @@ impl LoadedApp {
         let digest = bundle::hex(&Sha256::digest(&bytes));
         let payload = bundle::find(&bytes).with_context(|| format!("{} is not a wsgi-wasm app", path.display()))?;
         let tree_dir = shared.cache.dir().join("trees").join(&digest);
-        bundle::unpack(payload, &tree_dir).with_context(|| format!("{} is refused", path.display()))?;
+        let files = shared.cache.dir().join("files");
+        bundle::unpack(payload, &tree_dir, &files).with_context(|| format!("{} is refused", path.display()))?;
         let manifest = bundle::Manifest::find(&bytes)
             .with_context(|| format!("{} is refused", path.display()))?
             .unwrap_or_default();
