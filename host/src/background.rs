@@ -106,6 +106,33 @@ fn runtime() -> Option<&'static Runtime> {
 /// busy.
 pub const NICE: i32 = 10;
 
+/// Makes the threads that compile apps (wasmtime's parallel compile runs
+/// on rayon's global pool) run at [`NICE`]: loading a new app, or compiling
+/// what later apps share, takes what CPU requests leave. Call it before
+/// anything compiles; later calls, and a pool already built, change nothing.
+pub fn compile_at_low_priority() {
+    let built = rayon::ThreadPoolBuilder::new()
+        .thread_name(|i| format!("wsgi-wasm-compile-{i}"))
+        .start_handler(|_| lower_priority())
+        .build_global();
+    if let Err(err) = built {
+        tracing::debug!("compiling threads keep their priority: {err}");
+    }
+}
+
+/// Runs `work` on a thread of its own at [`NICE`], for work that helps
+/// later requests and none now. The work must end by itself; the thread is
+/// not joined, and exiting the process ends it.
+pub fn spawn_low_priority(name: &str, work: impl FnOnce() + Send + 'static) {
+    let spawned = std::thread::Builder::new().name(name.to_owned()).spawn(move || {
+        lower_priority();
+        work();
+    });
+    if let Err(err) = spawned {
+        tracing::warn!("could not start {name}: {err}");
+    }
+}
+
 /// Lowers the calling thread's priority to [`NICE`]. Best effort: where the
 /// kernel refuses, the thread keeps its priority.
 fn lower_priority() {

@@ -24,12 +24,15 @@ pub struct CodeCache {
     dir: PathBuf,
     /// Compiled components by digest.
     components: Mutex<HashMap<String, Component>>,
+    /// Held while [`CodeCache::warm_shared_modules`] compiles; a compile
+    /// that starts meanwhile waits for it, then reuses what it compiled.
+    warming: Mutex<()>,
 }
 
 impl CodeCache {
     /// A cache in `dir` (created when first written).
     pub fn new(dir: &Path) -> Self {
-        Self { dir: dir.to_path_buf(), components: Mutex::default() }
+        Self { dir: dir.to_path_buf(), components: Mutex::default(), warming: Mutex::default() }
     }
 
     /// The cache directory, which also holds the unpacked file trees.
@@ -49,9 +52,38 @@ impl CodeCache {
         let mut compat = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut compat);
         let compiled = self.dir.join("compiled").join(format!("{digest}-{:016x}.cwasm", compat.finish()));
-        let component = load_or_compile(engine, bytes, &compiled)?;
+        let component = load_or_compile(engine, bytes, &compiled, &self.warming)?;
         self.components.lock().expect("never poisoned").insert(digest.to_owned(), component.clone());
         Ok(component)
+    }
+
+    /// Compiles `wasm` (an app already loaded) once more, only to fill the
+    /// engine's shared modules, unless a compile already did: after a start
+    /// from the cache nothing was compiled, and the next new app would
+    /// compile all of CPython (7–10 s) instead of its own modules (under a
+    /// second). Nothing is written; the compile's memory goes back to the
+    /// system. Best effort: a failure is logged.
+    pub fn warm_shared_modules(&self, engine: &Engine, wasm: &Path) {
+        let _warming = self.warming.lock().expect("never poisoned");
+        if engine.shared_compiled_modules() > 0 {
+            return;
+        }
+        let started = Instant::now();
+        let compiled = std::fs::read(wasm).map_err(anyhow::Error::from).and_then(|bytes| {
+            Component::new(engine, &bytes)?;
+            Ok(())
+        });
+        return_free_heap();
+        match compiled {
+            Ok(()) => tracing::info!(
+                elapsed = ?started.elapsed(),
+                modules = engine.shared_compiled_modules(),
+                "compiled the modules apps share, for the next new app"
+            ),
+            Err(err) => {
+                tracing::warn!(wasm = %wasm.display(), cause = %err, "could not compile the modules apps share")
+            }
+        }
     }
 
     /// Forgets the compiled components of every digest not in `keep` (the
@@ -61,7 +93,7 @@ impl CodeCache {
     }
 }
 
-fn load_or_compile(engine: &Engine, bytes: &[u8], cached: &Path) -> Result<Component> {
+fn load_or_compile(engine: &Engine, bytes: &[u8], cached: &Path, warming: &Mutex<()>) -> Result<Component> {
     if cached.is_file() {
         // SAFETY: the file is in our own cache directory, was written by
         // `Component::serialize` of an engine with the same compatibility hash
@@ -76,6 +108,9 @@ fn load_or_compile(engine: &Engine, bytes: &[u8], cached: &Path) -> Result<Compo
             ),
         }
     }
+    // A warm-up compiling the shared modules ends within seconds; then
+    // this compile links them instead of compiling them again.
+    drop(warming.lock().expect("never poisoned"));
     let started = Instant::now();
     tracing::info!("compiling the component (once per app.wasm and wasmtime version)");
     let reused_before = engine.shared_compiled_modules_reused();

@@ -176,8 +176,8 @@ pub fn engine_config(spec: &PoolSpec, keep_resident: bool) -> Config {
 }
 
 /// How many core modules' compiled functions the engine keeps for the next
-/// app it compiles: a componentize-py app has 14 core modules, 10 of them
-/// with code, of which all but one or two are the same in every app.
+/// app it compiles: a componentize-py app has 14 core modules, 13 of them
+/// with code, of which 11 are the same in every app.
 const SHARED_MODULES: usize = 32;
 
 /// The version of the vendored, patched wasmtime (see `vendor/README.md`).

@@ -70,6 +70,8 @@ fn rereader(args: RunArgs, given: HashSet<String>, startup: &RunConfig) -> impl 
 fn run(args: RunArgs, given: &HashSet<String>) -> Result<()> {
     // First, while this is the only thread: it clears LISTEN_FDS and the rest.
     let inherited = wsgi_wasm::activation::take()?;
+    // Compiles yield to requests (before anything compiles).
+    wsgi_wasm::background::compile_at_low_priority();
     let mut config = RunConfig::from_args(&args, given)?;
     config.require_all()?;
     wsgi_wasm::descriptors::ensure(&config)?;
@@ -94,6 +96,7 @@ fn run(args: RunArgs, given: &HashSet<String>) -> Result<()> {
         // Everything that can be wrong with an app is found before listening;
         // the apps directory's are each refused alone (and logged).
         let (tenants, _refused) = Tenants::start(&config, metrics, Arc::clone(&health)).await?;
+        tenants.warm_shared_modules();
         let tenants = Arc::new(tenants);
         let listeners = server::bind(&config.http, &config.uwsgi, inherited).await?;
         let shutdown = shutdown::on_signals().context("installing signal handlers")?;

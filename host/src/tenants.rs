@@ -33,6 +33,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use tokio_util::sync::CancellationToken;
 
+use crate::background;
 use crate::budget::MemoryBudget;
 use crate::codecache;
 use crate::config::{AppConfig, Broken, RunConfig};
@@ -189,6 +190,27 @@ impl Tenants {
     }
 
     /// The apps being served, in config order.
+    /// For a server that hosts apps from a config (where new tenants come),
+    /// after a start that compiled nothing (every app came from the compile
+    /// cache): compiles one served app again on a low-priority thread, so
+    /// that the modules every app shares are compiled and kept for the next
+    /// new app (`CodeCache::warm_shared_modules`). That costs memory for as
+    /// long as the server runs (about 230 MiB: `docs/performance.md`), so
+    /// `run app.wasm`, one app that only redeploys, does not. Returns at once.
+    pub fn warm_shared_modules(&self) {
+        if self.file.is_none() && self.apps_dir.is_none() {
+            return;
+        }
+        if self.shared.engine.shared_compiled_modules() > 0 {
+            return;
+        }
+        let Some(wasm) = self.served().apps.first().map(|e| e.config.wasm.clone()) else { return };
+        let shared = Arc::clone(&self.shared);
+        background::spawn_low_priority("wsgi-wasm-warm", move || {
+            shared.cache.warm_shared_modules(&shared.engine, &wasm);
+        });
+    }
+
     pub fn apps(&self) -> Vec<(String, Arc<Sandbox>)> {
         self.served().apps.iter().map(|e| (e.config.name.clone(), Arc::clone(&e.sandbox))).collect()
     }

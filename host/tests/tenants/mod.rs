@@ -473,3 +473,44 @@ fn loading_apps_leaves_no_copy_of_their_app_wasm_in_the_heap() {
     // Six apps and their requests need a few MiB of it (3 here).
     assert!(heap_kib * 4 < wasm_kib, "six apps left {heap_kib} KiB of heap; one app.wasm is {wasm_kib} KiB");
 }
+
+#[test]
+fn r37_after_a_start_from_the_cache_a_new_app_compiles_only_its_own_modules() {
+    // Issue 37. The fixture's code is cached first, so the server below
+    // compiles nothing at startup and warms the shared modules by itself.
+    let checked = wsgi_wasm().arg("check").arg(fixture()).arg("--cache-dir").arg(cache_dir()).output().unwrap();
+    assert!(checked.status.success(), "{}", String::from_utf8_lossy(&checked.stderr));
+    let config = Config::new(&fixture_apps("", &[("a", "")]));
+    let server = config.serve(&[]);
+    assert!(
+        server.wait_for_log("compiled the modules apps share", Duration::from_secs(300)),
+        "no warm-up: {}",
+        server.log()
+    );
+    assert!(!server.log().contains("compiling the component"), "the start compiled: {}", server.log());
+
+    // A new tenant: another build (its own snapshot module), made distinct
+    // by a custom section so that no run has compiled it before.
+    let tag = format!("r37-{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
+    let mut section = vec![u8::try_from(tag.len()).unwrap()];
+    section.extend_from_slice(tag.as_bytes());
+    let mut wasm = std::fs::read(fixture_v2()).unwrap();
+    wasm.extend_from_slice(&[0, u8::try_from(section.len()).unwrap()]);
+    wasm.extend_from_slice(&section);
+    std::fs::write(config.dir.path().join("b.wasm"), wasm).unwrap();
+    std::fs::write(config.path(), fixture_apps("", &[("a", ""), ("b", "wasm = \"b.wasm\"")])).unwrap();
+    assert!(Command::new("kill").args(["-HUP", &server.pid().to_string()]).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while version(&server, "b.test") != Ok(5) {
+        assert!(Instant::now() < deadline, "b never served: {}", server.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = server.log();
+    let compiled = log.lines().find(|l| l.contains(" compiled elapsed=")).unwrap_or_else(|| panic!("{log}"));
+    let reused: u32 =
+        compiled.split("modules_reused=").nth(1).and_then(|r| r.split_whitespace().next()?.parse().ok()).unwrap();
+    // 11 of its 13 modules with code: all but `$main` (the snapshot) and
+    // the adapter whose globals the snapshot sets.
+    assert!(reused >= 11, "{compiled}");
+    assert_eq!(version(&server, "a.test"), Ok(1));
+}
