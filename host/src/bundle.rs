@@ -5,9 +5,11 @@
 //! at `/python`, the app at `/0`, its dependencies, ...) into an export
 //! directory. [`embed`] packs that directory as a gzipped tar into a custom
 //! section of the component, so the one file is all a server needs. At run
-//! time [`unpack`] finds the section and extracts it once into the cache; the
-//! sandbox then mounts each top-level directory read-only at the same guest
-//! path, so that imports at request time find exactly what the build saw.
+//! time [`unpack`] finds the section and extracts it once into the cache, each
+//! file a link to one copy of its content that every app with those bytes
+//! shares; the sandbox then mounts each top-level directory read-only at the
+//! same guest path, so that imports at request time find exactly what the
+//! build saw.
 //!
 //! An `app.wasm` is untrusted input: on a shared host, tenants upload their
 //! own. The tree is checked whole before anything is written: at most
@@ -147,13 +149,13 @@ fn find_section<'a>(bytes: &'a [u8], name: &str) -> Result<Option<&'a [u8]>> {
 /// (`/python`, `/0`, ...) are the guest's roots.
 ///
 /// Each file is a hard link to `files/SHA256`, written the first time any
-/// app has a file with those bytes: every app carries
-/// CPython's standard library (about 1,800 of a hello app's 1,846 files),
-/// and most share their frameworks too, so a new app writes only what is
-/// its own. Linking a name costs far less than creating a file (a Flask
-/// app's 2,170 files took 1.3–1.6 s to create). The trees are mounted
-/// read-only, so no app can change a file another app links. Where a link
-/// fails (a file system's limit on links to one file), the file is copied.
+/// app has a file with those bytes. Every app carries CPython's standard
+/// library and `tzdata` (1,789 of a hello app's 1,846 files), and many
+/// share their frameworks too, so a new app writes only what is its own.
+/// Linking a name costs far less than creating a file (a Flask app's 2,170
+/// files took 1.3–1.6 s to create). The trees are mounted read-only, so no
+/// app can change a file another app links. Where a link fails (a file
+/// system's limit on links to one file), the file is written on its own.
 ///
 /// # Errors
 /// Fails on a corrupt payload, one past the limits or with an entry other

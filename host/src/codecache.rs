@@ -5,6 +5,10 @@
 //! deserializes it in milliseconds. In memory, apps with the same `wasm`
 //! share one `Component`, and with it one copy of its code and memory image.
 //!
+//! Compiling links the core modules the engine already compiled for another
+//! app (`engine`); after a start that compiled nothing,
+//! [`CodeCache::warm_shared_modules`] compiles them in the background.
+//!
 //! The cache directory is the operator's, never an app's: a file in it is
 //! trusted as wasmtime's own output, and is moved into place only once whole.
 

@@ -6,7 +6,9 @@
 //! instance costs no mmap or munmap and its memory is reset to the snapshot
 //! in place. Which app may use how many slots is `pool`'s business; what an
 //! `app.wasm` must pass before it is compiled is `upload`'s, and where the
-//! compiled code is kept is `codecache`'s.
+//! compiled code is kept is `codecache`'s. The engine itself keeps the
+//! compiled functions of the core modules every app shares (CPython), so
+//! that a new app compiles only its own (`vendor/README.md`, patch 8).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -189,7 +189,6 @@ impl Tenants {
         Arc::clone(&self.served.read().expect("the table lock is never poisoned"))
     }
 
-    /// The apps being served, in config order.
     /// For a server that hosts apps from a config (where new tenants come),
     /// after a start that compiled nothing (every app came from the compile
     /// cache): compiles one served app again on a low-priority thread, so
@@ -211,6 +210,7 @@ impl Tenants {
         });
     }
 
+    /// The apps being served, in config order.
     pub fn apps(&self) -> Vec<(String, Arc<Sandbox>)> {
         self.served().apps.iter().map(|e| (e.config.name.clone(), Arc::clone(&e.sandbox))).collect()
     }
