@@ -27,7 +27,7 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -120,13 +120,17 @@ impl Tenants {
             config.memory_budget >> 20
         );
         let file = config.file.as_ref().map(|f| f.display().to_string());
-        let mut apps = Vec::new();
         // The apps directory's apps are added by a reload once these serve
         // (`start`), so that each is refused alone.
-        for app in config.apps.iter().filter(|a| a.source.is_none()) {
+        let wanted: Vec<&AppConfig> = config.apps.iter().filter(|a| a.source.is_none()).collect();
+        let loaded = in_parallel(&wanted, |app| {
             let stamp = Stamp::of(&app.wasm);
             let sandbox =
                 load_app(app, &shared, &pool, &budget, metrics.as_ref()).with_context(|| describe(&file, app))?;
+            Ok((stamp, sandbox))
+        })?;
+        let mut apps = Vec::new();
+        for (app, (stamp, sandbox)) in wanted.into_iter().zip(loaded) {
             if let Some(m) = sandbox.metrics() {
                 m.serving(sandbox.digest());
             }
@@ -584,6 +588,37 @@ fn describe(file: &Option<String>, app: &AppConfig) -> String {
 /// The routes of `apps`, for a [`Router`].
 fn routes(apps: &[Entry]) -> Vec<(String, crate::router::Mount, Arc<Sandbox>)> {
     apps.iter().map(|e| (e.config.name.clone(), e.config.mount.clone(), Arc::clone(&e.sandbox))).collect()
+}
+
+/// `load` of each item, in the items' order: the first alone, then the
+/// rest on as many threads as there are cores. Most of loading an app is
+/// one thread's work (reading and hashing its `app.wasm`, unpacking its
+/// files, linking and writing its code); the first goes alone so that the
+/// modules every app shares are compiled once, by it, and linked by the
+/// others (`codecache`).
+///
+/// # Errors
+/// The first item's error, in the items' order, once all have been tried.
+fn in_parallel<T: Sync, R: Send>(items: &[T], load: impl Fn(&T) -> Result<R> + Sync) -> Result<Vec<R>> {
+    let Some((first, rest)) = items.split_first() else { return Ok(Vec::new()) };
+    let first = load(first);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let done: Vec<Mutex<Option<Result<R>>>> = rest.iter().map(|_| Mutex::new(None)).collect();
+    let threads = std::thread::available_parallelism().map_or(1, usize::from).min(rest.len());
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(item) = rest.get(i) else { break };
+                *done[i].lock().expect("never poisoned") = Some(load(item));
+            });
+        }
+    });
+    let mut loaded = vec![first?];
+    for result in done {
+        loaded.push(result.into_inner().expect("never poisoned").expect("every item is loaded")?);
+    }
+    Ok(loaded)
 }
 
 fn load_app(

@@ -495,3 +495,23 @@ fn an_app_that_fails_to_compile_leaves_the_kept_modules_to_the_next() {
     assert_eq!(run_component(&engine, &app_component("C", READS_FIRST_BYTE, "")), (67 + 1000) * 2);
     assert_eq!(engine.shared_compiled_modules_reused(), reused + 1, "the library was lost");
 }
+
+#[test]
+fn apps_compiled_at_the_same_time_wait_for_the_kept_module_instead_of_compiling_it() {
+    let engine = engine();
+    assert_eq!(run_component(&engine, &app_component("A", READS_FIRST_BYTE, "")), 2130);
+    // Eight apps at once: each checks the library out in turn.
+    std::thread::scope(|scope| {
+        for i in 0..8u8 {
+            let engine = &engine;
+            scope.spawn(move || {
+                let data = char::from(b'B' + i).to_string();
+                assert_eq!(
+                    run_component(engine, &app_component(&data, READS_FIRST_BYTE, "")),
+                    (66 + u32::from(i) + 1000) * 2
+                );
+            });
+        }
+    });
+    assert_eq!(engine.shared_compiled_modules_reused(), 8, "an app compiled the library again");
+}

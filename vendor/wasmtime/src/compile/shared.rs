@@ -37,15 +37,17 @@
 //!
 //! An entry is checked out while a compile links it and put back after,
 //! even when that compile fails, so a failing upload cannot evict what
-//! others reuse. A compile that finds an entry checked out compiles the
-//! module itself. At most `capacity` entries are kept; the least recently
-//! used goes first.
+//! others reuse. A compile that finds an entry checked out waits for it:
+//! linking takes a fraction of what compiling would. Compiles check entries
+//! out in the order of their modules' indices, which are part of the keys,
+//! so two compiles never wait on each other. At most `capacity` entries are
+//! kept; the least recently used goes first.
 
 use crate::prelude::*;
 use std::any::Any;
 use std::collections::BTreeMap;
 use std::mem;
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 use std::sync::atomic::{AtomicU64, Ordering};
 use wasmtime_environ::{
     CompiledFunctionBody, DefinedFuncIndex, EntityRef, FilePos, FuncKey, FunctionBodyData,
@@ -74,6 +76,8 @@ struct Entry {
 pub(crate) struct SharedModules {
     capacity: usize,
     state: Mutex<State>,
+    /// Notified whenever a checked-out entry comes back or goes.
+    returned: Condvar,
     /// How many times a compile linked a kept module instead of compiling.
     reused: AtomicU64,
 }
@@ -86,20 +90,24 @@ struct State {
 
 impl SharedModules {
     pub(crate) fn new(capacity: usize) -> Self {
-        Self { capacity, state: Mutex::default(), reused: AtomicU64::new(0) }
+        Self { capacity, state: Mutex::default(), returned: Condvar::new(), reused: AtomicU64::new(0) }
     }
 
-    /// Checks out the module kept under `key`, if any and if no other
-    /// compile has it.
+    /// Checks out the module kept under `key`, if any, waiting while
+    /// another compile has it checked out.
     fn take(&self, key: &ShareKey) -> Option<SharedModule> {
         let mut state = self.state.lock().unwrap();
-        state.clock += 1;
-        let now = state.clock;
-        let entry = state.entries.iter_mut().find(|e| e.key == *key)?;
-        entry.last_used = now;
-        let module = entry.module.take()?;
-        self.reused.fetch_add(1, Ordering::Relaxed);
-        Some(module)
+        loop {
+            state.clock += 1;
+            let now = state.clock;
+            let entry = state.entries.iter_mut().find(|e| e.key == *key)?;
+            entry.last_used = now;
+            if let Some(module) = entry.module.take() {
+                self.reused.fetch_add(1, Ordering::Relaxed);
+                return Some(module);
+            }
+            state = self.returned.wait(state).unwrap();
+        }
     }
 
     /// Keeps `module` under `key`: puts back what `take` checked out, or
@@ -116,6 +124,7 @@ impl SharedModules {
             entry.last_used = now;
             if entry.module.is_none() {
                 entry.module = Some(module);
+                self.returned.notify_all();
             }
             return;
         }
@@ -140,6 +149,7 @@ impl SharedModules {
     fn forget(&self, key: &ShareKey) {
         let mut state = self.state.lock().unwrap();
         state.entries.retain(|e| e.key != *key || e.module.is_some());
+        self.returned.notify_all();
     }
 
     /// How many modules are kept (checked out or not).
