@@ -47,8 +47,8 @@ use crate::prelude::*;
 use std::any::Any;
 use std::collections::BTreeMap;
 use std::mem;
-use std::sync::{Condvar, Mutex};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex};
 use wasmtime_environ::{
     CompiledFunctionBody, DefinedFuncIndex, EntityRef, FilePos, FuncKey, FunctionBodyData,
     ModuleTranslation, ModuleTypesBuilder, PrimaryMap, StaticModuleIndex,
@@ -90,7 +90,12 @@ struct State {
 
 impl SharedModules {
     pub(crate) fn new(capacity: usize) -> Self {
-        Self { capacity, state: Mutex::default(), returned: Condvar::new(), reused: AtomicU64::new(0) }
+        Self {
+            capacity,
+            state: Mutex::default(),
+            returned: Condvar::new(),
+            reused: AtomicU64::new(0),
+        }
     }
 
     /// Checks out the module kept under `key`, if any, waiting while
@@ -128,7 +133,11 @@ impl SharedModules {
             }
             return;
         }
-        state.entries.push(Entry { key, module: Some(module), last_used: now });
+        state.entries.push(Entry {
+            key,
+            module: Some(module),
+            last_used: now,
+        });
         while state.entries.len() > self.capacity {
             let oldest = state
                 .entries
@@ -148,7 +157,9 @@ impl SharedModules {
     /// lent to a compile that failed before giving them back.
     fn forget(&self, key: &ShareKey) {
         let mut state = self.state.lock().unwrap();
-        state.entries.retain(|e| e.key != *key || e.module.is_some());
+        state
+            .entries
+            .retain(|e| e.key != *key || e.module.is_some());
         self.returned.notify_all();
     }
 
@@ -167,6 +178,9 @@ impl SharedModules {
 /// modules it checked out, and the ones it compiles and will offer.
 pub(crate) struct Checkouts<'e> {
     shared: Option<&'e SharedModules>,
+    /// The digest of the component's interned types, part of every key:
+    /// computed by the first `check_out`, the same for every module.
+    types_digest: Option<ShareKey>,
     taken: BTreeMap<StaticModuleIndex, Taken>,
     fresh: BTreeMap<StaticModuleIndex, Fresh>,
 }
@@ -187,7 +201,12 @@ struct Fresh {
 
 impl<'e> Checkouts<'e> {
     pub(crate) fn new(shared: Option<&'e SharedModules>) -> Self {
-        Self { shared, taken: BTreeMap::new(), fresh: BTreeMap::new() }
+        Self {
+            shared,
+            types_digest: None,
+            taken: BTreeMap::new(),
+            fresh: BTreeMap::new(),
+        }
     }
 
     /// Checks out the module at `index` if the engine keeps one with its key,
@@ -198,20 +217,37 @@ impl<'e> Checkouts<'e> {
         translation: &ModuleTranslation<'_>,
         types: &ModuleTypesBuilder,
     ) -> Result<()> {
-        let Some(shared) = self.shared else { return Ok(()) };
+        let Some(shared) = self.shared else {
+            return Ok(());
+        };
         if translation.function_body_inputs.is_empty() {
             return Ok(());
         }
-        let key = share_key(index, translation, types)?;
+        let types_digest = match self.types_digest {
+            Some(digest) => digest,
+            None => *self.types_digest.insert(types_digest(types)?),
+        };
+        let key = share_key(index, translation, &types_digest)?;
         match shared.take(&key) {
             Some(module) => {
                 let needs_gc_heap = module.needs_gc_heap;
                 let module = Some(module);
-                let taken = Taken { key, module, needs_gc_heap, start_srclocs: Vec::new() };
+                let taken = Taken {
+                    key,
+                    module,
+                    needs_gc_heap,
+                    start_srclocs: Vec::new(),
+                };
                 self.taken.insert(index, taken);
             }
             None => {
-                self.fresh.insert(index, Fresh { key, needs_gc_heap: false });
+                self.fresh.insert(
+                    index,
+                    Fresh {
+                        key,
+                        needs_gc_heap: false,
+                    },
+                );
             }
         }
         Ok(())
@@ -249,18 +285,21 @@ impl<'e> Checkouts<'e> {
 
     /// Lends the checked-out modules' functions to the compile's outputs:
     /// key, symbol, body, and where the function's body starts here.
-    pub(crate) fn lend(
-        &mut self,
-    ) -> Vec<(FuncKey, String, CompiledFunctionBody, FilePos)> {
+    pub(crate) fn lend(&mut self) -> Vec<(FuncKey, String, CompiledFunctionBody, FilePos)> {
         let mut lent = Vec::new();
         for taken in self.taken.values_mut() {
-            let Some(module) = taken.module.take() else { continue };
+            let Some(module) = taken.module.take() else {
+                continue;
+            };
             for (key, symbol, code) in module.funcs {
                 let start_srcloc = match key {
                     FuncKey::DefinedWasmFunction(_, def) => taken.start_srclocs[def.index()],
                     _ => FilePos::default(),
                 };
-                let function = CompiledFunctionBody { code, needs_gc_heap: module.needs_gc_heap };
+                let function = CompiledFunctionBody {
+                    code,
+                    needs_gc_heap: module.needs_gc_heap,
+                };
                 lent.push((key, symbol, function, start_srcloc));
             }
         }
@@ -280,9 +319,21 @@ impl<'e> Checkouts<'e> {
         }
         for (index, funcs) in modules {
             if let Some(taken) = self.taken.remove(&index) {
-                shared.put(taken.key, SharedModule { funcs, needs_gc_heap: taken.needs_gc_heap });
+                shared.put(
+                    taken.key,
+                    SharedModule {
+                        funcs,
+                        needs_gc_heap: taken.needs_gc_heap,
+                    },
+                );
             } else if let Some(fresh) = self.fresh.remove(&index) {
-                shared.put(fresh.key, SharedModule { funcs, needs_gc_heap: fresh.needs_gc_heap });
+                shared.put(
+                    fresh.key,
+                    SharedModule {
+                        funcs,
+                        needs_gc_heap: fresh.needs_gc_heap,
+                    },
+                );
             }
         }
     }
@@ -303,33 +354,59 @@ impl Drop for Checkouts<'_> {
 }
 
 /// The key of `translation`'s compiled functions, as placed at `index` in a
-/// component whose core types are `types` (see the module docs).
-pub(crate) fn share_key(
+/// component whose core types digest to `types_digest` (see the module docs).
+fn share_key(
     index: StaticModuleIndex,
     translation: &ModuleTranslation<'_>,
-    types: &ModuleTypesBuilder,
+    types_digest: &ShareKey,
 ) -> Result<ShareKey> {
-    use sha2::{Digest, Sha256};
-    let mut hasher = Sha256::new();
-    let mut field = |bytes: &[u8]| {
-        hasher.update((bytes.len() as u64).to_le_bytes());
-        hasher.update(bytes);
-    };
-    field(b"wsgi-wasm shared module 1");
-    field(&index.as_u32().to_le_bytes());
-    field(translation.wasm);
-    field(&postcard::to_allocvec(&translation.module)?);
-    field(format!("{:?}", translation.known_imported_functions).as_bytes());
-    field(&postcard::to_allocvec(&translation.exported_signatures)?);
+    let mut key = Fields::new(b"wsgi-wasm shared module 1");
+    key.field(&index.as_u32().to_le_bytes());
+    key.field(translation.wasm);
+    key.field(&postcard::to_allocvec(&translation.module)?);
+    key.field(format!("{:?}", translation.known_imported_functions).as_bytes());
+    key.field(&postcard::to_allocvec(&translation.exported_signatures)?);
+    key.field(types_digest);
+    Ok(key.finish())
+}
+
+/// The digest of every interned type of a component, in order: code names
+/// types by interned index.
+fn types_digest(types: &ModuleTypesBuilder) -> Result<ShareKey> {
+    let mut digest = Fields::new(b"wsgi-wasm shared module types 1");
     for (interned, ty) in types.wasm_types() {
-        field(&interned.as_u32().to_le_bytes());
-        field(&postcard::to_allocvec(ty)?);
+        digest.field(&interned.as_u32().to_le_bytes());
+        digest.field(&postcard::to_allocvec(ty)?);
     }
-    Ok(hasher.finalize().into())
+    Ok(digest.finish())
+}
+
+/// A SHA-256 of length-prefixed fields, so that no two lists of fields
+/// hash the same bytes.
+struct Fields(sha2::Sha256);
+
+impl Fields {
+    fn new(domain: &[u8]) -> Self {
+        use sha2::Digest as _;
+        let mut fields = Self(sha2::Sha256::new());
+        fields.field(domain);
+        fields
+    }
+
+    fn field(&mut self, bytes: &[u8]) {
+        use sha2::Digest as _;
+        self.0.update((bytes.len() as u64).to_le_bytes());
+        self.0.update(bytes);
+    }
+
+    fn finish(self) -> ShareKey {
+        use sha2::Digest as _;
+        self.0.finalize().into()
+    }
 }
 
 /// The module a function belongs to, for the kinds a shared module keeps.
-pub(crate) fn shared_module_of(key: FuncKey) -> Option<StaticModuleIndex> {
+fn shared_module_of(key: FuncKey) -> Option<StaticModuleIndex> {
     match key {
         FuncKey::DefinedWasmFunction(module, _) | FuncKey::ArrayToWasmTrampoline(module, _) => {
             Some(module)
