@@ -204,9 +204,6 @@ impl Tenants {
         if self.file.is_none() && self.apps_dir.is_none() {
             return;
         }
-        if self.shared.engine.shared_compiled_modules() > 0 {
-            return;
-        }
         let Some(wasm) = self.served().apps.first().map(|e| e.config.wasm.clone()) else { return };
         let shared = Arc::clone(&self.shared);
         background::spawn_low_priority("wsgi-wasm-warm", move || {

@@ -491,12 +491,11 @@ fn r37_after_a_start_from_the_cache_a_new_app_compiles_only_its_own_modules() {
 
     // A new tenant: another build (its own snapshot module), made distinct
     // by a custom section so that no run has compiled it before.
+    use wasm_encoder::Encode as _;
     let tag = format!("r37-{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
-    let mut section = vec![u8::try_from(tag.len()).unwrap()];
-    section.extend_from_slice(tag.as_bytes());
     let mut wasm = std::fs::read(fixture_v2()).unwrap();
-    wasm.extend_from_slice(&[0, u8::try_from(section.len()).unwrap()]);
-    wasm.extend_from_slice(&section);
+    wasm.push(0); // a custom section, as `bundle` appends its own
+    wasm_encoder::CustomSection { name: tag.into(), data: b"".into() }.encode(&mut wasm);
     std::fs::write(config.dir.path().join("b.wasm"), wasm).unwrap();
     std::fs::write(config.path(), fixture_apps("", &[("a", ""), ("b", "wasm = \"b.wasm\"")])).unwrap();
     assert!(Command::new("kill").args(["-HUP", &server.pid().to_string()]).status().unwrap().success());
