@@ -20,6 +20,7 @@
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 use anyhow::{bail, Context, Result};
 use wasm_encoder::Encode;
@@ -204,12 +205,20 @@ fn link_or_write(files: &Path, bytes: &[u8], path: &Path) -> Result<()> {
     use sha2::Digest as _;
     let shared = files.join(hex(&sha2::Sha256::digest(bytes)));
     if !shared.is_file() {
-        // Written whole beside it, then renamed: a file in `files` is
-        // complete, and two processes writing the same one agree.
-        static WRITTEN: AtomicU64 = AtomicU64::new(0);
-        let tmp = files.join(format!(".tmp-{}-{}", std::process::id(), WRITTEN.fetch_add(1, Ordering::Relaxed)));
-        std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, &shared).with_context(|| format!("writing {}", shared.display()))?;
+        // One thread writes at a time, and looks again first: trees
+        // unpacked at once mostly have the same files, and each writing its
+        // own copy to rename over the others' made three hello trees take
+        // 4.9 s instead of 0.6 for one (ext4 searches past the inodes freed).
+        static WRITING: Mutex<()> = Mutex::new(());
+        let _writing = WRITING.lock().unwrap_or_else(PoisonError::into_inner);
+        if !shared.is_file() {
+            // Written whole beside it, then renamed: a file in `files` is
+            // complete, and two processes writing the same one agree.
+            static WRITTEN: AtomicU64 = AtomicU64::new(0);
+            let tmp = files.join(format!(".tmp-{}-{}", std::process::id(), WRITTEN.fetch_add(1, Ordering::Relaxed)));
+            std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+            std::fs::rename(&tmp, &shared).with_context(|| format!("writing {}", shared.display()))?;
+        }
     }
     // A path the tree names twice is replaced, never written through: it is
     // a link to a file other apps share.
@@ -225,8 +234,15 @@ fn link_or_write(files: &Path, bytes: &[u8], path: &Path) -> Result<()> {
 
 /// Reads the tree payload, checking each entry against the limits, and hands
 /// every one to `visit`.
-fn for_each_entry(payload: &[u8], mut visit: impl FnMut(&mut tar::Entry<'_, Capped<'_>>) -> Result<()>) -> Result<()> {
-    let mut archive = tar::Archive::new(Capped { inner: flate2::read::GzDecoder::new(payload), left: MAX_TREE_BYTES });
+fn for_each_entry(
+    payload: &[u8],
+    mut visit: impl FnMut(&mut tar::Entry<'_, std::io::BufReader<Capped<'_>>>) -> Result<()>,
+) -> Result<()> {
+    // Buffered: tar reads a 512-byte header at a time, and each unbuffered
+    // read was an inflate call of its own (a hello tree inflated in 105 ms
+    // that way, in 75 with the buffer).
+    let inflated = Capped { inner: flate2::read::GzDecoder::new(payload), left: MAX_TREE_BYTES };
+    let mut archive = tar::Archive::new(std::io::BufReader::with_capacity(1 << 16, inflated));
     archive.set_preserve_permissions(false);
     archive.set_preserve_mtime(false);
     let corrupt = "the embedded file tree is corrupt (or larger than 1 GiB unpacked)";
