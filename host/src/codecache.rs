@@ -28,8 +28,9 @@ pub struct CodeCache {
     dir: PathBuf,
     /// Compiled components by digest.
     components: Mutex<HashMap<String, Component>>,
-    /// Held while [`CodeCache::warm_shared_modules`] compiles; a compile
-    /// that starts meanwhile waits for it, then reuses what it compiled.
+    /// Held by a compile that fills the engine's shared modules: the first
+    /// one, or [`CodeCache::warm_shared_modules`]. A compile that starts
+    /// meanwhile waits for it, then links what it kept.
     warming: Mutex<()>,
 }
 
@@ -74,7 +75,7 @@ impl CodeCache {
         }
         let started = Instant::now();
         let compiled = std::fs::read(wasm).map_err(anyhow::Error::from).and_then(|bytes| {
-            Component::new(engine, &bytes)?;
+            engine.precompile_component(&bytes)?;
             Ok(())
         });
         return_free_heap();
@@ -99,8 +100,8 @@ impl CodeCache {
 
 fn load_or_compile(engine: &Engine, bytes: &[u8], cached: &Path, warming: &Mutex<()>) -> Result<Component> {
     if cached.is_file() {
-        // SAFETY: the file is in our own cache directory, was written by
-        // `Component::serialize` of an engine with the same compatibility hash
+        // SAFETY: the file is in our own cache directory, was written from
+        // `precompile_component` of an engine with the same compatibility hash
         // (it is in the name), and is moved into place only once complete.
         match unsafe { Component::deserialize_file(engine, cached) } {
             Ok(component) => {
@@ -112,37 +113,44 @@ fn load_or_compile(engine: &Engine, bytes: &[u8], cached: &Path, warming: &Mutex
             ),
         }
     }
-    // A warm-up compiling the shared modules ends within seconds; then
-    // this compile links them instead of compiling them again.
-    drop(warming.lock().expect("never poisoned"));
+    // A compile waits for a warm-up, and while the engine keeps no compiled
+    // module, compiles go one at a time: the first compiles the modules
+    // every app shares, and the others then link them instead of each
+    // compiling them too (a start loads apps on several threads).
+    let mut filling = Some(warming.lock().expect("never poisoned"));
+    if engine.shared_compiled_modules() > 0 {
+        filling = None;
+    }
     let started = Instant::now();
     tracing::info!("compiling the component (once per app.wasm and wasmtime version)");
     let reused_before = engine.shared_compiled_modules_reused();
-    let component = Component::new(engine, bytes)?;
+    // Compiled straight to the bytes of a `.cwasm`: the code is served from
+    // the file they are written to (below), not from this process's memory.
+    let compiled = engine.precompile_component(bytes)?;
     // Core modules another app already compiled are linked, not compiled
     // (`engine::engine_config`); with concurrent compiles the count is
     // approximate.
     let reused = engine.shared_compiled_modules_reused().saturating_sub(reused_before);
     tracing::info!(elapsed = ?started.elapsed(), modules_reused = reused, "compiled");
-    if let Err(err) = store_compiled(&component, cached) {
-        tracing::warn!(cause = %err, "could not cache compiled code; the next start compiles again");
-        return Ok(component);
+    drop(filling);
+    match store_compiled(&compiled, cached) {
+        // Served from the file just written, as a second start would: its
+        // code is then page cache, not this process's own memory (10 apps
+        // served from their compile held 722 MiB of anonymous memory,
+        // against 346 MiB of PSS in all from the cache). The compiler's
+        // freed memory goes back to the system once the app is loaded
+        // (`return_free_heap`, by `tenants`).
+        // SAFETY: as above; the file was written and moved into place just now.
+        Ok(()) => match unsafe { Component::deserialize_file(engine, cached) } {
+            Ok(component) => return Ok(component),
+            Err(err) => tracing::warn!(
+                path = %cached.display(), cause = %err, "cannot load the code just cached; serving it from memory"
+            ),
+        },
+        Err(err) => tracing::warn!(cause = %err, "could not cache compiled code; the next start compiles again"),
     }
-    // Served from the file just written, as a second start would: its code
-    // is then page cache, not this process's own memory (10 apps compiled
-    // at start held 722 MiB of anonymous memory, against 346 MiB of PSS in
-    // all from the cache). The compiler's freed memory goes back to the
-    // system once the app is loaded (`return_free_heap`, by `tenants`).
-    drop(component);
-    // SAFETY: as above; the file was written and moved into place just now.
-    let reloaded = unsafe { Component::deserialize_file(engine, cached) };
-    match reloaded {
-        Ok(component) => Ok(component),
-        Err(err) => {
-            tracing::warn!(path = %cached.display(), cause = %err, "cannot load the code just cached; compiling again");
-            Ok(Component::new(engine, bytes)?)
-        }
-    }
+    // SAFETY: `compiled` is what this engine's `precompile_component` made.
+    Ok(unsafe { Component::deserialize(engine, &compiled) }?)
 }
 
 /// Gives the heap's free memory back to the system; `tenants` calls it
@@ -158,11 +166,11 @@ pub fn return_free_heap() {
     };
 }
 
-fn store_compiled(component: &Component, cached: &Path) -> Result<()> {
+fn store_compiled(compiled: &[u8], cached: &Path) -> Result<()> {
     let dir = cached.parent().context("cache path has no parent")?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let tmp = cached.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, component.serialize()?)?;
+    std::fs::write(&tmp, compiled)?;
     leave_page_cache(&tmp);
     std::fs::rename(&tmp, cached)?;
     Ok(())
