@@ -588,11 +588,14 @@ fn routes(apps: &[Entry]) -> Vec<(String, crate::router::Mount, Arc<Sandbox>)> {
 }
 
 /// `load` of each item, in the items' order: the first alone, then the
-/// rest on as many threads as there are cores. Most of loading an app is
+/// rest on one thread more than there are cores. Most of loading an app is
 /// one thread's work (reading and hashing its `app.wasm`, unpacking its
-/// files, linking and writing its code); the first goes alone so that the
-/// modules every app shares are compiled once, by it, and linked by the
-/// others (`codecache`).
+/// files, linking its code), with waits for the disk between (writing the
+/// code out): the extra thread fills those. The first goes alone: it
+/// writes the files most apps share and compiles the modules they all
+/// link (`codecache`), with nothing else on the cores. Loading all at once
+/// instead made three trees write the same files in step, and a start
+/// from the cache 0.2–0.3 s slower (`docs/performance.md`).
 ///
 /// # Errors
 /// The first item's error, in the items' order, once all have been tried.
@@ -601,7 +604,7 @@ fn in_parallel<T: Sync, R: Send>(items: &[T], load: impl Fn(&T) -> Result<R> + S
     let first = load(first);
     let next = std::sync::atomic::AtomicUsize::new(0);
     let done: Vec<Mutex<Option<Result<R>>>> = rest.iter().map(|_| Mutex::new(None)).collect();
-    let threads = std::thread::available_parallelism().map_or(1, usize::from).min(rest.len());
+    let threads = (std::thread::available_parallelism().map_or(1, usize::from) + 1).min(rest.len());
     std::thread::scope(|scope| {
         for _ in 0..threads {
             scope.spawn(|| loop {
