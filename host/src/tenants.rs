@@ -595,7 +595,7 @@ fn routes(apps: &[Entry]) -> Vec<(String, crate::router::Mount, Arc<Sandbox>)> {
 /// writes the files most apps share and compiles the modules they all
 /// link (`codecache`), with nothing else on the cores. Loading all at once
 /// instead made three trees write the same files in step, and a start
-/// from the cache 0.2–0.3 s slower (`docs/performance.md`).
+/// from the cache 0.2–0.7 s slower (`docs/performance.md`).
 ///
 /// # Errors
 /// The first item's error, in the items' order, once all have been tried.
