@@ -33,6 +33,11 @@ pub struct PoolSpec {
     pub fuel: bool,
     /// Whether to write `/tmp/perf-PID.map` for `perf` (`--perf-map`).
     pub perf_map: bool,
+    /// How many core modules' compiled functions the engine keeps for the
+    /// next app it compiles (`--keep-compiled-modules`): a componentize-py
+    /// app has 14 core modules, 13 of them with code, of which 11 are the
+    /// same in every app. 0 keeps none.
+    pub keep_compiled_modules: usize,
 }
 
 /// The engine all apps run in, the compiled-code cache, and the epoch.
@@ -162,7 +167,7 @@ pub fn engine_config(spec: &PoolSpec, keep_resident: bool) -> Config {
     // next, so the code carries no address map: a trap's backtrace names
     // its wasm functions but not their byte offsets.
     config.generate_address_map(false);
-    config.share_compiled_modules(SHARED_MODULES);
+    config.share_compiled_modules(spec.keep_compiled_modules);
     if spec.perf_map {
         // Written as each module is loaded, from the cache too; it changes
         // no compiled code.
@@ -176,11 +181,6 @@ pub fn engine_config(spec: &PoolSpec, keep_resident: bool) -> Config {
         .expect("a short version string");
     config
 }
-
-/// How many core modules' compiled functions the engine keeps for the next
-/// app it compiles: a componentize-py app has 14 core modules, 13 of them
-/// with code, of which 11 are the same in every app.
-const SHARED_MODULES: usize = 32;
 
 /// The version of the vendored, patched wasmtime (see `vendor/README.md`).
 /// Bump the suffix whenever the patch changes what a compiled module holds.

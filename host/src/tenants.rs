@@ -110,6 +110,7 @@ impl Tenants {
             memory_bytes: config.slot_memory_bytes,
             fuel: config.apps.iter().any(|a| a.limits.fuel.is_some()),
             perf_map: config.perf_map,
+            keep_compiled_modules: config.keep_compiled_modules,
         };
         let shared = SharedEngine::new(spec, &config.cache_dir)?;
         let pool = Pool::new(config.pool);
@@ -199,9 +200,10 @@ impl Tenants {
     /// that the modules every app shares are compiled and kept for the next
     /// new app (`CodeCache::warm_shared_modules`). That costs memory for as
     /// long as the server runs (about 230 MiB: `docs/performance.md`), so
-    /// `run app.wasm`, one app that only redeploys, does not. Returns at once.
+    /// `run app.wasm`, one app that only redeploys, does not, nor a server
+    /// told to keep none (`--keep-compiled-modules 0`). Returns at once.
     pub fn warm_shared_modules(&self) {
-        if self.file.is_none() && self.apps_dir.is_none() {
+        if (self.file.is_none() && self.apps_dir.is_none()) || self.shared.spec.keep_compiled_modules == 0 {
             return;
         }
         let Some(wasm) = self.served().apps.first().map(|e| e.config.wasm.clone()) else { return };

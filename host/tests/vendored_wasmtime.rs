@@ -19,7 +19,7 @@ fn engine() -> Engine {
 }
 
 fn pool() -> PoolSpec {
-    PoolSpec { slots: 2, memory_bytes: 16 << 20, fuel: false, perf_map: false }
+    PoolSpec { slots: 2, memory_bytes: 16 << 20, fuel: false, perf_map: false, keep_compiled_modules: 32 }
 }
 
 /// Defines the shared table, as `$main` does in a componentize-py app, and

@@ -513,3 +513,42 @@ fn r37_after_a_start_from_the_cache_a_new_app_compiles_only_its_own_modules() {
     assert!(reused >= 11, "{compiled}");
     assert_eq!(version(&server, "a.test"), Ok(1));
 }
+
+#[test]
+fn r37_a_server_told_to_keep_no_compiled_modules_warms_none_and_compiles_each_app_whole() {
+    // The fixture's code is cached, so the start compiles nothing; a server
+    // that keeps compiled modules would now warm them in the background.
+    let checked = wsgi_wasm().arg("check").arg(fixture()).arg("--cache-dir").arg(cache_dir()).output().unwrap();
+    assert!(checked.status.success(), "{}", String::from_utf8_lossy(&checked.stderr));
+    let head = "[server]\nkeep_compiled_modules = 0\n";
+    let config = Config::new(&fixture_apps(head, &[("a", "")]));
+    let server = config.serve(&[]);
+    // A warm-up would have the lock first and log before the new app's
+    // compile ends; this one is never started.
+    std::thread::sleep(Duration::from_secs(1));
+
+    // Two new tenants, each distinct: the second's compile would link what
+    // the first's kept, if anything were kept.
+    use wasm_encoder::Encode as _;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    for name in ["b", "c"] {
+        let mut wasm = std::fs::read(fixture_v2()).unwrap();
+        wasm.push(0);
+        wasm_encoder::CustomSection { name: format!("r37-keep-none-{name}-{now}").into(), data: b"".into() }
+            .encode(&mut wasm);
+        std::fs::write(config.dir.path().join(format!("{name}.wasm")), wasm).unwrap();
+    }
+    let apps = [("a", ""), ("b", "wasm = \"b.wasm\""), ("c", "wasm = \"c.wasm\"")];
+    std::fs::write(config.path(), fixture_apps(head, &apps)).unwrap();
+    assert!(Command::new("kill").args(["-HUP", &server.pid().to_string()]).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while version(&server, "b.test") != Ok(5) || version(&server, "c.test") != Ok(5) {
+        assert!(Instant::now() < deadline, "b and c never served: {}", server.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = server.log();
+    assert!(!log.contains("compiled the modules apps share"), "a warm-up ran: {log}");
+    let compiled: Vec<&str> = log.lines().filter(|l| l.contains(" compiled elapsed=")).collect();
+    assert_eq!(compiled.len(), 2, "{log}");
+    assert!(compiled.iter().all(|l| l.contains("modules_reused=0")), "{compiled:#?}");
+}
