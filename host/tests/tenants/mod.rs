@@ -474,6 +474,18 @@ fn loading_apps_leaves_no_copy_of_their_app_wasm_in_the_heap() {
     assert!(heap_kib * 4 < wasm_kib, "six apps left {heap_kib} KiB of heap; one app.wasm is {wasm_kib} KiB");
 }
 
+/// The bytes of [`fixture_v2`] made distinct by a custom section named
+/// `TAG-NANOS` (appended as `bundle` appends its own), so that no run has
+/// compiled them before.
+fn never_compiled_v2(tag: &str) -> Vec<u8> {
+    use wasm_encoder::Encode as _;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let mut wasm = std::fs::read(fixture_v2()).unwrap();
+    wasm.push(0);
+    wasm_encoder::CustomSection { name: format!("{tag}-{now}").into(), data: b"".into() }.encode(&mut wasm);
+    wasm
+}
+
 #[test]
 fn r37_after_a_start_from_the_cache_a_new_app_compiles_only_its_own_modules() {
     // Issue 37. The fixture's code is cached first, so the server below
@@ -489,14 +501,8 @@ fn r37_after_a_start_from_the_cache_a_new_app_compiles_only_its_own_modules() {
     );
     assert!(!server.log().contains("compiling the component"), "the start compiled: {}", server.log());
 
-    // A new tenant: another build (its own snapshot module), made distinct
-    // by a custom section so that no run has compiled it before.
-    use wasm_encoder::Encode as _;
-    let tag = format!("r37-{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
-    let mut wasm = std::fs::read(fixture_v2()).unwrap();
-    wasm.push(0); // a custom section, as `bundle` appends its own
-    wasm_encoder::CustomSection { name: tag.into(), data: b"".into() }.encode(&mut wasm);
-    std::fs::write(config.dir.path().join("b.wasm"), wasm).unwrap();
+    // A new tenant: another build (its own snapshot module).
+    std::fs::write(config.dir.path().join("b.wasm"), never_compiled_v2("r37")).unwrap();
     std::fs::write(config.path(), fixture_apps("", &[("a", ""), ("b", "wasm = \"b.wasm\"")])).unwrap();
     assert!(Command::new("kill").args(["-HUP", &server.pid().to_string()]).status().unwrap().success());
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -529,13 +535,8 @@ fn r37_a_server_told_to_keep_no_compiled_modules_warms_none_and_compiles_each_ap
 
     // Two new tenants, each distinct: the second's compile would link what
     // the first's kept, if anything were kept.
-    use wasm_encoder::Encode as _;
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
     for name in ["b", "c"] {
-        let mut wasm = std::fs::read(fixture_v2()).unwrap();
-        wasm.push(0);
-        wasm_encoder::CustomSection { name: format!("r37-keep-none-{name}-{now}").into(), data: b"".into() }
-            .encode(&mut wasm);
+        let wasm = never_compiled_v2(&format!("r37-keep-none-{name}"));
         std::fs::write(config.dir.path().join(format!("{name}.wasm")), wasm).unwrap();
     }
     let apps = [("a", ""), ("b", "wasm = \"b.wasm\""), ("c", "wasm = \"c.wasm\"")];
