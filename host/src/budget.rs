@@ -16,6 +16,20 @@
 //! past its share only into memory no other app's unused share is owed, so
 //! one tenant's flood leaves every other tenant its share.
 //!
+//! An app is owed at least what one of its instances has needed: its
+//! snapshot, measured when it is loaded, then the most any of its requests
+//! held. With many apps, the even share falls below that (500 apps share
+//! a 12 GiB budget at 24.5 MiB each, and a Flask app's snapshot is larger),
+//! and an app owed less than one instance could never run, on a server
+//! with gigabytes free. Once what the apps are owed comes to more than the
+//! budget, no app goes past its share, and each still gets its share while
+//! the budget has it: the machine is then promised more than it has, and
+//! the budget still holds.
+//!
+//! The check of an app as it is loaded (`Sandbox::check`) instantiates it
+//! once, before its need is known: that instance takes from the budget
+//! whatever is free, regardless of shares ([`AppBudget::take_for_check`]).
+//!
 //! An app's record lives as long as its version: once retired it is removed
 //! as soon as it holds nothing, so records do not pile up across reloads.
 
@@ -38,6 +52,8 @@ struct State {
 struct AppUse {
     /// The most the app could hold: `memory` × `max_instances`.
     cap: u64,
+    /// The most one of its instances has held: the least it is owed.
+    need: u64,
     /// What it is owed.
     share: u64,
     /// What its sandboxes hold now.
@@ -57,7 +73,7 @@ impl State {
         let total = self.total();
         let live = self.apps.values().filter(|a| !a.retired).count().max(1) as u64;
         for app in self.apps.values_mut() {
-            app.share = if app.retired { 0 } else { app.cap.min(total / live) };
+            app.share = if app.retired { 0 } else { app.cap.min((total / live).max(app.need)) };
         }
     }
 
@@ -104,7 +120,7 @@ impl MemoryBudget {
         let mut state = self.lock();
         let id = state.next_id;
         state.next_id += 1;
-        state.apps.insert(id, AppUse { cap, share: 0, used: 0, retired: false });
+        state.apps.insert(id, AppUse { cap, need: 0, share: 0, used: 0, retired: false });
         state.reshare();
         AppBudget { budget: Arc::clone(self), id }
     }
@@ -140,13 +156,42 @@ impl AppBudget {
         true
     }
 
+    /// Takes `bytes` for the instance that checks the app as it is loaded:
+    /// whatever is free, regardless of shares, since what one instance
+    /// needs is not known before it. `false` (and nothing taken) if the
+    /// budget has less free.
+    pub fn take_for_check(&self, bytes: u64) -> bool {
+        let mut state = self.budget.lock();
+        let free = state.free;
+        let Some(app) = state.apps.get_mut(&self.id) else { return false };
+        if bytes > free {
+            return false;
+        }
+        app.used += bytes;
+        state.free -= bytes;
+        true
+    }
+
     /// Gives back `bytes` the app's sandboxes took.
     pub fn give_back(&self, bytes: u64) {
+        self.instance_ended(bytes, 0);
+    }
+
+    /// Gives back the `taken` bytes of an instance that is gone, whose
+    /// largest memory was `peak`: the app is owed at least that from now on.
+    pub fn instance_ended(&self, taken: u64, peak: u64) {
         let mut state = self.budget.lock();
         let Some(app) = state.apps.get_mut(&self.id) else { return };
-        let bytes = bytes.min(app.used);
+        let bytes = taken.min(app.used);
         app.used -= bytes;
+        let raised = peak > app.need && !app.retired;
+        if raised {
+            app.need = peak;
+        }
         state.free += bytes;
+        if raised {
+            state.reshare();
+        }
         state.remove_if_done(self.id);
     }
 
@@ -235,6 +280,43 @@ mod tests {
         assert!(big.try_take(90 * MIB), "the small app is owed only its 10");
         assert!(!big.try_take(MIB));
         assert!(small.try_take(10 * MIB));
+    }
+
+    #[test]
+    fn an_app_is_owed_what_one_of_its_instances_needed_though_the_even_share_is_less() {
+        // Ten apps: an even share is 10 MiB, and one instance of `big`
+        // needs 30, which it could never take while nine others are owed 90.
+        let budget = MemoryBudget::new(100 * MIB);
+        let apps: Vec<_> = (0..10).map(|_| budget.register(1 << 40)).collect();
+        let big = &apps[0];
+        assert!(!big.try_take(30 * MIB));
+        // Loaded, it is checked with what is free; the check's instance
+        // then sets what it is owed.
+        assert!(big.take_for_check(30 * MIB));
+        big.instance_ended(30 * MIB, 30 * MIB);
+        assert!(big.try_take(30 * MIB), "owed one instance");
+        // The apps are owed 120 MiB of 100: none goes past its share, and
+        // each gets its share while there is any.
+        assert!(!big.try_take(MIB));
+        for app in &apps[1..8] {
+            assert!(app.try_take(10 * MIB));
+        }
+        assert!(!apps[8].try_take(10 * MIB), "the budget holds");
+        // A later request of another app that held more raises its share.
+        apps[9].instance_ended(0, 12 * MIB);
+        big.give_back(30 * MIB);
+        assert!(apps[9].try_take(12 * MIB));
+    }
+
+    #[test]
+    fn a_check_takes_only_what_is_free() {
+        let budget = MemoryBudget::new(100 * MIB);
+        let (a, b) = (budget.register(1 << 40), budget.register(1 << 40));
+        assert!(a.try_take(50 * MIB));
+        assert!(b.take_for_check(50 * MIB), "past the even share is fine");
+        assert!(!b.take_for_check(MIB), "past the budget is not");
+        b.give_back(50 * MIB);
+        assert_eq!(b.used(), 0);
     }
 
     #[test]

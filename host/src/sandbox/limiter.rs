@@ -42,6 +42,9 @@ pub struct Limiter {
     limit: usize,
     /// Where to ask to move to the background runtime.
     moving: background::Move,
+    /// The instance checks the app as it is loaded: it takes from the
+    /// budget whatever is free (`AppBudget::take_for_check`).
+    checking: bool,
 }
 
 impl Limiter {
@@ -59,7 +62,14 @@ impl Limiter {
             current: 0,
             limit: memory_bytes,
             moving,
+            checking: false,
         }
+    }
+
+    /// Makes this the limiter of the instance that checks the app as it is
+    /// loaded, before the budget knows what one instance of it needs.
+    pub fn checking(&mut self) {
+        self.checking = true;
     }
 
     /// `--memory`, in bytes.
@@ -89,7 +99,7 @@ impl Limiter {
 
 impl Drop for Limiter {
     fn drop(&mut self) {
-        self.budget.give_back(self.taken);
+        self.budget.instance_ended(self.taken, self.peak as u64);
     }
 }
 
@@ -106,7 +116,9 @@ impl ResourceLimiterAsync for Limiter {
             return Ok(false);
         }
         let growth = desired.saturating_sub(current);
-        if !self.budget.try_take(growth as u64) {
+        let taken =
+            if self.checking { self.budget.take_for_check(growth as u64) } else { self.budget.try_take(growth as u64) };
+        if !taken {
             self.budget_hit = true;
             return Ok(false);
         }

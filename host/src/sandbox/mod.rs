@@ -237,6 +237,9 @@ impl Sandbox {
         let _ticking = self.app.ticking();
         // Run where it is: nothing reads the wish to move.
         let mut store = self.new_store(0, io, background::Move::default())?;
+        // What this instance holds becomes the least the app is owed from
+        // the budget (see `budget`), as the store is dropped.
+        store.data_mut().limiter.checking();
         if let Err(err) = self.pre.instantiate_async(&mut store).await {
             if store.data().limiter.memory_hit {
                 anyhow::bail!(

@@ -323,3 +323,25 @@ fn r31_a_flood_of_memory_stays_within_the_budget_and_other_tenants_are_served() 
     let reply = raw_text(addr, b"GET /hold?mib=300 HTTP/1.1\r\nHost: hog.test\r\nConnection: close\r\n\r\n");
     assert!(reply.starts_with("HTTP/1.1 507") && reply.ends_with("MemoryError\n"), "{reply}");
 }
+
+#[test]
+fn r37_an_app_is_owed_one_instance_though_the_budget_shared_among_many_is_less() {
+    // Four apps under a budget of 64 MiB: an even share is 16 MiB, below
+    // the fixture's snapshot (about 24 MiB), as 500 apps' shares of 12 GiB
+    // are below a Flask app's. Each app is still owed what one of its
+    // instances needs, so the server starts and every app serves.
+    let apps = ["a", "b", "c", "d"].map(|name| (name, ""));
+    let config = Config::new(&fixture_apps("[server]\nmemory_budget = 64\n", &apps));
+    let server = config.serve(&[]);
+    for (name, _) in apps {
+        let reply = raw_text(
+            server.addr,
+            format!("GET /list HTTP/1.1\r\nHost: {name}.test\r\nConnection: close\r\n\r\n").as_bytes(),
+        );
+        assert!(reply.starts_with("HTTP/1.1 200"), "{name}: {reply}\n{}", server.log());
+    }
+    // The budget still holds: a request that grows past what the others
+    // are owed gets a MemoryError, which the fixture reports as a 507.
+    let reply = raw_text(server.addr, b"GET /hold?mib=48 HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n");
+    assert!(reply.starts_with("HTTP/1.1 507") && reply.ends_with("MemoryError\n"), "{reply}");
+}
