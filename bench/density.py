@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""What each hosted app costs: 1, 10 and 50 copies of hello in one server.
+"""What each hosted app costs: 1, 10, 50 and 500 copies of hello in one server.
 
 Each copy is the same build with a custom section naming it appended, so
 every app has a digest, a compile and a memory image of its own, as
@@ -20,15 +20,25 @@ distinct tenants' apps do. For each count it reports:
 
 Traffic goes to 127.0.0.1 only: one GET per app, and the new app's polls.
 
+Each app takes its `app.wasm` and its compiled code on disk, about 75 MB
+for hello: 500 apps need about 37 GB free where `tempfile` writes (set
+TMPDIR to choose). A count that would not fit is refused before it starts,
+saying how much it needs; `--counts` chooses the counts.
+
     bench/run.sh first (it builds the binary), then python3 bench/density.py
+    python3 bench/density.py --counts 1,10,50
 """
 
+import argparse
 import os
+import queue
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -38,7 +48,11 @@ WSGI_WASM = REPO / "target" / "release" / "wsgi-wasm"
 sys.path.insert(0, str(HERE))
 import bench  # noqa: E402  (wasm_for builds hello as the benchmark does)
 
-COUNTS = [1, 10, 50]
+COUNTS = "1,10,50,500"
+
+# The compiled code of an app, against the size of its `app.wasm` (hello:
+# 39.2 MB of code for 33.3 MB), rounded up: what a count needs on disk.
+CODE_PER_WASM_BYTE = 1.3
 
 
 def leb128(n):
@@ -77,6 +91,9 @@ def get(port, host, path="/"):
 
 
 def start(config, cache):
+    """Starts the server; returns it, its port, and the seconds until its
+    first listener. A thread reads its log from then on: a server whose log
+    pipe nobody reads blocks on its next line (500 apps fill it)."""
     port = bench.free_port()
     started = time.monotonic()
     proc = subprocess.Popen(
@@ -84,10 +101,25 @@ def start(config, cache):
          "--no-access-log"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     proc.started = started
+    proc.lines = queue.Queue()
+    threading.Thread(target=read_log, args=(proc,), daemon=True).start()
+    wait_for_line(proc, "listening on")
+    return proc, port, time.monotonic() - started
+
+
+def read_log(proc):
+    """Queues each line of the server's log, then None at its end."""
     for line in proc.stderr:
-        if "listening on" in line:
-            return proc, port, time.monotonic() - started
-    raise RuntimeError(f"server exited with {proc.wait()}")
+        proc.lines.put(line)
+    proc.lines.put(None)
+
+
+def wait_for_line(proc, text):
+    """Reads the server's log up to the first line with `text`."""
+    while (line := proc.lines.get()) is not None:
+        if text in line:
+            return
+    raise RuntimeError(f"server exited with {proc.wait()} before logging {text!r}")
 
 
 def app_lines(name, wasm):
@@ -118,20 +150,19 @@ def new_app_seconds(proc, port, config, lines, wasm, name):
 def warmed_after(proc):
     """Seconds from the server's start to the end of its background compile
     of the modules apps share (read from its log)."""
-    for line in proc.stderr:
-        if "compiled the modules apps share" in line:
-            return time.monotonic() - proc.started
-    raise RuntimeError(f"server exited with {proc.wait()}")
+    wait_for_line(proc, "compiled the modules apps share")
+    return time.monotonic() - proc.started
 
 
-def measure(n, hello, flask, work, cache):
-    apps = work / f"apps-{n}"
-    apps.mkdir(exist_ok=True)
+def measure(n, hello, flask, work):
+    """One count's figures, from an empty compile cache of its own (the
+    counts' apps share bytes: hello-0 is the same app in every count)."""
+    apps, cache = work / f"apps-{n}", work / f"cache-{n}"
+    apps.mkdir()
     lines = ["[defaults]", "memory = 64", ""]
     for i in range(n):
         wasm = apps / f"hello-{i}.wasm"
-        if not wasm.exists():
-            tagged(hello, wasm, i)
+        tagged(hello, wasm, i)
         lines += app_lines(f"hello{i}", wasm)
     config = work / f"density-{n}.toml"
     results = {}
@@ -153,20 +184,36 @@ def measure(n, hello, flask, work, cache):
         finally:
             os.killpg(proc.pid, 15)
             proc.wait()
+    shutil.rmtree(apps)
+    shutil.rmtree(cache)
     return results
 
 
+def check_disk(n, hello, work):
+    """Refuses a count whose apps and compiled code would not fit on the
+    disk under `work`, before any of it is written."""
+    need = int(n * hello.stat().st_size * (1 + CODE_PER_WASM_BYTE))
+    free = shutil.disk_usage(work).free
+    if need > free:
+        sys.exit(f"{n} apps need about {need / 1e9:.0f} GB under {work}, and {free / 1e9:.0f} GB are free: "
+                 "free some, set TMPDIR to a larger disk, or leave the count out of --counts")
+
+
 def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--counts", default=COUNTS, help=f"app counts, comma-separated (default {COUNTS})")
+    counts = [int(c) for c in ap.parse_args().counts.split(",")]
     hello = bench.wasm_for("hello")
     flask = bench.wasm_for("flask_json")
     with tempfile.TemporaryDirectory() as tmp:
-        work, cache = Path(tmp), Path(tmp) / "cache"
+        work = Path(tmp)
         print("| apps | first start (s) | its PSS (MiB) | then a new app (s) "
               "| cached start (s) | PSS idle (MiB) | per app (MiB) | shared modules compiled at (s) "
               "| then a new app (s) |")
         print("|---|---|---|---|---|---|---|---|---|")
-        for n in COUNTS:
-            r = measure(n, hello, flask, work, cache)
+        for n in counts:
+            check_disk(n, hello, work)
+            r = measure(n, hello, flask, work)
             cold_s, cold_pss, cold_new, _ = r["first"]
             warm_s, pss, warm_new, warmed = r["cached"]
             print(f"| {n} | {cold_s:.1f} | {cold_pss / 1024:.0f} | {cold_new:.2f} "
