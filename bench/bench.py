@@ -23,10 +23,13 @@ wsgi-wasm runs each app twice: built with no flags, and built with
 in the machine's speed hits all of them alike, and each figure is the
 median over the rounds. Traffic goes to 127.0.0.1 only, for a bounded time.
 
-    bench/run.sh [--rounds N] [--duration SECONDS] [--mode both|one|all] [--servers a,b] [--apps x,y]
+    bench/run.sh [--rounds N] [--duration SECONDS] [--mode both|one|nginx|all] [--servers a,b] [--apps x,y]
 
 Prints a table per mode (requests/s, p50, p99, PSS under load, peak RSS,
-ratio to gunicorn sync) and writes bench/results/latest.json.
+the server's CPU per request, nginx's too behind it, and the ratio to
+gunicorn sync, or to uWSGI behind nginx) and writes
+bench/results/latest.json. CPU per request is the user and system time the
+process tree used over the run, divided by the requests wrk counted.
 """
 
 import argparse
@@ -264,6 +267,21 @@ def tree_peak_rss_mib(pid):
     return total / 1024
 
 
+def tree_cpu_seconds(pid):
+    """User and system CPU summed over a process (all its threads) and its
+    descendants, in seconds."""
+    ticks = 0
+    for p in tree_pids(pid):
+        try:
+            # The fields after the command's closing parenthesis; utime and
+            # stime are the 14th and 15th of the whole line.
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def wrk(url, method, body_len, duration, mode, connections=32, during=None):
     """Runs wrk; `during()` is called once, halfway through the load."""
     script = None
@@ -300,6 +318,7 @@ def wrk(url, method, body_len, duration, mode, connections=32, during=None):
     socket_errors = re.search(r"Socket errors: (.*)", out)
     return {
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "requests": int(re.search(r"(\d+) requests in", out).group(1)),
         "p50_ms": latency("50"),
         "p99_ms": latency("99"),
         "non_2xx": int(errors.group(1)) if errors else 0,
@@ -324,7 +343,13 @@ def run_one(server, app, duration, mode):
         url = f"http://127.0.0.1:{port}{path}"
         conns = CONNECTIONS.get(app, 32)
         wrk(url, method, body_len, 1, mode, conns)  # warm-up: imports, caches, JIT of the peers
+        procs = {"server": proc, "nginx": nginx} if nginx else {"server": proc}
+        cpu = {name: tree_cpu_seconds(p.pid) for name, p in procs.items()}
         result = wrk(url, method, body_len, duration, mode, conns, during=lambda: tree_pss_mib(proc.pid))
+        # CPU per request, from the CPU the process trees used over the run:
+        # what a request costs the server (and, behind nginx, nginx).
+        for name, p in procs.items():
+            result[f"{name}_cpu_us"] = (tree_cpu_seconds(p.pid) - cpu[name]) * 1e6 / max(result["requests"], 1)
         result["pss_mib"] = result.pop("sampled")
         result["peak_rss_mib"] = tree_peak_rss_mib(proc.pid)
         return result
@@ -366,16 +391,20 @@ def table(mode, summary, servers, apps, args):
         "nginx": ("nginx (one worker) → uwsgi_pass, both cores, wrk -t1 -c32 against nginx", "Behind nginx", "uwsgi"),
     }[mode]
     lines = [f"**{title}**: {where} (io_wait: -c64); {args.duration} s x {args.rounds} rounds (median)", ""]
-    lines.append(f"| app | server | req/s | p50 ms | p99 ms | PSS under load MiB | peak RSS MiB | vs {base_server} |")
-    lines.append("|---|---|---:|---:|---:|---:|---:|---:|")
+    nginx = " nginx CPU µs/req |" if mode == "nginx" else ""
+    lines.append(f"| app | server | req/s | p50 ms | p99 ms | PSS under load MiB | peak RSS MiB | CPU µs/req |{nginx} "
+                 f"vs {base_server} |")
+    lines.append("|---|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if nginx else "") + "---:|")
     for app in apps:
         base = summary[app].get(base_server, {}).get("rps")
         for server in mode_servers(mode, servers):
             m = summary[app][server]
             ratio = f"{m['rps'] / base:.2f}x" if base else "-"
             flag = f" ({m['non_2xx']} non-2xx)" if m["non_2xx"] else ""
+            nginx_cpu = f" {m['nginx_cpu_us']:.0f} |" if nginx else ""
             lines.append(f"| {app} | {server} | {m['rps']:.0f}{flag} | {m['p50_ms']:.2f} | {m['p99_ms']:.2f} | "
-                         f"{m['pss_mib']:.0f} | {m['peak_rss_mib']:.0f} | {ratio} |")
+                         f"{m['pss_mib']:.0f} | {m['peak_rss_mib']:.0f} | {m['server_cpu_us']:.0f} |{nginx_cpu} "
+                         f"{ratio} |")
     return "\n".join(lines)
 
 
@@ -410,7 +439,9 @@ def main():
     for (mode, server, app), runs in samples.items():
         summaries.setdefault(mode, {}).setdefault(app, {})[server] = {
             key: statistics.median(run[key] for run in runs)
-            for key in ("rps", "p50_ms", "p99_ms", "pss_mib", "peak_rss_mib")
+            for key in ("rps", "p50_ms", "p99_ms", "pss_mib", "peak_rss_mib", "server_cpu_us")
+        } | {
+            key: statistics.median(run[key] for run in runs) for key in ("nginx_cpu_us",) if key in runs[0]
         } | {"non_2xx": sum(run["non_2xx"] for run in runs), "rounds": len(runs)}
 
     text = "\n\n".join(table(mode, summaries[mode], servers, apps, args) for mode in modes)

@@ -93,7 +93,7 @@ def get(port, host, path="/"):
 def start(config, cache):
     """Starts the server; returns it, its port, and the seconds until its
     first listener. A thread reads its log from then on: a server whose log
-    pipe nobody reads blocks on its next line (500 apps fill it)."""
+    pipe nobody reads would block on a line once the pipe is full."""
     port = bench.free_port()
     started = time.monotonic()
     proc = subprocess.Popen(
