@@ -210,6 +210,11 @@ impl AppBudget {
         self.budget.total()
     }
 
+    /// What no sandbox of any app holds now, in bytes.
+    pub fn free(&self) -> u64 {
+        self.budget.lock().free
+    }
+
     /// Takes the app out of sharing once the version it registered is gone
     /// (the last request of a replaced or removed version has ended, or a
     /// version that failed to load is dropped).

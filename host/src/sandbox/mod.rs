@@ -249,8 +249,10 @@ impl Sandbox {
             }
             if store.data().limiter.budget_hit {
                 anyhow::bail!(
-                    "the server's memory budget ({} MiB) cannot hold the app's snapshot; raise --memory-budget",
-                    self.budget.total() >> 20
+                    "the server's memory budget ({} MiB, {} MiB of it free now) cannot hold the app's snapshot; \
+                     raise --memory-budget",
+                    self.budget.total() >> 20,
+                    self.budget.free() >> 20
                 );
             }
             if let Some(fuel) = self.out_of_fuel(&err) {

@@ -344,4 +344,12 @@ fn r37_an_app_is_owed_one_instance_though_the_budget_shared_among_many_is_less()
     // are owed gets a MemoryError, which the fixture reports as a 507.
     let reply = raw_text(server.addr, b"GET /hold?mib=48 HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n");
     assert!(reply.starts_with("HTTP/1.1 507") && reply.ends_with("MemoryError\n"), "{reply}");
+    // A budget that cannot hold one snapshot at all is refused at startup,
+    // saying so.
+    let small = Config::new(&fixture_apps("[server]\nmemory_budget = 16\n", &[("a", "")]));
+    let refusal = small.refused();
+    assert!(
+        refusal.contains("the server's memory budget (16 MiB, 16 MiB of it free now) cannot hold the app's snapshot"),
+        "{refusal}"
+    );
 }
