@@ -253,15 +253,11 @@ def tree_pss_mib(pid):
 
 def tree_peak_rss_mib(pid):
     """Peak RSS (VmHWM) summed over a process and its descendants."""
-    total, todo = 0, [pid]
-    while todo:
-        p = todo.pop()
+    total = 0
+    for p in tree_pids(pid):
         try:
             status = Path(f"/proc/{p}/status").read_text()
             total += int(re.search(r"VmHWM:\s+(\d+)", status).group(1))
-            for tid in os.listdir(f"/proc/{p}/task"):
-                children = Path(f"/proc/{p}/task/{tid}/children").read_text().split()
-                todo.extend(int(c) for c in children)
         except (OSError, AttributeError):
             pass
     return total / 1024
