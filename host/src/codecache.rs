@@ -117,10 +117,8 @@ fn load_or_compile(engine: &Engine, bytes: &[u8], cached: &Path, warming: &Mutex
     // module, compiles go one at a time: the first compiles the modules
     // every app shares, and the others then link them instead of each
     // compiling them too (a start loads apps on several threads).
-    let mut filling = Some(warming.lock().expect("never poisoned"));
-    if engine.shared_compiled_modules() > 0 {
-        filling = None;
-    }
+    let waited = warming.lock().expect("never poisoned");
+    let filling = (engine.shared_compiled_modules() == 0).then_some(waited);
     let started = Instant::now();
     tracing::info!("compiling the component (once per app.wasm and wasmtime version)");
     let reused_before = engine.shared_compiled_modules_reused();
