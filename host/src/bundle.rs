@@ -12,7 +12,8 @@
 //! build saw.
 //!
 //! An `app.wasm` is untrusted input: on a shared host, tenants upload their
-//! own. The tree is checked whole before anything is written: at most
+//! own. Each entry is checked before it is written, and a refused tree
+//! leaves nothing behind: at most
 //! [`MAX_TREE_ENTRIES`] entries and [`MAX_TREE_BYTES`] bytes once
 //! decompressed (a gzip bomb stops there), regular files and directories
 //! only (no symlink, hard link or device), and plain relative paths.
@@ -158,50 +159,62 @@ fn find_section<'a>(bytes: &'a [u8], name: &str) -> Result<Option<&'a [u8]>> {
 /// app can change a file another app links. Where a link fails (a file
 /// system's limit on links to one file), the file is written on its own.
 ///
+/// The payload is inflated once, each entry checked as it comes: inflating
+/// a Flask app's tree (9 MB to 30 MB) takes about 0.1 s, a tenth of what
+/// loading a new app takes. A tree refused midway is removed with the
+/// contents it was the first to bring.
+///
 /// # Errors
 /// Fails on a corrupt payload, one past the limits or with an entry other
 /// than a file or directory (see the module docs), or an unwritable cache.
 pub fn unpack(payload: &[u8], dest: &Path, files: &Path) -> Result<()> {
-    if !dest.is_dir() {
-        // Checked whole first, so that a refused tree writes nothing.
-        for_each_entry(payload, |_| Ok(()))?;
-        let parent = dest.parent().context("cache path has no parent")?;
-        for dir in [parent, files] {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-        let tmp = tempdir_in(parent)?;
-        let written = for_each_entry(payload, |entry| {
-            if !entry.header().entry_type().is_file() {
-                // `unpack_in` also refuses a path that would land outside `tmp`.
-                entry.unpack_in(&tmp)?;
-                return Ok(());
-            }
-            // `for_each_entry` allows only plain relative paths.
-            let path = tmp.join(entry.path()?);
-            let mut bytes = Vec::with_capacity(usize::try_from(entry.header().size()?).unwrap_or(0));
-            entry.read_to_end(&mut bytes)?;
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            link_or_write(files, &bytes, &path)
-        });
-        if let Err(err) = written {
-            let _ = std::fs::remove_dir_all(&tmp);
-            return Err(err);
-        }
-        match std::fs::rename(&tmp, dest) {
-            Ok(()) => {}
-            // Another process won the race: its copy is as good as ours.
-            Err(_) if dest.is_dir() => std::fs::remove_dir_all(&tmp)?,
-            Err(e) => return Err(e).with_context(|| format!("moving tree to {}", dest.display())),
-        }
+    if dest.is_dir() {
+        return Ok(());
     }
-    Ok(())
+    let parent = dest.parent().context("cache path has no parent")?;
+    for dir in [parent, files] {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let tmp = tempdir_in(parent)?;
+    // The contents this tree was the first to bring, removed again if a
+    // later entry refuses the tree.
+    let mut added = Vec::new();
+    let written = for_each_entry(payload, |entry| {
+        if !entry.header().entry_type().is_file() {
+            // `unpack_in` also refuses a path that would land outside `tmp`.
+            entry.unpack_in(&tmp)?;
+            return Ok(());
+        }
+        // `for_each_entry` allows only plain relative paths.
+        let path = tmp.join(entry.path()?);
+        let mut bytes = Vec::with_capacity(usize::try_from(entry.header().size()?).unwrap_or(0));
+        entry.read_to_end(&mut bytes)?;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        link_or_write(files, &bytes, &path, &mut added)
+    });
+    if let Err(err) = written {
+        let _ = std::fs::remove_dir_all(&tmp);
+        // A tree linked to one of these meanwhile keeps its own link, and
+        // the next tree that needs the content writes it again.
+        for shared in added {
+            let _ = std::fs::remove_file(shared);
+        }
+        return Err(err);
+    }
+    match std::fs::rename(&tmp, dest) {
+        Ok(()) => Ok(()),
+        // Another process won the race: its copy is as good as ours.
+        Err(_) if dest.is_dir() => Ok(std::fs::remove_dir_all(&tmp)?),
+        Err(e) => Err(e).with_context(|| format!("moving tree to {}", dest.display())),
+    }
 }
 
 /// Puts `bytes` at `path` as a link to their copy in `files`, written there
-/// first if no tree had them yet; copies them to `path` if linking fails.
-fn link_or_write(files: &Path, bytes: &[u8], path: &Path) -> Result<()> {
+/// first if no tree had them yet (and then pushed to `added`); copies them
+/// to `path` if linking fails.
+fn link_or_write(files: &Path, bytes: &[u8], path: &Path, added: &mut Vec<PathBuf>) -> Result<()> {
     use sha2::Digest as _;
     let shared = files.join(hex(&sha2::Sha256::digest(bytes)));
     if !shared.is_file() {
@@ -218,6 +231,7 @@ fn link_or_write(files: &Path, bytes: &[u8], path: &Path) -> Result<()> {
             let tmp = files.join(format!(".tmp-{}-{}", std::process::id(), WRITTEN.fetch_add(1, Ordering::Relaxed)));
             std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
             std::fs::rename(&tmp, &shared).with_context(|| format!("writing {}", shared.display()))?;
+            added.push(shared.clone());
         }
     }
     // A path the tree names twice is replaced, never written through: it is
@@ -368,9 +382,9 @@ mod tests {
     }
 
     #[test]
-    fn a_refused_tree_writes_nothing() {
-        // A good file first, then a symlink: the check of the whole tree
-        // comes before the first write.
+    fn a_refused_tree_leaves_nothing() {
+        // A file no tree had yet, then a symlink: the file is written into
+        // the store before the symlink refuses the tree.
         let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
         let mut file = tar::Header::new_gnu();
         file.set_path("python/ok.py").unwrap();
@@ -387,9 +401,19 @@ mod tests {
         let payload = tar.into_inner().unwrap().finish().unwrap();
         let parent = std::env::temp_dir().join(format!("wsgi-wasm-refused-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&parent);
-        let err = format!("{:#}", unpack(&payload, &parent.join("tree"), &parent.join("files")).unwrap_err());
+        let (trees, files) = (parent.join("trees"), parent.join("files"));
+        let err = format!("{:#}", unpack(&payload, &trees.join("a"), &files).unwrap_err());
         assert!(err.contains("python/etc as a Symlink"), "{err}");
-        assert!(!parent.exists(), "nothing is created for a refused tree");
+        let left = |dir: &Path| std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect::<Vec<_>>();
+        assert_eq!(left(&trees), Vec::<PathBuf>::new(), "no tree, whole or half");
+        assert_eq!(left(&files), Vec::<PathBuf>::new(), "no content the refused tree brought");
+
+        // Content another tree already brought stays.
+        unpack(&tree_of(&[("python/ok.py", b"x\n")]), &trees.join("b"), &files).unwrap();
+        unpack(&payload, &trees.join("a"), &files).unwrap_err();
+        assert_eq!(left(&files).len(), 1);
+        assert_eq!(std::fs::read(trees.join("b/python/ok.py")).unwrap(), b"x\n");
+        std::fs::remove_dir_all(&parent).unwrap();
     }
 
     #[test]
