@@ -291,11 +291,11 @@ fn r22_the_descriptor_budget_is_checked_at_startup() {
 }
 
 /// An `app.wasm` of the smallest component (or `component`), with `tree` as
-/// its embedded file tree payload.
-fn crafted(name: &str, component: &[u8], tree: &[u8]) -> std::path::PathBuf {
+/// its embedded file tree payload in the custom section `section`.
+fn crafted(name: &str, component: &[u8], (section, tree): Section) -> std::path::PathBuf {
     use wasm_encoder::Encode;
     let mut bytes = component.to_vec();
-    let section = wasm_encoder::CustomSection { name: wsgi_wasm::bundle::SECTION.into(), data: tree.into() };
+    let section = wasm_encoder::CustomSection { name: section.into(), data: tree.into() };
     bytes.push(0);
     section.encode(&mut bytes);
     let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("crafted/{name}.wasm"));
@@ -304,10 +304,14 @@ fn crafted(name: &str, component: &[u8], tree: &[u8]) -> std::path::PathBuf {
     path
 }
 
-fn gz_tar(build: impl FnOnce(&mut tar::Builder<flate2::write::GzEncoder<Vec<u8>>>)) -> Vec<u8> {
-    let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
+/// A custom section's name and payload.
+type Section = (&'static str, Vec<u8>);
+
+/// A tree section as a build packs it: a tar, compressed with zstd.
+fn packed(build: impl FnOnce(&mut tar::Builder<zstd::stream::write::Encoder<'static, Vec<u8>>>)) -> Section {
+    let mut tar = tar::Builder::new(zstd::stream::write::Encoder::new(Vec::new(), 1).unwrap());
     build(&mut tar);
-    tar.into_inner().unwrap().finish().unwrap()
+    (wsgi_wasm::bundle::SECTION, tar.into_inner().unwrap().finish().unwrap())
 }
 
 fn header(kind: tar::EntryType, path: &str, size: u64) -> tar::Header {
@@ -324,19 +328,19 @@ fn header(kind: tar::EntryType, path: &str, size: u64) -> tar::Header {
 fn r22_a_crafted_app_wasm_is_refused_before_anything_is_compiled() {
     const EMPTY: &[u8] = b"\0asm\x0d\0\x01\0";
     let link = |kind, target: &str| {
-        gz_tar(|t| {
+        packed(|t| {
             let mut h = header(kind, "python/evil", 0);
             h.set_link_name(target).unwrap();
             h.set_cksum();
             t.append(&h, std::io::empty()).unwrap();
         })
     };
-    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+    let cases: Vec<(&str, Section, &str)> = vec![
         ("symlink", link(tar::EntryType::Symlink, "/etc"), "as a Symlink"),
         ("hardlink", link(tar::EntryType::Link, "/etc/passwd"), "as a Link"),
         (
             "device",
-            gz_tar(|t| t.append(&header(tar::EntryType::Char, "python/tty", 0), std::io::empty()).unwrap()),
+            packed(|t| t.append(&header(tar::EntryType::Char, "python/tty", 0), std::io::empty()).unwrap()),
             "as a Char",
         ),
         (
@@ -344,16 +348,39 @@ fn r22_a_crafted_app_wasm_is_refused_before_anything_is_compiled() {
             // is written.
             "bomb",
             {
-                let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-                gz.write_all(header(tar::EntryType::Regular, "python/zeros", 4 << 30).as_bytes()).unwrap();
-                gz.write_all(&vec![0; 1 << 20]).unwrap();
-                gz.finish().unwrap()
+                let mut zstd = zstd::stream::write::Encoder::new(Vec::new(), 1).unwrap();
+                zstd.write_all(header(tar::EntryType::Regular, "python/zeros", 4 << 30).as_bytes()).unwrap();
+                zstd.write_all(&vec![0; 1 << 20]).unwrap();
+                (wsgi_wasm::bundle::SECTION, zstd.finish().unwrap())
             },
             "larger than 1024 MiB",
         ),
         (
+            // The same, gzipped in the section an older build wrote.
+            "gzip-bomb",
+            {
+                let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                gz.write_all(header(tar::EntryType::Regular, "python/zeros", 4 << 30).as_bytes()).unwrap();
+                gz.write_all(&vec![0; 1 << 20]).unwrap();
+                (wsgi_wasm::bundle::SECTION_V1, gz.finish().unwrap())
+            },
+            "larger than 1024 MiB",
+        ),
+        (
+            // A zstd frame that asks the decoder for a 1 GiB window.
+            "window",
+            {
+                let mut zstd = zstd::stream::write::Encoder::new(Vec::new(), 1).unwrap();
+                zstd.long_distance_matching(true).unwrap();
+                zstd.window_log(30).unwrap();
+                zstd.write_all(&vec![0; 1 << 20]).unwrap();
+                (wsgi_wasm::bundle::SECTION, zstd.finish().unwrap())
+            },
+            "is corrupt",
+        ),
+        (
             "million",
-            gz_tar(|t| {
+            packed(|t| {
                 for i in 0..1_000_000 {
                     t.append(&header(tar::EntryType::Regular, &format!("python/{i}"), 0), std::io::empty()).unwrap();
                 }
@@ -362,15 +389,15 @@ fn r22_a_crafted_app_wasm_is_refused_before_anything_is_compiled() {
         ),
     ];
     for (name, tree, expected) in cases {
-        let wasm = crafted(name, EMPTY, &tree);
+        let wasm = crafted(name, EMPTY, tree);
         let stderr = refused_run(&wasm, &[]);
         assert!(stderr.contains(expected) && stderr.contains("is refused"), "{name}: {stderr}");
         assert!(!stderr.contains("compiling"), "{name}: {stderr}");
     }
     // A well-formed tree, but an import no host of ours provides.
     let component = wat::parse_str(r#"(component (import "evil:pkg/iface@1.0.0" (instance)))"#).unwrap();
-    let tree = gz_tar(|t| t.append(&header(tar::EntryType::Directory, "python/", 0), std::io::empty()).unwrap());
-    let stderr = refused_run(&crafted("import", &component, &tree), &[]);
+    let tree = packed(|t| t.append(&header(tar::EntryType::Directory, "python/", 0), std::io::empty()).unwrap());
+    let stderr = refused_run(&crafted("import", &component, tree), &[]);
     assert!(stderr.contains("imports `evil:pkg/iface@1.0.0`, which this host does not provide"), "{stderr}");
     assert!(!stderr.contains("compiling"), "{stderr}");
 }
