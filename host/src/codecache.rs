@@ -165,34 +165,26 @@ pub fn return_free_heap() {
 }
 
 fn store_compiled(compiled: &[u8], cached: &Path) -> Result<()> {
+    use std::io::Write as _;
     let dir = cached.parent().context("cache path has no parent")?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let tmp = cached.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, compiled)?;
-    leave_page_cache(&tmp);
+    let mut file = std::fs::File::create(&tmp)?;
+    // The page cache keeps what a write brings in folios as large as the
+    // write, up to 2 MiB, and a read fault in a mapping of the file maps a
+    // folio of 2 MiB whole, with one entry, however little the app touches
+    // of it: one hello compiled at start had 24 of its 25 MiB mapped after
+    // one request. Smaller folios are mapped a page at a time (the
+    // vendored wasmtime's change 7), so the file is written in pieces
+    // smaller than that, and stays cached for the load that follows.
+    for piece in compiled.chunks(WRITE_PIECE) {
+        file.write_all(piece)?;
+    }
+    // On disk before it has its name: a file in the cache is complete.
+    file.sync_data()?;
     std::fs::rename(&tmp, cached)?;
     Ok(())
 }
 
-/// Writes `path` out and drops its pages from the page cache, so that the
-/// app's mapping of it later reads in only the pages it touches.
-///
-/// A file just written stays cached in the 2 MiB folios the write made,
-/// and a read fault in a mapping of it maps a whole folio (one PMD entry),
-/// far more than the app touches: ten apps compiled at start held 24 MiB
-/// each of their `.cwasm` mapped after one request, against 2.7 MiB once
-/// the same files were read back from disk (`docs/performance.md`). Best
-/// effort: on failure the pages stay cached, as they did before.
-fn leave_page_cache(path: &Path) {
-    let Ok(file) = std::fs::File::open(path) else { return };
-    if file.sync_data().is_err() {
-        return;
-    }
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd;
-        // SAFETY: posix_fadvise only advises the kernel about an open file's
-        // cached pages; written-back pages are dropped, nothing else changes.
-        unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-    }
-}
+/// The size of each write of a compiled file (see `store_compiled`).
+const WRITE_PIECE: usize = 256 << 10;

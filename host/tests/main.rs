@@ -414,12 +414,12 @@ fn a_second_start_loads_compiled_code_from_the_cache() {
 
 #[test]
 fn a_just_compiled_app_maps_only_the_code_and_image_it_touches() {
-    // A `.cwasm` left in the page cache as its write made it is mapped far
-    // beyond the pages a request touches: ten apps compiled at start held
-    // 24 MiB each of it after one request, 2.7 once the pages had been read
-    // back from disk (docs/performance.md). So a compile writes the file
-    // out of the page cache, and a server that compiled at start maps
-    // little of it.
+    // A `.cwasm` written whole in one call is cached in 2 MiB folios, and
+    // mapped far beyond the pages a request touches: ten apps compiled at
+    // start held 24 MiB each of it after one request, 2.7 once the pages
+    // had been read back from disk (docs/performance.md). So a compile
+    // writes the file in smaller pieces, and a server that compiled at
+    // start maps little of it.
     let cache = tempfile::tempdir().unwrap();
     let mut run = common::wsgi_wasm();
     run.arg("run").arg(fixture()).args(["--http", "127.0.0.1:0", "--cache-dir"]).arg(cache.path());
