@@ -165,11 +165,20 @@ pub fn return_free_heap() {
 }
 
 fn store_compiled(compiled: &[u8], cached: &Path) -> Result<()> {
-    use std::io::Write as _;
     let dir = cached.parent().context("cache path has no parent")?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let tmp = cached.with_extension(format!("tmp{}", std::process::id()));
-    let mut file = std::fs::File::create(&tmp)?;
+    let stored = write_whole(compiled, &tmp).and_then(|()| Ok(std::fs::rename(&tmp, cached)?));
+    if stored.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    stored
+}
+
+/// Writes `compiled` to `path` and syncs it to disk.
+fn write_whole(compiled: &[u8], path: &Path) -> Result<()> {
+    use std::io::Write as _;
+    let mut file = std::fs::File::create(path)?;
     // The page cache keeps what a write brings in folios as large as the
     // write, up to 2 MiB, and a read fault in a mapping of the file maps a
     // folio of 2 MiB whole, with one entry, however little the app touches
@@ -182,9 +191,8 @@ fn store_compiled(compiled: &[u8], cached: &Path) -> Result<()> {
     }
     // On disk before it has its name: a file in the cache is complete.
     file.sync_data()?;
-    std::fs::rename(&tmp, cached)?;
     Ok(())
 }
 
-/// The size of each write of a compiled file (see `store_compiled`).
+/// The size of each write of a compiled file (see `write_whole`).
 const WRITE_PIECE: usize = 256 << 10;
