@@ -20,8 +20,8 @@ distinct tenants' apps do. For each count it reports:
 
 Traffic goes to 127.0.0.1 only: one GET per app, and the new app's polls.
 
-Each app takes its `app.wasm` and its compiled code on disk, about 75 MB
-for hello: 500 apps need about 37 GB free where `tempfile` writes (set
+Each app takes its `app.wasm` and its compiled code on disk, about 70 MB
+for hello: 500 apps need about 35 GB free where `tempfile` writes (set
 TMPDIR to choose). A count that would not fit is refused before it starts,
 saying how much it needs; `--counts` chooses the counts.
 
@@ -51,7 +51,7 @@ import bench  # noqa: E402  (wasm_for builds hello as the benchmark does)
 COUNTS = "1,10,50,500"
 
 # The compiled code of an app, against the size of its `app.wasm` (hello:
-# 39.2 MB of code for 33.3 MB), rounded up: what a count needs on disk.
+# 39.2 MB of code for 30.9 MB), rounded up: what a count needs on disk.
 CODE_PER_WASM_BYTE = 1.3
 
 
