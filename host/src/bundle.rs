@@ -43,7 +43,7 @@ const ZSTD_LEVEL: i32 = 9;
 
 /// The largest window a tree's zstd frames may ask for (2^24 bytes): the
 /// decoder allocates it, and a crafted payload must not make it allocate
-/// more. Level 9 uses at most 2^22.
+/// more. Level 9, streamed as a build packs, asks for 2^22.
 const ZSTD_WINDOW_LOG_MAX: u32 = 24;
 
 /// Most entries (files and directories) in an app's tree. CPython's standard
