@@ -435,9 +435,9 @@ def main():
     for (mode, server, app), runs in samples.items():
         summaries.setdefault(mode, {}).setdefault(app, {})[server] = {
             key: statistics.median(run[key] for run in runs)
-            for key in ("rps", "p50_ms", "p99_ms", "pss_mib", "peak_rss_mib", "server_cpu_us")
-        } | {
-            key: statistics.median(run[key] for run in runs) for key in ("nginx_cpu_us",) if key in runs[0]
+            # nginx's CPU only where nginx ran.
+            for key in ("rps", "p50_ms", "p99_ms", "pss_mib", "peak_rss_mib", "server_cpu_us", "nginx_cpu_us")
+            if key in runs[0]
         } | {"non_2xx": sum(run["non_2xx"] for run in runs), "rounds": len(runs)}
 
     text = "\n\n".join(table(mode, summaries[mode], servers, apps, args) for mode in modes)
