@@ -14,10 +14,10 @@
 //!
 //! An `app.wasm` is untrusted input: on a shared host, tenants upload their
 //! own. Each entry is checked before it is written, and a refused tree
-//! leaves nothing behind: at most
-//! [`MAX_TREE_ENTRIES`] entries and [`MAX_TREE_BYTES`] bytes once
-//! decompressed (a decompression bomb stops there), regular files and directories
-//! only (no symlink, hard link or device), and plain relative paths.
+//! leaves nothing behind: at most [`MAX_TREE_ENTRIES`] entries and
+//! [`MAX_TREE_BYTES`] bytes once decompressed (a decompression bomb stops
+//! there), regular files and directories only (no symlink, hard link or
+//! device), and plain relative paths.
 
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
