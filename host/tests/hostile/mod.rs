@@ -335,6 +335,9 @@ fn r22_a_crafted_app_wasm_is_refused_before_anything_is_compiled() {
             t.append(&h, std::io::empty()).unwrap();
         })
     };
+    // A header that claims a 4 GiB file, then 1 MiB of its zeros: a few
+    // KiB once compressed.
+    let bomb = [header(tar::EntryType::Regular, "python/zeros", 4 << 30).as_bytes(), &vec![0; 1 << 20][..]].concat();
     let cases: Vec<(&str, Section, &str)> = vec![
         ("symlink", link(tar::EntryType::Symlink, "/etc"), "as a Symlink"),
         ("hardlink", link(tar::EntryType::Link, "/etc/passwd"), "as a Link"),
@@ -344,15 +347,9 @@ fn r22_a_crafted_app_wasm_is_refused_before_anything_is_compiled() {
             "as a Char",
         ),
         (
-            // A few KiB that claim to unpack to 4 GiB: refused before a byte
-            // is written.
+            // The bomb, refused before a byte is written.
             "bomb",
-            {
-                let mut zstd = zstd::stream::write::Encoder::new(Vec::new(), 1).unwrap();
-                zstd.write_all(header(tar::EntryType::Regular, "python/zeros", 4 << 30).as_bytes()).unwrap();
-                zstd.write_all(&vec![0; 1 << 20]).unwrap();
-                (wsgi_wasm::bundle::SECTION, zstd.finish().unwrap())
-            },
+            (wsgi_wasm::bundle::SECTION, zstd::stream::encode_all(&bomb[..], 1).unwrap()),
             "larger than 1024 MiB",
         ),
         (
@@ -360,8 +357,7 @@ fn r22_a_crafted_app_wasm_is_refused_before_anything_is_compiled() {
             "gzip-bomb",
             {
                 let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-                gz.write_all(header(tar::EntryType::Regular, "python/zeros", 4 << 30).as_bytes()).unwrap();
-                gz.write_all(&vec![0; 1 << 20]).unwrap();
+                gz.write_all(&bomb).unwrap();
                 (wsgi_wasm::bundle::SECTION_V1, gz.finish().unwrap())
             },
             "larger than 1024 MiB",
