@@ -120,19 +120,6 @@ pub fn compile_at_low_priority() {
     }
 }
 
-/// Runs `work` on a thread of its own at [`NICE`], for work that helps
-/// later requests and none now. The work must end by itself; the thread is
-/// not joined, and exiting the process ends it.
-pub fn spawn_low_priority(name: &str, work: impl FnOnce() + Send + 'static) {
-    let spawned = std::thread::Builder::new().name(name.to_owned()).spawn(move || {
-        lower_priority();
-        work();
-    });
-    if let Err(err) = spawned {
-        tracing::warn!("could not start {name}: {err}");
-    }
-}
-
 /// Lowers the calling thread's priority to [`NICE`]. Best effort: where the
 /// kernel refuses, the thread keeps its priority.
 fn lower_priority() {

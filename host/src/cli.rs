@@ -264,15 +264,6 @@ pub struct RunArgs {
     #[arg(long, value_name = "MIB", env = "WSGI_WASM_MEMORY_BUDGET")]
     pub memory_budget: Option<u64>,
 
-    /// Core modules whose compiled code the server keeps, so that a new app
-    /// with the same module links it instead of compiling it. Every built
-    /// app carries the same CPython (11 such modules); keeping them costs
-    /// about 140 MiB and makes a new app compile in under a second. 0 keeps
-    /// none: each new app compiles CPython (7–10 s), and a server started
-    /// from the cache does not compile it in the background.
-    #[arg(long, value_name = "N", default_value_t = 32, env = "WSGI_WASM_KEEP_COMPILED_MODULES")]
-    pub keep_compiled_modules: usize,
-
     /// Seconds a request may wait for a free sandbox before its 503.
     #[arg(long, value_name = "SECONDS", default_value_t = 5.0)]
     pub queue_timeout: f64,

@@ -5,9 +5,12 @@
 //! deserializes it in milliseconds. In memory, apps with the same `wasm`
 //! share one `Component`, and with it one copy of its code and memory image.
 //!
-//! Compiling links the core modules the engine already compiled for another
-//! app (`engine`); after a start that compiled nothing,
-//! [`CodeCache::warm_shared_modules`] compiles them in the background.
+//! The core modules every built app carries (CPython's `libpython`, `libc`
+//! and runtime) are compiled once, each into a file of its own under
+//! `DIR/modules`, named by the key the engine gives it
+//! ([`SharedModuleFiles`]; the vendored wasmtime's patch 8). An app's own
+//! `.cwasm` holds the rest and those keys, and every app loaded maps the
+//! same files: one copy of CPython's code, on disk and in memory.
 //!
 //! The cache directory is the operator's, never an app's: a file in it is
 //! trusted as wasmtime's own output, and is moved into place only once whole.
@@ -15,12 +18,12 @@
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use wasmtime::component::Component;
-use wasmtime::Engine;
+use wasmtime::{Engine, Module, SharedModuleCode};
 
 /// Compiled components, on disk under `DIR/compiled` and in memory by digest.
 pub struct CodeCache {
@@ -28,21 +31,25 @@ pub struct CodeCache {
     dir: PathBuf,
     /// Compiled components by digest.
     components: Mutex<HashMap<String, Component>>,
-    /// Held by a compile that fills the engine's shared modules: the first
-    /// one, or [`CodeCache::warm_shared_modules`]. A compile that starts
-    /// meanwhile waits for it, then links what it kept.
-    warming: Mutex<()>,
+    /// The modules apps share, under `DIR/modules`.
+    modules: Arc<SharedModuleFiles>,
 }
 
 impl CodeCache {
     /// A cache in `dir` (created when first written).
     pub fn new(dir: &Path) -> Self {
-        Self { dir: dir.to_path_buf(), components: Mutex::default(), warming: Mutex::default() }
+        let modules = Arc::new(SharedModuleFiles::new(&dir.join("modules")));
+        Self { dir: dir.to_path_buf(), components: Mutex::default(), modules }
     }
 
     /// The cache directory, which also holds the unpacked file trees.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Where the engine keeps the modules apps share (`engine`).
+    pub fn shared_modules(&self) -> Arc<SharedModuleFiles> {
+        Arc::clone(&self.modules)
     }
 
     /// The component of `bytes`, whose SHA-256 is `digest`: the one already
@@ -54,41 +61,10 @@ impl CodeCache {
         if let Some(known) = self.components.lock().expect("never poisoned").get(digest) {
             return Ok(known.clone());
         }
-        let mut compat = std::collections::hash_map::DefaultHasher::new();
-        engine.precompile_compatibility_hash().hash(&mut compat);
-        let compiled = self.dir.join("compiled").join(format!("{digest}-{:016x}.cwasm", compat.finish()));
-        let component = load_or_compile(engine, bytes, &compiled, &self.warming)?;
+        let compiled = self.dir.join("compiled").join(format!("{digest}-{:016x}.cwasm", compat_hash(engine)));
+        let component = load_or_compile(engine, bytes, &compiled)?;
         self.components.lock().expect("never poisoned").insert(digest.to_owned(), component.clone());
         Ok(component)
-    }
-
-    /// Compiles `wasm` (an app already loaded) once more, only to fill the
-    /// engine's shared modules, unless a compile already did: after a start
-    /// from the cache nothing was compiled, and the next new app would
-    /// compile all of CPython (7–10 s) instead of its own modules (under a
-    /// second). Nothing is written; the compile's memory goes back to the
-    /// system. Best effort: a failure is logged.
-    pub fn warm_shared_modules(&self, engine: &Engine, wasm: &Path) {
-        let _warming = self.warming.lock().expect("never poisoned");
-        if engine.shared_compiled_modules() > 0 {
-            return;
-        }
-        let started = Instant::now();
-        let compiled = std::fs::read(wasm).map_err(anyhow::Error::from).and_then(|bytes| {
-            engine.precompile_component(&bytes)?;
-            Ok(())
-        });
-        return_free_heap();
-        match compiled {
-            Ok(()) => tracing::info!(
-                elapsed = ?started.elapsed(),
-                modules = engine.shared_compiled_modules(),
-                "compiled the modules apps share, for the next new app"
-            ),
-            Err(err) => {
-                tracing::warn!(wasm = %wasm.display(), cause = %err, "could not compile the modules apps share")
-            }
-        }
     }
 
     /// Forgets the compiled components of every digest not in `keep` (the
@@ -98,7 +74,70 @@ impl CodeCache {
     }
 }
 
-fn load_or_compile(engine: &Engine, bytes: &[u8], cached: &Path, warming: &Mutex<()>) -> Result<Component> {
+/// The core modules apps share, compiled, each in a file of its own named
+/// by its key: the engine's [`SharedModuleCode`]. A module once loaded stays
+/// loaded for as long as the server runs (a few per toolchain), so every
+/// app maps the one copy.
+pub struct SharedModuleFiles {
+    /// `DIR/modules`.
+    dir: PathBuf,
+    /// The modules loaded, by key.
+    loaded: Mutex<HashMap<[u8; 32], Module>>,
+}
+
+impl SharedModuleFiles {
+    fn new(dir: &Path) -> Self {
+        Self { dir: dir.to_path_buf(), loaded: Mutex::default() }
+    }
+
+    fn path(&self, key: &[u8; 32]) -> PathBuf {
+        let name: String = key.iter().map(|b| format!("{b:02x}")).collect();
+        self.dir.join(format!("{name}.cwasm"))
+    }
+}
+
+impl SharedModuleCode for SharedModuleFiles {
+    fn load(&self, engine: &Engine, key: &[u8; 32]) -> wasmtime::Result<Option<Module>> {
+        let mut loaded = self.loaded.lock().expect("never poisoned");
+        if let Some(module) = loaded.get(key) {
+            return Ok(Some(module.clone()));
+        }
+        let path = self.path(key);
+        if !path.is_file() {
+            return Ok(None);
+        }
+        // SAFETY: the file is in our own cache directory, was written from
+        // this engine's compile of the module (the engine's settings are
+        // part of the key, the name), and is moved into place only once
+        // complete.
+        match unsafe { Module::deserialize_file(engine, &path) } {
+            Ok(module) => {
+                loaded.insert(*key, module.clone());
+                Ok(Some(module))
+            }
+            Err(err) => {
+                // Compiled again, and replaced, by the compile that asked.
+                tracing::warn!(path = %path.display(), cause = %err, "ignoring an unusable shared module");
+                Ok(None)
+            }
+        }
+    }
+
+    fn store(&self, _engine: &Engine, key: &[u8; 32], compiled: &[u8]) -> wasmtime::Result<()> {
+        let path = self.path(key);
+        store_compiled(compiled, &path).map_err(|err| wasmtime::format_err!("{err:#}"))?;
+        tracing::info!(path = %path.display(), "compiled a module apps share");
+        Ok(())
+    }
+}
+
+fn compat_hash(engine: &Engine) -> u64 {
+    let mut compat = std::collections::hash_map::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut compat);
+    compat.finish()
+}
+
+fn load_or_compile(engine: &Engine, bytes: &[u8], cached: &Path) -> Result<Component> {
     if cached.is_file() {
         // SAFETY: the file is in our own cache directory, was written from
         // `precompile_component` of an engine with the same compatibility hash
@@ -113,24 +152,13 @@ fn load_or_compile(engine: &Engine, bytes: &[u8], cached: &Path, warming: &Mutex
             ),
         }
     }
-    // A compile waits for a warm-up, and while the engine keeps no compiled
-    // module, compiles go one at a time: the first compiles the modules
-    // every app shares, and the others then link them instead of each
-    // compiling them too (a start loads apps on several threads).
-    let waited = warming.lock().expect("never poisoned");
-    let filling = (engine.shared_compiled_modules() == 0).then_some(waited);
     let started = Instant::now();
     tracing::info!("compiling the component (once per app.wasm and wasmtime version)");
-    let reused_before = engine.shared_compiled_modules_reused();
     // Compiled straight to the bytes of a `.cwasm`: the code is served from
     // the file they are written to (below), not from this process's memory.
+    // The modules apps share are compiled only if no app compiled them yet.
     let compiled = engine.precompile_component(bytes)?;
-    // Core modules another app already compiled are linked, not compiled
-    // (`engine::engine_config`); with concurrent compiles the count is
-    // approximate.
-    let reused = engine.shared_compiled_modules_reused().saturating_sub(reused_before);
-    tracing::info!(elapsed = ?started.elapsed(), modules_reused = reused, "compiled");
-    drop(filling);
+    tracing::info!(elapsed = ?started.elapsed(), "compiled");
     match store_compiled(&compiled, cached) {
         // Served from the file just written, as a second start would: its
         // code is then page cache, not this process's own memory (10 apps

@@ -6,9 +6,9 @@
 //! instance costs no mmap or munmap and its memory is reset to the snapshot
 //! in place. Which app may use how many slots is `pool`'s business; what an
 //! `app.wasm` must pass before it is compiled is `upload`'s, and where the
-//! compiled code is kept is `codecache`'s. The engine itself keeps the
-//! compiled functions of the core modules every app shares (CPython), so
-//! that a new app compiles only its own (`vendor/README.md`, patch 8).
+//! compiled code is kept is `codecache`'s. The engine compiles the core
+//! modules every app shares (CPython) once, into files `codecache` keeps,
+//! so that a new app compiles only its own (`vendor/README.md`, patch 8).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -17,9 +17,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use wasmtime::{Config, Engine};
+use wasmtime::{Config, Engine, SharedModuleCode};
 
-use crate::codecache::CodeCache;
+use crate::codecache::{CodeCache, SharedModuleFiles};
 
 /// What the shared instance pool is sized for.
 #[derive(Debug, Clone, Copy)]
@@ -33,11 +33,6 @@ pub struct PoolSpec {
     pub fuel: bool,
     /// Whether to write `/tmp/perf-PID.map` for `perf` (`--perf-map`).
     pub perf_map: bool,
-    /// How many core modules' compiled functions the engine keeps for the
-    /// next app it compiles (`--keep-compiled-modules`): a componentize-py
-    /// app has 14 core modules, 13 of them with code, of which 11 are the
-    /// same in every app. 0 keeps none.
-    pub keep_compiled_modules: usize,
 }
 
 /// The engine all apps run in, the compiled-code cache, and the epoch.
@@ -57,9 +52,9 @@ impl SharedEngine {
     /// # Errors
     /// The pool cannot be reserved.
     pub fn new(spec: PoolSpec, cache_dir: &Path) -> Result<Arc<Self>> {
-        let engine = new_engine(&spec)?;
-        let ticker = EpochTicker::start(engine.clone());
         let cache = CodeCache::new(cache_dir);
+        let engine = new_engine(&spec, &cache.shared_modules())?;
+        let ticker = EpochTicker::start(engine.clone());
         Ok(Arc::new(Self { engine, spec, cache, ticker }))
     }
 
@@ -97,14 +92,14 @@ pub const KEEP_RESIDENT: usize = 4 << 20;
 
 /// Builds the engine, with a pool of `spec.slots` sandboxes of
 /// `spec.memory_bytes` each, reserved up front.
-fn new_engine(spec: &PoolSpec) -> Result<Engine> {
-    match Engine::new(&engine_config(spec, true)) {
+fn new_engine(spec: &PoolSpec, modules: &Arc<SharedModuleFiles>) -> Result<Engine> {
+    match Engine::new(&engine_config(spec, true, modules.clone())) {
         Ok(engine) => Ok(engine),
         Err(err) => {
             // Most likely a kernel without PAGEMAP_SCAN: without it, keeping
             // memory resident means copying all of it back on every request.
             tracing::info!(cause = %err, "memory is not kept resident between requests");
-            Engine::new(&engine_config(spec, false)).map_err(anyhow::Error::from).with_context(|| {
+            Engine::new(&engine_config(spec, false, modules.clone())).map_err(anyhow::Error::from).with_context(|| {
                 format!(
                     "reserving memory for {} sandboxes of {} MiB; lower --max-instances or --memory",
                     spec.slots,
@@ -116,9 +111,10 @@ fn new_engine(spec: &PoolSpec) -> Result<Engine> {
 }
 
 /// The engine settings every app runs with; `keep_resident` asks for the
-/// `PAGEMAP_SCAN` reset. Public so that the tests of the vendored wasmtime
-/// run under the same settings.
-pub fn engine_config(spec: &PoolSpec, keep_resident: bool) -> Config {
+/// `PAGEMAP_SCAN` reset, and `modules` keeps the modules apps share.
+/// Public so that the tests of the vendored wasmtime run under the same
+/// settings.
+pub fn engine_config(spec: &PoolSpec, keep_resident: bool, modules: Arc<dyn SharedModuleCode>) -> Config {
     let mut config = Config::new();
     // Fresh instances come from a pool of slots reserved once: no mmap and
     // munmap per request, and a slot's memory is reset to the snapshot in
@@ -161,13 +157,14 @@ pub fn engine_config(spec: &PoolSpec, keep_resident: bool) -> Config {
     config.consume_fuel(spec.fuel);
     config.cranelift_opt_level(wasmtime::OptLevel::Speed);
     // Every componentize-py app carries the same libpython, libc and
-    // runtime modules, byte for byte: the engine keeps their compiled
-    // functions and a new app compiles only what is its own (vendor/README,
-    // patch 8). A function body's offset differs from one app.wasm to the
-    // next, so the code carries no address map: a trap's backtrace names
-    // its wasm functions but not their byte offsets.
+    // runtime modules, byte for byte: each is compiled once into a file of
+    // its own, which every app's code then uses, and a new app compiles
+    // only what is its own (vendor/README, patch 8). A function body's
+    // offset differs from one app.wasm to the next, so the code carries no
+    // address map: a trap's backtrace names its wasm functions but not
+    // their byte offsets.
     config.generate_address_map(false);
-    config.share_compiled_modules(spec.keep_compiled_modules);
+    config.share_module_code(modules, SHARED_MODULE_MIN_CODE);
     if spec.perf_map {
         // Written as each module is loaded, from the cache too; it changes
         // no compiled code.
@@ -184,7 +181,14 @@ pub fn engine_config(spec: &PoolSpec, keep_resident: bool) -> Config {
 
 /// The version of the vendored, patched wasmtime (see `vendor/README.md`).
 /// Bump the suffix whenever the patch changes what a compiled module holds.
-const WASMTIME_VERSION: &str = "48.0.8+wsgi-wasm.2";
+const WASMTIME_VERSION: &str = "48.0.8+wsgi-wasm.3";
+
+/// The function bodies, in bytes, from which a core module is compiled on
+/// its own and shared (see `engine_config`). A componentize-py app's three
+/// libraries reach it (libpython 5.9 MB, libc 374 KB, the runtime 231 KB);
+/// its other modules, the two that differ per app among them, take 6.4 KB
+/// at most and stay in the app's own code.
+const SHARED_MODULE_MIN_CODE: usize = 64 << 10;
 
 /// Advances the engine's epoch on a thread of its own: every [`FAST_TICK`]
 /// while guests compete for the cores, else every [`SLOW_TICK`]. A guest

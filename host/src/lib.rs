@@ -23,7 +23,7 @@
 //! | [`background`] | the low-priority runtime a guest that computes for long moves to |
 //! | [`upload`] | an untrusted `app.wasm`, checked, then compiled |
 //! | [`engine`] | the wasmtime engine, its instance pool and epoch ticker |
-//! | [`codecache`] | compiled code on disk and in memory; the background compile of what apps share |
+//! | [`codecache`] | compiled code on disk and in memory; the modules apps share, compiled once |
 //! | [`bundle`] | the guest file tree inside `app.wasm` |
 //! | [`bindings`] | code generated from `guest-sdk/wit/wsgi.wit` |
 //! | [`config`] | validated, defaulted configuration and limits; listen addresses |

@@ -96,7 +96,6 @@ fn run(args: RunArgs, given: &HashSet<String>) -> Result<()> {
         // Everything that can be wrong with an app is found before listening;
         // the apps directory's are each refused alone (and logged).
         let (tenants, _refused) = Tenants::start(&config, metrics, Arc::clone(&health)).await?;
-        tenants.warm_shared_modules();
         let tenants = Arc::new(tenants);
         let listeners = server::bind(&config.http, &config.uwsgi, inherited).await?;
         let shutdown = shutdown::on_signals().context("installing signal handlers")?;

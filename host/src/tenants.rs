@@ -33,7 +33,6 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use tokio_util::sync::CancellationToken;
 
-use crate::background;
 use crate::budget::MemoryBudget;
 use crate::codecache;
 use crate::config::{AppConfig, Broken, RunConfig};
@@ -110,7 +109,6 @@ impl Tenants {
             memory_bytes: config.slot_memory_bytes,
             fuel: config.apps.iter().any(|a| a.limits.fuel.is_some()),
             perf_map: config.perf_map,
-            keep_compiled_modules: config.keep_compiled_modules,
         };
         let shared = SharedEngine::new(spec, &config.cache_dir)?;
         let pool = Pool::new(config.pool);
@@ -192,25 +190,6 @@ impl Tenants {
 
     fn served(&self) -> Arc<Served> {
         Arc::clone(&self.served.read().expect("the table lock is never poisoned"))
-    }
-
-    /// For a server that hosts apps from a config (where new tenants come),
-    /// after a start that compiled nothing (every app came from the compile
-    /// cache): compiles one served app again on a low-priority thread, so
-    /// that the modules every app shares are compiled and kept for the next
-    /// new app (`CodeCache::warm_shared_modules`). That costs memory for as
-    /// long as the server runs (about 230 MiB: `docs/performance.md`), so
-    /// `run app.wasm`, one app that only redeploys, does not, nor a server
-    /// told to keep none (`--keep-compiled-modules 0`). Returns at once.
-    pub fn warm_shared_modules(&self) {
-        if (self.file.is_none() && self.apps_dir.is_none()) || self.shared.spec.keep_compiled_modules == 0 {
-            return;
-        }
-        let Some(wasm) = self.served().apps.first().map(|e| e.config.wasm.clone()) else { return };
-        let shared = Arc::clone(&self.shared);
-        background::spawn_low_priority("wsgi-wasm-warm", move || {
-            shared.cache.warm_shared_modules(&shared.engine, &wasm);
-        });
     }
 
     /// The apps being served, in config order.

@@ -8,18 +8,45 @@
 //! functions linked between a component's core instances, re-exported or
 //! later referenced as values; globals linked the same way; a memory image
 //! that a pool slot keeps resident maps only the pages touched, from a memfd
-//! or from a file just written; and a core module's compiled code is reused
-//! by the next component only where it is the same module in the same place.
+//! or from a file just written; and a core module compiled on its own is
+//! used by the next component only where it is the same module in the same
+//! place, and mapped once for all of them.
 
-use wasmtime::{Engine, Global, GlobalType, Instance, Linker, Module, Mutability, Store, Table, Val, ValType};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use wasmtime::{
+    Engine, Global, GlobalType, Instance, Linker, Module, Mutability, SharedModuleCode, Store, Table, Val, ValType,
+};
+use wsgi_wasm::codecache::{CodeCache, SharedModuleFiles};
 use wsgi_wasm::engine::PoolSpec;
 
 fn engine() -> Engine {
-    Engine::new(&wsgi_wasm::engine::engine_config(&pool(), false)).unwrap()
+    Engine::new(&config(false, scratch_modules())).unwrap()
+}
+
+/// The server's engine settings; `keep_resident` as `engine_config` takes it.
+fn config(keep_resident: bool, modules: Arc<dyn SharedModuleCode>) -> wasmtime::Config {
+    wsgi_wasm::engine::engine_config(&pool(), keep_resident, modules)
 }
 
 fn pool() -> PoolSpec {
-    PoolSpec { slots: 2, memory_bytes: 16 << 20, fuel: false, perf_map: false, keep_compiled_modules: 32 }
+    PoolSpec { slots: 2, memory_bytes: 16 << 20, fuel: false, perf_map: false }
+}
+
+/// A directory of this test's own, empty, under the target's scratch space.
+fn scratch_dir(name: &str) -> PathBuf {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("vendored-{name}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// The server's store of shared modules, in a fresh directory.
+fn scratch_modules() -> Arc<SharedModuleFiles> {
+    CodeCache::new(&scratch_dir("cache")).shared_modules()
 }
 
 /// Defines the shared table, as `$main` does in a componentize-py app, and
@@ -342,7 +369,7 @@ fn resident_pages_at(addr: usize) -> (usize, String) {
 fn a_resident_slot_maps_only_the_image_pages_touched_and_resets_what_was_written() {
     // The server's settings: memory kept resident, reset by PAGEMAP_SCAN.
     // A module compiled in memory has its image copied into a memfd.
-    let engine = Engine::new(&wsgi_wasm::engine::engine_config(&pool(), true)).unwrap();
+    let engine = Engine::new(&config(true, scratch_modules())).unwrap();
     let module = Module::new(&engine, wat(&paged_image())).unwrap();
     let mapped = assert_maps_only_touched_pages(&engine, &module);
     assert!(mapped.starts_with("/memfd:"), "the image is mapped from {mapped:?}");
@@ -353,7 +380,7 @@ fn an_image_mapped_from_a_just_written_file_maps_only_the_pages_touched_as_does_
     // The server maps an image from its `.cwasm`, often written a moment
     // before (a first start), when its page cache is in large folios: a
     // plain read fault would map a whole folio.
-    let engine = Engine::new(&wsgi_wasm::engine::engine_config(&pool(), true)).unwrap();
+    let engine = Engine::new(&config(true, scratch_modules())).unwrap();
     let compiled = Module::new(&engine, wat(&paged_image())).unwrap().serialize().unwrap();
     let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("paged-{}.cwasm", std::process::id()));
     std::fs::write(&path, compiled).unwrap();
@@ -408,8 +435,9 @@ fn assert_maps_only_touched_pages(engine: &Engine, module: &Module) -> String {
 
 /// An app-shaped component for patch 8: `$main` owns the memory and a
 /// snapshot-like data segment (`{data}`), and a library module (`{lib}`),
-/// placed after `{before}`, reads it through a `call_indirect` and a direct
-/// call. Apps built by one toolchain differ in `$main` and share the rest.
+/// placed after `{before}`, reads it through a `call_indirect` and a call to
+/// `$main`'s `first` (a direct call, were the library not shared). Apps
+/// built by one toolchain differ in `$main` and share the rest.
 fn app_component(data: &str, lib: &str, before: &str) -> String {
     format!(
         r#"
@@ -417,11 +445,12 @@ fn app_component(data: &str, lib: &str, before: &str) -> String {
   {before}
   (core module $main
     (memory (export "memory") 1)
-    (func (export "pages") (result i32) memory.size)
+    (func (export "first") (result i32) (i32.load8_u (i32.const 0)))
     (data (i32.const 0) "{data}"))
   (core instance $main (instantiate $main))
   (core module $lib
     (import "main" "memory" (memory 1))
+    (import "main" "first" (func $first (result i32)))
     (type $t (func (param i32) (result i32)))
     (table 2 funcref)
     (elem (i32.const 0) $byte $twice)
@@ -435,83 +464,158 @@ fn app_component(data: &str, lib: &str, before: &str) -> String {
     )
 }
 
-/// The library's body: the first byte of `$main`'s data, plus 1000, twice.
-const READS_FIRST_BYTE: &str = "(call_indirect (type $t) (i32.add (call_indirect (type $t) (i32.const 0) \
-                                (i32.const 0)) (i32.const 1000)) (i32.const 1))";
+/// The library's body: the first byte of `$main`'s data, plus 1000, twice,
+/// plus that byte again through `$main`.
+const READS_FIRST_BYTE: &str = "(i32.add (call_indirect (type $t) (i32.add (call_indirect (type $t) (i32.const 0) \
+                                (i32.const 0)) (i32.const 1000)) (i32.const 1)) (call $first))";
 
-fn run_component(engine: &Engine, text: &str) -> u32 {
-    use wasmtime::component::{Component, Linker};
-    let component = Component::new(engine, wat(text)).unwrap();
+/// What an app of [`app_component`] returns, its data starting with `byte`.
+fn expected(byte: u8, plus: u32) -> u32 {
+    (u32::from(byte) + plus) * 2 + u32::from(byte)
+}
+
+/// The server's store of shared modules, counting the modules stored (each
+/// one compiled), with modules shared from [`MIN_CODE`] bytes of code (the
+/// server shares only large ones).
+struct Counting {
+    files: Arc<SharedModuleFiles>,
+    dir: PathBuf,
+    stored: AtomicUsize,
+}
+
+/// Between the size of the library's function bodies and that of
+/// `$main`'s, or of the module placed before them: only the library is
+/// shared.
+const MIN_CODE: usize = 24;
+
+impl Counting {
+    fn engine() -> (Engine, Arc<Counting>) {
+        let dir = scratch_dir("shared");
+        let files = CodeCache::new(&dir).shared_modules();
+        let counting = Arc::new(Counting { files, dir: dir.join("modules"), stored: AtomicUsize::new(0) });
+        let mut config = config(false, counting.clone());
+        config.share_module_code(counting.clone(), MIN_CODE);
+        (Engine::new(&config).unwrap(), counting)
+    }
+
+    fn stored(&self) -> usize {
+        self.stored.load(Ordering::SeqCst)
+    }
+
+    fn files(&self) -> Vec<PathBuf> {
+        let mut files: Vec<_> = std::fs::read_dir(&self.dir).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        files
+    }
+}
+
+impl SharedModuleCode for Counting {
+    fn load(&self, engine: &Engine, key: &[u8; 32]) -> wasmtime::Result<Option<Module>> {
+        self.files.load(engine, key)
+    }
+
+    fn store(&self, engine: &Engine, key: &[u8; 32], compiled: &[u8]) -> wasmtime::Result<()> {
+        self.stored.fetch_add(1, Ordering::SeqCst);
+        self.files.store(engine, key, compiled)
+    }
+}
+
+fn component(engine: &Engine, text: &str) -> wasmtime::Result<wasmtime::component::Component> {
+    wasmtime::component::Component::new(engine, wat(text))
+}
+
+fn run(engine: &Engine, component: &wasmtime::component::Component) -> u32 {
     let mut store = Store::new(engine, ());
     store.set_epoch_deadline(1);
-    let instance = Linker::<()>::new(engine).instantiate(&mut store, &component).unwrap();
+    let instance = wasmtime::component::Linker::<()>::new(engine).instantiate(&mut store, component).unwrap();
     let func = instance.get_typed_func::<(), (u32,)>(&mut store, "run").unwrap();
     func.call(&mut store, ()).unwrap().0
 }
 
+fn run_component(engine: &Engine, text: &str) -> u32 {
+    run(engine, &component(engine, text).unwrap())
+}
+
 #[test]
-fn a_module_compiled_for_one_app_is_linked_into_the_next_and_reads_that_apps_data() {
-    let engine = engine();
-    assert_eq!(run_component(&engine, &app_component("A", READS_FIRST_BYTE, "")), (65 + 1000) * 2);
-    assert_eq!(engine.shared_compiled_modules_reused(), 0);
+fn a_module_compiled_for_one_app_is_used_by_the_next_and_reads_that_apps_data() {
+    let (engine, shared) = Counting::engine();
+    assert_eq!(run_component(&engine, &app_component("A", READS_FIRST_BYTE, "")), expected(b'A', 1000));
+    assert_eq!(shared.stored(), 1);
     // Another app: its own `$main` (more data, another memory image), the
     // same library in the same place.
     let b = app_component("Bxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", READS_FIRST_BYTE, "");
-    assert_eq!(run_component(&engine, &b), (66 + 1000) * 2);
-    assert_eq!(engine.shared_compiled_modules_reused(), 1, "the library was compiled again");
-    assert_eq!(run_component(&engine, &app_component("C", READS_FIRST_BYTE, "")), (67 + 1000) * 2);
-    assert_eq!(engine.shared_compiled_modules_reused(), 2, "a `$main` with other data was reused");
+    assert_eq!(run_component(&engine, &b), expected(b'B', 1000));
+    assert_eq!(run_component(&engine, &app_component("C", READS_FIRST_BYTE, "")), expected(b'C', 1000));
+    assert_eq!(shared.stored(), 1, "the library was compiled again");
+    assert_eq!(shared.files().len(), 1, "{:?}", shared.files());
 }
 
 #[test]
 fn a_module_that_differs_in_one_instruction_or_in_its_place_is_compiled_for_itself() {
-    let engine = engine();
-    assert_eq!(run_component(&engine, &app_component("A", READS_FIRST_BYTE, "")), 2130);
-    // One constant changed in the library's code.
+    let (engine, shared) = Counting::engine();
+    assert_eq!(run_component(&engine, &app_component("A", READS_FIRST_BYTE, "")), expected(b'A', 1000));
+    // One constant changed in the library's code: it runs its own code.
     let changed = READS_FIRST_BYTE.replace("1000", "2000");
-    assert_eq!(run_component(&engine, &app_component("A", &changed, "")), (65 + 2000) * 2);
-    assert_eq!(engine.shared_compiled_modules_reused(), 1, "only `$main` is the same");
+    assert_eq!(run_component(&engine, &app_component("A", &changed, "")), expected(b'A', 2000));
+    assert_eq!(shared.stored(), 2, "the changed library was not compiled");
     // The same library after another module, whose types come first: its
-    // place, its calls and its interned type indices all differ. `$main`
-    // moves too.
+    // place, its calls and its interned type indices all differ.
     let before = r#"(core module $first (type (func (param f64) (result f64 f64)))
                       (func (export "f") (param f64) (result f64 f64) (local.get 0) (local.get 0)))
                     (core instance $first (instantiate $first))"#;
-    assert_eq!(run_component(&engine, &app_component("A", READS_FIRST_BYTE, before)), 2130);
-    assert_eq!(engine.shared_compiled_modules_reused(), 1, "a module was reused in another place");
+    assert_eq!(run_component(&engine, &app_component("A", READS_FIRST_BYTE, before)), expected(b'A', 1000));
+    assert_eq!(shared.stored(), 3, "a module was used in another place");
 }
 
 #[test]
-fn an_app_that_fails_to_compile_leaves_the_kept_modules_to_the_next() {
-    let engine = engine();
-    assert_eq!(run_component(&engine, &app_component("A", READS_FIRST_BYTE, "")), 2130);
-    // The library is checked out, then the app fails validation in a module
-    // of its own.
+fn an_app_that_fails_to_compile_leaves_the_shared_modules_to_the_next() {
+    let (engine, shared) = Counting::engine();
+    assert_eq!(run_component(&engine, &app_component("A", READS_FIRST_BYTE, "")), expected(b'A', 1000));
+    // The app fails validation in a module of its own, after the library
+    // was found kept.
     let bad = app_component("B", READS_FIRST_BYTE, "")
         .replace(r#"(core module $main"#, r#"(core module $main (func (result i32) (i64.const 1))"#);
-    let err = wasmtime::component::Component::new(&engine, wat(&bad)).unwrap_err();
+    let err = component(&engine, &bad).unwrap_err();
     assert!(format!("{err:?}").contains("type mismatch"), "{err:?}");
-    let reused = engine.shared_compiled_modules_reused();
-    assert_eq!(run_component(&engine, &app_component("C", READS_FIRST_BYTE, "")), (67 + 1000) * 2);
-    assert_eq!(engine.shared_compiled_modules_reused(), reused + 1, "the library was lost");
+    assert_eq!(run_component(&engine, &app_component("C", READS_FIRST_BYTE, "")), expected(b'C', 1000));
+    assert_eq!(shared.stored(), 1, "the library was lost");
 }
 
 #[test]
-fn apps_compiled_at_the_same_time_wait_for_the_kept_module_instead_of_compiling_it() {
-    let engine = engine();
-    assert_eq!(run_component(&engine, &app_component("A", READS_FIRST_BYTE, "")), 2130);
-    // Eight apps at once: each checks the library out in turn.
+fn apps_compiled_at_the_same_time_wait_for_the_shared_module_instead_of_compiling_it() {
+    let (engine, shared) = Counting::engine();
+    // Eight new apps at once, and no library compiled yet: one compiles it,
+    // the others wait and use it.
     std::thread::scope(|scope| {
         for i in 0..8u8 {
             let engine = &engine;
             scope.spawn(move || {
                 let data = char::from(b'B' + i).to_string();
-                assert_eq!(
-                    run_component(engine, &app_component(&data, READS_FIRST_BYTE, "")),
-                    (66 + u32::from(i) + 1000) * 2
-                );
+                let got = run_component(engine, &app_component(&data, READS_FIRST_BYTE, ""));
+                assert_eq!(got, expected(b'B' + i, 1000));
             });
         }
     });
-    assert_eq!(engine.shared_compiled_modules_reused(), 8, "an app compiled the library again");
+    assert_eq!(shared.stored(), 1, "an app compiled the library again");
+}
+
+#[test]
+fn apps_map_one_copy_of_a_shared_module_and_a_lost_one_is_named() {
+    let (engine, shared) = Counting::engine();
+    let a = component(&engine, &app_component("A", READS_FIRST_BYTE, "")).unwrap();
+    let b = component(&engine, &app_component("B", READS_FIRST_BYTE, "")).unwrap();
+    assert_eq!((run(&engine, &a), run(&engine, &b)), (expected(b'A', 1000), expected(b'B', 1000)));
+    let [library] = &shared.files()[..] else { panic!("{:?}", shared.files()) };
+    let size = std::fs::metadata(library).unwrap().len() as usize;
+    let mapped: usize = mappings().iter().filter(|m| Path::new(&m.name) == library).map(|m| m.range.len()).sum();
+    assert!(mapped > 0 && mapped <= size.next_multiple_of(4096), "{mapped} bytes of {size} mapped");
+
+    // A compiled component names its shared modules; one that is gone
+    // leaves it unusable, with the module's name, never another's code.
+    let compiled = engine.precompile_component(&wat(&app_component("D", READS_FIRST_BYTE, ""))).unwrap();
+    let engine = Engine::new(&config(false, scratch_modules())).unwrap();
+    // SAFETY: `compiled` was made by an engine with the same settings.
+    let err = unsafe { wasmtime::component::Component::deserialize(&engine, &compiled) }.unwrap_err();
+    let name = library.file_stem().unwrap().to_str().unwrap();
+    assert!(format!("{err:?}").contains(&format!("shared module {name} is not kept")), "{err:?}");
 }

@@ -92,7 +92,6 @@ table! {
         metrics: SocketAddr,
         max_instances: usize,
         memory_budget: u64,
-        keep_compiled_modules: usize,
         cache_dir: PathBuf,
         apps_dir: PathBuf,
     }
@@ -145,7 +144,6 @@ impl Settings {
             // The pool: --max-instances is each app's cap; see `from_args`.
             max_instances: None,
             memory_budget: args.memory_budget,
-            keep_compiled_modules: Some(args.keep_compiled_modules),
             cache_dir: args.cache.cache_dir.clone(),
             apps_dir: args.apps_dir.clone(),
         };

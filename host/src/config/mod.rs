@@ -382,9 +382,6 @@ pub struct RunConfig {
     /// The linear memory all sandboxes may hold at once, in bytes
     /// (`--memory-budget`, `[server] memory_budget`).
     pub memory_budget: u64,
-    /// Core modules whose compiled code the engine keeps for the next app
-    /// (`--keep-compiled-modules`, `[server] keep_compiled_modules`).
-    pub keep_compiled_modules: usize,
     /// The main config's apps, then the apps directory's by name.
     pub apps: Vec<AppConfig>,
     /// The apps whose settings are wrong (a missing `wasm`, a bad value, a
@@ -510,7 +507,6 @@ impl RunConfig {
             None => default_memory_budget(),
         };
         let apps_dir = server.apps_dir.clone();
-        let keep_compiled_modules = server.keep_compiled_modules.expect("the flags' defaults give every setting");
         let default_memory = defaults.app.over(&loaded.defaults).over(&flags.app).memory.unwrap_or(0);
         let slot_memory_bytes = apps
             .iter()
@@ -521,7 +517,6 @@ impl RunConfig {
         let server_cfg = server.into_server(&key)?;
         Ok(Self {
             memory_budget,
-            keep_compiled_modules,
             file: loaded.path.clone(),
             http: server_cfg.http,
             uwsgi: server_cfg.uwsgi,

@@ -45,9 +45,9 @@ pub use self::code_builder::{CodeBuilder, CodeHint, HashedEngineCompileEnv};
 #[cfg(feature = "runtime")]
 mod runtime;
 
-// wsgi-wasm patch 8: compiled core modules shared between components.
+// wsgi-wasm patch 8: core modules compiled once for every component.
 mod shared;
-pub(crate) use self::shared::SharedModules;
+pub(crate) use self::shared::SharedCompiles;
 
 /// Converts an input binary-encoded WebAssembly module to compilation
 /// artifacts and type information.
@@ -93,9 +93,7 @@ pub(crate) fn build_module_artifacts<T: FinishedObject>(
     let functions = mem::take(&mut translation.function_body_inputs);
 
     let compile_inputs = CompileInputs::for_module(&types, &translation, functions);
-    // wsgi-wasm patch 8: a module on its own is compiled, never shared.
-    let mut reused = shared::Checkouts::new(None);
-    let unlinked_compile_outputs = compile_inputs.compile(engine, &types, &mut reused)?;
+    let unlinked_compile_outputs = compile_inputs.compile(engine, &types)?;
     let PreLinkOutput {
         needs_gc_heap,
         compiled_funcs,
@@ -155,7 +153,7 @@ pub(crate) fn build_component_artifacts<T: FinishedObject>(
 ) -> Result<(T, Option<wasmtime_environ::component::ComponentArtifacts>)> {
     use wasmtime_environ::ScopeVec;
     use wasmtime_environ::component::{
-        CompiledComponentInfo, ComponentArtifacts, ComponentTypesBuilder,
+        CompiledComponentInfo, ComponentArtifacts, ComponentTypesBuilder, StaticModuleArtifact,
     };
 
     let compiler = engine.try_compiler()?;
@@ -181,13 +179,20 @@ pub(crate) fn build_component_artifacts<T: FinishedObject>(
         );
     }
 
-    // wsgi-wasm patch 8: check out the modules whose compiled functions the
-    // engine kept (`compile/shared.rs`); their functions are neither
-    // validated nor compiled here, only linked. `reused` gives them back
-    // when it drops, whatever happens below.
-    let mut reused = shared::Checkouts::new(engine.shared_modules());
-    for (index, translation) in module_translations.iter() {
-        reused.check_out(index, translation, types.module_types_builder())?;
+    // wsgi-wasm patch 8: the modules other components share are compiled
+    // into artifacts of their own, unless already kept, and leave an empty
+    // module in their place here.
+    let shared = shared::plan(
+        engine,
+        &mut module_translations,
+        types.module_types_builder(),
+    )?;
+    for (&index, key) in &shared {
+        let translation = mem::replace(
+            &mut module_translations[index],
+            ModuleTranslation::new(index),
+        );
+        ensure_shared_module(engine, key, translation, types.module_types_builder())?;
     }
 
     let compile_inputs = CompileInputs::for_component(
@@ -196,21 +201,11 @@ pub(crate) fn build_component_artifacts<T: FinishedObject>(
         &component,
         module_translations.iter_mut().map(|(i, translation)| {
             let functions = mem::take(&mut translation.function_body_inputs);
-            let functions = if reused.has(i) {
-                reused.note_start_srclocs(i, &functions);
-                PrimaryMap::new()
-            } else {
-                functions
-            };
             (i, &*translation, functions)
         }),
     );
-    let unlinked_compile_outputs =
-        compile_inputs.compile(&engine, types.module_types_builder(), &mut reused)?;
+    let unlinked_compile_outputs = compile_inputs.compile(&engine, types.module_types_builder())?;
 
-    for (key, output) in &unlinked_compile_outputs.outputs {
-        reused.note_needs_gc_heap(*key, output.function.needs_gc_heap);
-    }
     let PreLinkOutput {
         needs_gc_heap,
         compiled_funcs,
@@ -234,17 +229,13 @@ pub(crate) fn build_component_artifacts<T: FinishedObject>(
     engine.append_compiler_info(&mut object)?;
     engine.append_bti(&mut object);
 
-    let linked = indices.link_and_append_code(
+    let (mut object, compilation_artifacts) = indices.link_and_append_code(
         object,
         engine,
         &compiled_funcs,
         module_translations,
         None, // TODO: Support dwarf packages for components.
-    );
-    // wsgi-wasm patch 8: what was reused goes back, and what was compiled
-    // is kept, for the next component.
-    reused.keep(compiled_funcs);
-    let (mut object, compilation_artifacts) = linked?;
+    )?;
 
     if tunables.debug_guest {
         object.append_wasm_bytecode(module_wasms);
@@ -260,13 +251,67 @@ pub(crate) fn build_component_artifacts<T: FinishedObject>(
         table: compilation_artifacts.table,
         ty,
         types,
-        static_modules: compilation_artifacts.modules,
+        // wsgi-wasm patch 8: a shared module is known by its key.
+        static_modules: compilation_artifacts
+            .modules
+            .into_iter()
+            .map(|(index, info)| match shared.get(&index) {
+                Some(key) => StaticModuleArtifact::Shared(*key),
+                None => StaticModuleArtifact::Compiled(info),
+            })
+            .collect(),
         checksum: WasmChecksum::from_binary(binary, tunables.recording),
     };
     object.serialize_info(&artifacts);
 
     let result = T::finish_object(object, obj_state)?;
     Ok((result, Some(artifacts)))
+}
+
+/// wsgi-wasm patch 8: makes sure the engine's `SharedModuleCode` keeps the
+/// module of `translation`, a module of a component, under `key`: compiles
+/// it into a module artifact of its own unless it is kept already.
+#[cfg(feature = "component-model")]
+fn ensure_shared_module(
+    engine: &Engine,
+    key: &shared::ShareKey,
+    mut translation: ModuleTranslation<'_>,
+    types: &ModuleTypesBuilder,
+) -> Result<()> {
+    let (code, _) = engine
+        .config()
+        .shared_module_code
+        .as_ref()
+        .expect("only planned with shared module code");
+    let _claim = engine.shared_compiles().claim(*key);
+    if code.load(engine, key)?.is_some() {
+        return Ok(());
+    }
+    let compiler = engine.try_compiler()?;
+    let functions = mem::take(&mut translation.function_body_inputs);
+    let compile_inputs = CompileInputs::for_module(types, &translation, functions);
+    let PreLinkOutput {
+        needs_gc_heap,
+        compiled_funcs,
+        indices,
+    } = compile_inputs.compile(engine, types)?.pre_link();
+    translation.module.needs_gc_heap |= needs_gc_heap;
+
+    let mut object = compiler.object(ObjectKind::Module)?;
+    engine.append_compiler_info(&mut object)?;
+    engine.append_bti(&mut object);
+    let (mut object, artifacts) = indices.link_and_append_code(
+        object,
+        engine,
+        &compiled_funcs,
+        std::iter::once(translation).collect(),
+        None,
+    )?;
+    let (info, index) = artifacts.unwrap_as_module_info();
+    object.serialize_info(&(&info, &index, types.types()));
+    let compiled: Vec<u8> = <Vec<u8> as FinishedObject>::finish_object(object, &())?;
+    code.store(engine, key, &compiled)
+        .context("failed to keep a shared module's compiled code")
 }
 
 fn prepare_translation(
@@ -337,7 +382,9 @@ impl<'a> CompileInputs<'a> {
     ) -> Self {
         let mut ret = CompileInputs { inputs: vec![] };
 
-        let module_index = StaticModuleIndex::from_u32(0);
+        // wsgi-wasm patch 8: a module compiled out of a component keeps its
+        // index there.
+        let module_index = translation.module.module_index;
         ret.collect_inputs_in_translations(types, [(module_index, translation, functions)]);
 
         ret
@@ -624,7 +671,6 @@ impl<'a> CompileInputs<'a> {
         self,
         engine: &Engine,
         types: &'a ModuleTypesBuilder,
-        reused: &mut shared::Checkouts<'_>,
     ) -> Result<UnlinkedCompileOutputs<'a>> {
         let compiler = engine.try_compiler()?;
 
@@ -678,18 +724,6 @@ the use case.
                 );
             }
         }
-
-        // wsgi-wasm patch 8: the functions of the modules checked out join
-        // the ones just compiled, before the builtins they call are found.
-        let lent = reused.lend().into_iter();
-        raw_outputs.extend(lent.map(|(key, symbol, function, start_srcloc)| CompileOutput {
-            key,
-            symbol,
-            function,
-            start_srcloc,
-            translation: None,
-            func_body: None,
-        }));
 
         // Now that all functions have been compiled see if any
         // wasmtime-builtin functions are necessary. If so those need to be

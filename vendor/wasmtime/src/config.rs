@@ -190,9 +190,10 @@ pub struct Config {
     #[cfg(feature = "async")]
     pub(crate) stack_creator: Option<Arc<dyn RuntimeFiberStackCreator>>,
     pub(crate) module_version: ModuleVersionStrategy,
-    // wsgi-wasm patch 8: how many core modules' compiled functions the engine
-    // keeps for later components (`share_compiled_modules`).
-    pub(crate) shared_module_capacity: usize,
+    // wsgi-wasm patch 8: where the core modules that components share are
+    // kept compiled, and the code size from which a module is shared
+    // (`share_module_code`).
+    pub(crate) shared_module_code: Option<(Arc<dyn SharedModuleCode>, usize)>,
     pub(crate) parallel_compilation: bool,
     pub(crate) memory_guaranteed_dense_image_size: u64,
     pub(crate) force_memory_init_memfd: bool,
@@ -306,7 +307,7 @@ impl Config {
             #[cfg(feature = "async")]
             stack_creator: None,
             module_version: ModuleVersionStrategy::default(),
-            shared_module_capacity: 0, // wsgi-wasm patch 8
+            shared_module_code: None, // wsgi-wasm patch 8
             parallel_compilation: !cfg!(miri),
             memory_guaranteed_dense_image_size: 16 << 20,
             force_memory_init_memfd: false,
@@ -2233,18 +2234,27 @@ impl Config {
         self
     }
 
-    /// wsgi-wasm patch 8: keeps the compiled functions of up to `capacity`
-    /// core modules of the components this engine compiles, and reuses them
-    /// when a later component holds a module with the same bytes, in the
-    /// same place, with the same types (`compile/shared.rs`). A component
-    /// whose core modules all match another's compiles only its trampolines
-    /// and startup functions, and is linked. `0`, the default, keeps none.
+    /// wsgi-wasm patch 8: compiles each core module of a component whose
+    /// function bodies take at least `min_code_size` bytes into a module
+    /// artifact of its own, which `code` keeps under a key, and which every
+    /// component holding the same module, in the same place, with the same
+    /// types, for the same engine settings, then uses instead of compiling
+    /// it again (`compile/shared.rs`). The component's own artifact holds
+    /// the other modules, its trampolines and the key, and loading it asks
+    /// `code` for the module. So components built by one toolchain share
+    /// their libraries' machine code, on disk and mapped.
     ///
-    /// Function bodies sit at different offsets in different components, so
-    /// this requires [`Config::generate_address_map`]`(false)`; it also
-    /// requires inlining and native debug info to be off.
-    pub fn share_compiled_modules(&mut self, capacity: usize) -> &mut Self {
-        self.shared_module_capacity = capacity;
+    /// A shared module's calls to another module go through its imports,
+    /// never direct. Function bodies sit at different offsets in different
+    /// components, so this requires
+    /// [`Config::generate_address_map`]`(false)`; it also requires inlining
+    /// and debug info to be off.
+    pub fn share_module_code(
+        &mut self,
+        code: Arc<dyn SharedModuleCode>,
+        min_code_size: usize,
+    ) -> &mut Self {
+        self.shared_module_code = Some((code, min_code_size));
         self
     }
 
@@ -2847,15 +2857,15 @@ impl Config {
 
         // wsgi-wasm patch 8: shared code must not depend on where a module
         // sits in its component, nor on another module's code.
-        if self.shared_module_capacity > 0 {
+        if self.shared_module_code.is_some() {
             if tunables.generate_address_map {
-                bail!("sharing compiled modules requires `generate_address_map(false)`");
+                bail!("sharing module code requires `generate_address_map(false)`");
             }
             if tunables.inlining != Inlining::No {
-                bail!("sharing compiled modules requires inlining to be off");
+                bail!("sharing module code requires inlining to be off");
             }
             if tunables.debug_native || tunables.debug_guest {
-                bail!("sharing compiled modules requires debug info to be off");
+                bail!("sharing module code requires debug info to be off");
             }
         }
 
@@ -3500,6 +3510,20 @@ impl fmt::Debug for Config {
         self.tunables.format(&mut f);
         f.finish()
     }
+}
+
+/// wsgi-wasm patch 8: where an engine keeps the compiled core modules that
+/// components share (`Config::share_module_code`), each under a SHA-256 of
+/// everything its code was made from, engine settings included.
+///
+/// What `load` returns is trusted as this engine's own compile of the
+/// module under `key`: it is run as such.
+pub trait SharedModuleCode: Send + Sync {
+    /// The module kept under `key`, loaded for `engine`, if it is kept.
+    fn load(&self, engine: &Engine, key: &[u8; 32]) -> Result<Option<crate::Module>>;
+
+    /// Keeps `compiled`, a module artifact `engine` made, under `key`.
+    fn store(&self, engine: &Engine, key: &[u8; 32], compiled: &[u8]) -> Result<()>;
 }
 
 /// Possible Compilation strategies for a wasm module.

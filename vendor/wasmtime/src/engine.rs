@@ -52,9 +52,9 @@ struct EngineInner {
     tunables: Tunables,
     #[cfg(any(feature = "cranelift", feature = "winch"))]
     compiler: Option<Box<dyn wasmtime_environ::Compiler>>,
-    // wsgi-wasm patch 8: compiled core modules kept for later components.
+    // wsgi-wasm patch 8: the shared modules being compiled now.
     #[cfg(any(feature = "cranelift", feature = "winch"))]
-    shared_modules: crate::compile::SharedModules,
+    shared_compiles: crate::compile::SharedCompiles,
     #[cfg(feature = "runtime")]
     allocator: Box<dyn crate::runtime::vm::InstanceAllocator + Send + Sync>,
     #[cfg(feature = "runtime")]
@@ -166,7 +166,7 @@ impl Engine {
                 epoch: AtomicU64::new(0),
                 compatible_with_native_host: Default::default(),
                 #[cfg(any(feature = "cranelift", feature = "winch"))]
-                shared_modules: crate::compile::SharedModules::new(config.shared_module_capacity),
+                shared_compiles: Default::default(),
                 config,
                 tunables,
                 features,
@@ -683,25 +683,10 @@ impl Engine {
         self.inner.compiler.as_deref()
     }
 
-    /// wsgi-wasm patch 8: the compiled core modules this engine keeps, if
-    /// `Config::share_compiled_modules` asked it to keep any.
+    /// wsgi-wasm patch 8: the shared modules being compiled now.
     #[cfg(any(feature = "cranelift", feature = "winch"))]
-    pub(crate) fn shared_modules(&self) -> Option<&crate::compile::SharedModules> {
-        (self.inner.config.shared_module_capacity > 0).then_some(&self.inner.shared_modules)
-    }
-
-    /// wsgi-wasm patch 8: how many core modules' compiled functions this
-    /// engine keeps now (see `Config::share_compiled_modules`).
-    #[cfg(any(feature = "cranelift", feature = "winch"))]
-    pub fn shared_compiled_modules(&self) -> usize {
-        self.inner.shared_modules.len()
-    }
-
-    /// wsgi-wasm patch 8: how many times, since this engine was made, a
-    /// compile linked a kept module's functions instead of compiling them.
-    #[cfg(any(feature = "cranelift", feature = "winch"))]
-    pub fn shared_compiled_modules_reused(&self) -> u64 {
-        self.inner.shared_modules.reused()
+    pub(crate) fn shared_compiles(&self) -> &crate::compile::SharedCompiles {
+        &self.inner.shared_compiles
     }
 
     pub(crate) fn try_compiler(&self) -> Result<&dyn wasmtime_environ::Compiler> {

@@ -368,6 +368,12 @@ impl ModuleTypesBuilder {
         self.types
     }
 
+    /// wsgi-wasm patch 8: the types built so far, to serialize with a module
+    /// compiled on its own out of a component.
+    pub fn types(&self) -> &ModuleTypes {
+        &self.types
+    }
+
     /// Get the elements within an already-defined rec group.
     pub fn rec_group_elements(
         &self,

@@ -19,9 +19,22 @@ pub struct ComponentArtifacts {
     /// Type information for this component and all contained modules.
     pub types: ComponentTypes,
     /// Serialized metadata about all included core wasm modules.
-    pub static_modules: PrimaryMap<StaticModuleIndex, CompiledModuleInfo>,
+    ///
+    /// wsgi-wasm patch 8: or, for a module compiled into an artifact of its
+    /// own that other components share, that artifact's key.
+    pub static_modules: PrimaryMap<StaticModuleIndex, StaticModuleArtifact>,
     /// A checksum of the source Wasm binary from which the component was compiled.
     pub checksum: WasmChecksum,
+}
+
+/// wsgi-wasm patch 8: where a component's core module was compiled.
+#[derive(Serialize, Deserialize)]
+pub enum StaticModuleArtifact {
+    /// Into the component's own artifact, described here.
+    Compiled(CompiledModuleInfo),
+    /// Into a module artifact of its own, kept by the engine's
+    /// `SharedModuleCode` under this key.
+    Shared([u8; 32]),
 }
 
 /// Runtime state that a component retains to support its operation.

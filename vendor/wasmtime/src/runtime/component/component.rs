@@ -16,11 +16,13 @@ use core::fmt;
 use core::ops::Range;
 use core::ptr::NonNull;
 #[cfg(feature = "std")]
+use std::collections::BTreeMap;
 use std::path::Path;
 use wasmtime_environ::component::{
     CompiledComponentInfo, ComponentArtifacts, ComponentTypes, CoreDef, Export, ExportIndex,
-    GlobalInitializer, InstantiateModule, NameMapNoIntern, OptionsIndex, StaticModuleIndex,
-    TrampolineIndex, TypeComponentIndex, TypeFuncIndex, UnsafeIntrinsic, VMComponentOffsets,
+    GlobalInitializer, InstantiateModule, NameMapNoIntern, OptionsIndex, StaticModuleArtifact,
+    StaticModuleIndex, TrampolineIndex, TypeComponentIndex, TypeFuncIndex, UnsafeIntrinsic,
+    VMComponentOffsets,
 };
 use wasmtime_environ::{Abi, CompiledFunctionsTable, FuncKey, TypeTrace, WasmChecksum};
 use wasmtime_environ::{FunctionLoc, HostPtr, ObjectKind, PrimaryMap};
@@ -438,12 +440,19 @@ impl Component {
         };
         let index = Arc::new(index);
 
+        // wsgi-wasm patch 8: the modules compiled on their own, for every
+        // component that holds them, come from the engine's shared code.
+        let shared = load_shared_modules(engine, &static_modules)?;
+
         // Validate that the component can be used with the current instance
         // allocator.
         engine.allocator().validate_component(
             &info.component,
             &VMComponentOffsets::new(HostPtr, &info.component),
-            &|module_index| &static_modules[module_index].module,
+            &|module_index| match &static_modules[module_index] {
+                StaticModuleArtifact::Compiled(info) => &info.module,
+                StaticModuleArtifact::Shared(_) => shared[&module_index].env_module(),
+            },
         )?;
 
         // Create a signature registration with the `Engine` for all trampolines
@@ -451,7 +460,14 @@ impl Component {
         // component and for all included core wasm modules.
         let signatures = engine.register_and_canonicalize_types(
             types.module_types_mut(),
-            static_modules.iter_mut().map(|(_, m)| &mut m.module),
+            static_modules
+                .iter_mut()
+                .filter_map(|(_, m)| match m {
+                    StaticModuleArtifact::Compiled(info) => Some(&mut info.module),
+                    StaticModuleArtifact::Shared(_) => None,
+                })
+                .collect::<Vec<_>>()
+                .into_iter(),
         )?;
         types.canonicalize_for_runtime_usage(&mut |idx| signatures.shared_type(idx).unwrap());
 
@@ -463,10 +479,14 @@ impl Component {
         // Convert all information about static core wasm modules into actual
         // `Module` instances by converting each `CompiledModuleInfo`, the
         // `types` type information, and the code memory to a runtime object.
+        let mut shared = shared;
         let static_modules = static_modules
             .into_iter()
-            .map(|(_, info)| {
-                Module::from_parts_raw(engine, code.clone(), info, index.clone(), false)
+            .map(|(module_index, artifact)| match artifact {
+                StaticModuleArtifact::Compiled(info) => {
+                    Module::from_parts_raw(engine, code.clone(), info, index.clone(), false)
+                }
+                StaticModuleArtifact::Shared(_) => Ok(shared.remove(&module_index).unwrap()),
             })
             .collect::<Result<_>>()?;
 
@@ -1038,6 +1058,33 @@ impl ExportLookup for ItemName {
             .and_then(|instance_name| instance_name.lookup(component, instance));
         self.name.lookup(component, instance.as_ref())
     }
+}
+
+/// wsgi-wasm patch 8: loads, from the engine's `SharedModuleCode`, the
+/// component's modules that were compiled on their own.
+fn load_shared_modules(
+    engine: &Engine,
+    static_modules: &PrimaryMap<StaticModuleIndex, StaticModuleArtifact>,
+) -> Result<BTreeMap<StaticModuleIndex, Module>> {
+    let mut shared = BTreeMap::new();
+    for (module_index, artifact) in static_modules.iter() {
+        let StaticModuleArtifact::Shared(key) = artifact else {
+            continue;
+        };
+        let Some((code, _)) = &engine.config().shared_module_code else {
+            bail!("the component shares compiled modules, and this engine keeps none");
+        };
+        let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+        let module = code
+            .load(engine, key)?
+            .ok_or_else(|| format_err!("shared module {hex} is not kept"))?;
+        ensure!(
+            module.env_module().module_index == module_index,
+            "shared module {hex} was compiled for another place in its component"
+        );
+        shared.insert(module_index, module);
+    }
+    Ok(shared)
 }
 
 #[cfg(test)]
