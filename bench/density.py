@@ -9,14 +9,13 @@ distinct tenants' apps do. For each count it reports:
   `wsgi-wasm run --config` to its first listener, and the server's PSS
   after one request to every app (the compiler's leftovers included);
 - the same for a second start, every app's code in the compile cache, and
-  the PSS per app, at rest: once the server's background compile of the
-  modules every app shares (below) has ended, with what it keeps;
+  the PSS per app, at rest;
 - for each of the two servers, how long a new app takes to serve: a Flask
   app (another build, so its own snapshot module, as a new tenant's upload
   has) is added to the config and the server sent SIGHUP; the time runs
-  from the signal to the new app's first 200. A server that compiled
-  nothing at start first compiles the modules every app shares, in the
-  background: the SIGHUP waits for that, whose time is reported too.
+  from the signal to the new app's first 200. CPython's libraries are
+  compiled once, into the cache, by the first app of the first start;
+  every later app, and the new one, compiles only its own modules.
 
 Traffic goes to 127.0.0.1 only: one GET per app, and the new app's polls.
 
@@ -100,7 +99,6 @@ def start(config, cache):
         [str(WSGI_WASM), "run", "--config", str(config), "--http", f"127.0.0.1:{port}", "--cache-dir", str(cache),
          "--no-access-log"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    proc.started = started
     proc.lines = queue.Queue()
     threading.Thread(target=read_log, args=(proc,), daemon=True).start()
     wait_for_line(proc, "listening on")
@@ -147,13 +145,6 @@ def new_app_seconds(proc, port, config, lines, wasm, name):
     raise RuntimeError(f"{name} did not serve within 120 s of SIGHUP")
 
 
-def warmed_after(proc):
-    """Seconds from the server's start to the end of its background compile
-    of the modules apps share (read from its log)."""
-    wait_for_line(proc, "compiled the modules apps share")
-    return time.monotonic() - proc.started
-
-
 def measure(n, hello, flask, work):
     """One count's figures, from an empty compile cache of its own (the
     counts' apps share bytes: hello-0 is the same app in every count)."""
@@ -172,15 +163,12 @@ def measure(n, hello, flask, work):
         try:
             for i in range(n):
                 get(port, f"hello{i}.test")
-            # At rest: after the background compile, if any, with what it
-            # keeps for the next new app.
-            warm = warmed_after(proc) if phase == "cached" else None
             time.sleep(0.5)
             pss = pss_kib(proc.pid)
             new = apps / f"new-{phase}.wasm"
             tagged(flask, new, 1000 + n * 10 + len(results))
             added = new_app_seconds(proc, port, config, lines, new, "added")
-            results[phase] = (took, pss, added, warm)
+            results[phase] = (took, pss, added)
         finally:
             os.killpg(proc.pid, 15)
             proc.wait()
@@ -208,17 +196,15 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         print("| apps | first start (s) | its PSS (MiB) | then a new app (s) "
-              "| cached start (s) | PSS idle (MiB) | per app (MiB) | shared modules compiled at (s) "
-              "| then a new app (s) |")
-        print("|---|---|---|---|---|---|---|---|---|")
+              "| cached start (s) | PSS idle (MiB) | per app (MiB) | then a new app (s) |")
+        print("|---|---|---|---|---|---|---|---|")
         for n in counts:
             check_disk(n, hello, work)
             r = measure(n, hello, flask, work)
-            cold_s, cold_pss, cold_new, _ = r["first"]
-            warm_s, pss, warm_new, warmed = r["cached"]
+            cold_s, cold_pss, cold_new = r["first"]
+            warm_s, pss, warm_new = r["cached"]
             print(f"| {n} | {cold_s:.1f} | {cold_pss / 1024:.0f} | {cold_new:.2f} "
-                  f"| {warm_s:.2f} | {pss / 1024:.0f} | {pss / 1024 / n:.1f} | {warmed:.1f} "
-                  f"| {warm_new:.2f} |", flush=True)
+                  f"| {warm_s:.2f} | {pss / 1024:.0f} | {pss / 1024 / n:.1f} | {warm_new:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -568,15 +568,20 @@ fn a_module_that_differs_in_one_instruction_or_in_its_place_is_compiled_for_itse
 }
 
 #[test]
-fn an_app_that_fails_to_compile_leaves_the_shared_modules_to_the_next() {
+fn an_app_that_fails_to_compile_adds_no_shared_module_and_leaves_the_others() {
     let (engine, shared) = Counting::engine();
     assert_eq!(run_component(&engine, &app_component("A", READS_FIRST_BYTE, "")), expected(b'A', 1000));
-    // The app fails validation in a module of its own, after the library
-    // was found kept.
-    let bad = app_component("B", READS_FIRST_BYTE, "")
-        .replace(r#"(core module $main"#, r#"(core module $main (func (result i32) (i64.const 1))"#);
-    let err = component(&engine, &bad).unwrap_err();
-    assert!(format!("{err:?}").contains("type mismatch"), "{err:?}");
+    // Apps that fail validation in a module of their own: one with the
+    // library kept, one with a library never compiled.
+    let invalid_main = |lib: &str| {
+        app_component("B", lib, "")
+            .replace(r#"(core module $main"#, r#"(core module $main (func (result i32) (i64.const 1))"#)
+    };
+    for lib in [READS_FIRST_BYTE.to_owned(), READS_FIRST_BYTE.replace("1000", "3000")] {
+        let err = component(&engine, &invalid_main(&lib)).unwrap_err();
+        assert!(format!("{err:?}").contains("type mismatch"), "{err:?}");
+    }
+    assert_eq!(shared.stored(), 1, "a failed app's library was kept");
     assert_eq!(run_component(&engine, &app_component("C", READS_FIRST_BYTE, "")), expected(b'C', 1000));
     assert_eq!(shared.stored(), 1, "the library was lost");
 }

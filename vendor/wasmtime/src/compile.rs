@@ -179,21 +179,21 @@ pub(crate) fn build_component_artifacts<T: FinishedObject>(
         );
     }
 
-    // wsgi-wasm patch 8: the modules other components share are compiled
-    // into artifacts of their own, unless already kept, and leave an empty
-    // module in their place here.
+    // wsgi-wasm patch 8: the modules other components share leave an empty
+    // module in their place here; each is compiled into an artifact of its
+    // own below, unless already kept, once the rest compiled.
     let shared = shared::plan(
         engine,
         &mut module_translations,
         types.module_types_builder(),
     )?;
-    for (&index, key) in &shared {
-        let translation = mem::replace(
-            &mut module_translations[index],
-            ModuleTranslation::new(index),
-        );
-        ensure_shared_module(engine, key, translation, types.module_types_builder())?;
-    }
+    let shared_translations: Vec<_> = shared
+        .iter()
+        .map(|(&index, key)| {
+            let empty = ModuleTranslation::new(index);
+            (key, mem::replace(&mut module_translations[index], empty))
+        })
+        .collect();
 
     let compile_inputs = CompileInputs::for_component(
         engine,
@@ -239,6 +239,12 @@ pub(crate) fn build_component_artifacts<T: FinishedObject>(
 
     if tunables.debug_guest {
         object.append_wasm_bytecode(module_wasms);
+    }
+
+    // wsgi-wasm patch 8: last, so that a component that fails to compile
+    // adds no shared module.
+    for (key, translation) in shared_translations {
+        ensure_shared_module(engine, key, translation, types.module_types_builder())?;
     }
 
     let (types, ty) = types.finish(&component.component);
