@@ -589,19 +589,25 @@ fn an_app_that_fails_to_compile_adds_no_shared_module_and_leaves_the_others() {
 #[test]
 fn apps_compiled_at_the_same_time_wait_for_the_shared_module_instead_of_compiling_it() {
     let (engine, shared) = Counting::engine();
-    // Eight new apps at once, and no library compiled yet: one compiles it,
-    // the others wait and use it.
-    std::thread::scope(|scope| {
-        for i in 0..8u8 {
-            let engine = &engine;
-            scope.spawn(move || {
-                let data = char::from(b'B' + i).to_string();
-                let got = run_component(engine, &app_component(&data, READS_FIRST_BYTE, ""));
-                assert_eq!(got, expected(b'B' + i, 1000));
-            });
-        }
+    // Eight new apps compiled at once, and no library compiled yet: one
+    // compiles it, the others wait and use it. They run one at a time (the
+    // pool has three slots).
+    let apps: Vec<_> = std::thread::scope(|scope| {
+        let compiles: Vec<_> = (0..8u8)
+            .map(|i| {
+                let engine = &engine;
+                scope.spawn(move || {
+                    let data = char::from(b'B' + i).to_string();
+                    component(engine, &app_component(&data, READS_FIRST_BYTE, "")).unwrap()
+                })
+            })
+            .collect();
+        compiles.into_iter().map(|c| c.join().unwrap()).collect()
     });
     assert_eq!(shared.stored(), 1, "an app compiled the library again");
+    for (i, app) in (0u8..).zip(&apps) {
+        assert_eq!(run(&engine, app), expected(b'B' + i, 1000));
+    }
 }
 
 #[test]
