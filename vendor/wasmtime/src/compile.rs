@@ -242,10 +242,20 @@ pub(crate) fn build_component_artifacts<T: FinishedObject>(
     }
 
     // wsgi-wasm patch 8: last, so that a component that fails to compile
-    // adds no shared module.
-    for (key, translation) in shared_translations {
-        ensure_shared_module(engine, key, translation, types.module_types_builder())?;
-    }
+    // adds no shared module; each on a thread of its own, so that their
+    // functions share the compiler's threads, as one component's do.
+    let module_types = types.module_types_builder();
+    std::thread::scope(|scope| {
+        let ensured: Vec<_> = shared_translations
+            .into_iter()
+            .map(|(key, translation)| {
+                scope.spawn(move || ensure_shared_module(engine, key, translation, module_types))
+            })
+            .collect();
+        ensured
+            .into_iter()
+            .try_for_each(|e| e.join().expect("a shared module's compile panicked"))
+    })?;
 
     let (types, ty) = types.finish(&component.component);
 
