@@ -19,8 +19,8 @@ distinct tenants' apps do. For each count it reports:
 
 Traffic goes to 127.0.0.1 only: one GET per app, and the new app's polls.
 
-Each app takes its `app.wasm` and its compiled code on disk, about 70 MB
-for hello: 500 apps need about 35 GB free where `tempfile` writes (set
+Each app takes its `app.wasm` and its compiled code on disk, about 52 MB
+for hello: 500 apps need about 26 GB free where `tempfile` writes (set
 TMPDIR to choose). A count that would not fit is refused before it starts,
 saying how much it needs; `--counts` chooses the counts.
 
@@ -50,8 +50,10 @@ import bench  # noqa: E402  (wasm_for builds hello as the benchmark does)
 COUNTS = "1,10,50,500"
 
 # The compiled code of an app, against the size of its `app.wasm` (hello:
-# 39.2 MB of code for 30.9 MB), rounded up: what a count needs on disk.
-CODE_PER_WASM_BYTE = 1.3
+# 20.3 MB of code and memory image for 31.8 MB; CPython's compiled
+# libraries, 20 MB once, are left out), rounded up: what a count needs on
+# disk.
+CODE_PER_WASM_BYTE = 0.7
 
 
 def leb128(n):

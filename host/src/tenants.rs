@@ -573,8 +573,8 @@ fn routes(apps: &[Entry]) -> Vec<(String, crate::router::Mount, Arc<Sandbox>)> {
 /// one thread's work (reading and hashing its `app.wasm`, unpacking its
 /// files, linking its code), with waits for the disk between (writing the
 /// code out): the extra thread fills those. The first goes alone: it
-/// writes the files most apps share and compiles the modules they all
-/// link (`codecache`), with nothing else on the cores. Loading all at once
+/// writes the files most apps share and, with an empty cache, compiles
+/// the modules they all use (`codecache`), with nothing else on the cores. Loading all at once
 /// instead made three trees write the same files in step, and a start
 /// from the cache 0.2–0.7 s slower (`docs/performance.md`).
 ///
