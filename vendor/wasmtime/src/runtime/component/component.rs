@@ -11,12 +11,12 @@ use crate::{
     type_registry::TypeCollection,
 };
 use crate::{FuncType, ValType};
+use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
 use core::fmt;
 use core::ops::Range;
 use core::ptr::NonNull;
 #[cfg(feature = "std")]
-use std::collections::BTreeMap;
 use std::path::Path;
 use wasmtime_environ::component::{
     CompiledComponentInfo, ComponentArtifacts, ComponentTypes, CoreDef, Export, ExportIndex,
@@ -442,7 +442,7 @@ impl Component {
 
         // wsgi-wasm patch 8: the modules compiled on their own, for every
         // component that holds them, come from the engine's shared code.
-        let shared = load_shared_modules(engine, &static_modules)?;
+        let mut shared = load_shared_modules(engine, &static_modules)?;
 
         // Validate that the component can be used with the current instance
         // allocator.
@@ -479,7 +479,6 @@ impl Component {
         // Convert all information about static core wasm modules into actual
         // `Module` instances by converting each `CompiledModuleInfo`, the
         // `types` type information, and the code memory to a runtime object.
-        let mut shared = shared;
         let static_modules = static_modules
             .into_iter()
             .map(|(module_index, artifact)| match artifact {
