@@ -574,9 +574,10 @@ fn routes(apps: &[Entry]) -> Vec<(String, crate::router::Mount, Arc<Sandbox>)> {
 /// files, linking its code), with waits for the disk between (writing the
 /// code out): the extra thread fills those. The first goes alone: it
 /// writes the files most apps share and, with an empty cache, compiles
-/// the modules they all use (`codecache`), with nothing else on the cores. Loading all at once
-/// instead made three trees write the same files in step, and a start
-/// from the cache 0.2–0.7 s slower (`docs/performance.md`).
+/// the modules they all use (`codecache`), with nothing else on the
+/// cores. Loading all at once instead made three trees write the same
+/// files in step, and a start from the cache 0.2–0.7 s slower
+/// (`docs/performance.md`).
 ///
 /// # Errors
 /// The first item's error, in the items' order, once all have been tried.

@@ -90,10 +90,35 @@ pub(crate) fn build_module_artifacts<T: FinishedObject>(
     .translate(parser, wasm)
     .context("failed to parse WebAssembly module")?;
     prepare_translation(engine, compiler, &mut translation, &mut types);
+
+    // wsgi-wasm patch 8: the rest is shared with the modules compiled out of
+    // a component (`module_object`).
+    let (object, info, index) = module_object(engine, translation, &types, dwarf_package)?;
+    let types = types.finish();
+    let result = T::finish_object(object, obj_state)?;
+
+    Ok((result, Some((info, index, types))))
+}
+
+/// wsgi-wasm patch 8: compiles and links `translation`, a module on its own
+/// or one compiled out of a component, into a module artifact with its
+/// metadata and `types` serialized, for `FinishedObject::finish_object`.
+fn module_object<'a>(
+    engine: &'a Engine,
+    mut translation: ModuleTranslation<'_>,
+    types: &ModuleTypesBuilder,
+    dwarf_package: Option<&[u8]>,
+) -> Result<(
+    wasmtime_environ::ObjectBuilder<'a>,
+    CompiledModuleInfo,
+    CompiledFunctionsTable,
+)> {
+    let compiler = engine.try_compiler()?;
+    let wasm = translation.wasm;
     let functions = mem::take(&mut translation.function_body_inputs);
 
-    let compile_inputs = CompileInputs::for_module(&types, &translation, functions);
-    let unlinked_compile_outputs = compile_inputs.compile(engine, &types)?;
+    let compile_inputs = CompileInputs::for_module(types, &translation, functions);
+    let unlinked_compile_outputs = compile_inputs.compile(engine, types)?;
     let PreLinkOutput {
         needs_gc_heap,
         compiled_funcs,
@@ -124,16 +149,13 @@ pub(crate) fn build_module_artifacts<T: FinishedObject>(
         dwarf_package,
     )?;
 
-    if tunables.debug_guest {
+    if engine.tunables().debug_guest {
         object.append_wasm_bytecode(std::iter::once(wasm));
     }
 
     let (info, index) = compilation_artifacts.unwrap_as_module_info();
-    let types = types.finish();
-    object.serialize_info(&(&info, &index, &types));
-    let result = T::finish_object(object, obj_state)?;
-
-    Ok((result, Some((info, index, types))))
+    object.serialize_info(&(&info, &index, types.types()));
+    Ok((object, info, index))
 }
 
 /// Performs the compilation phase for a component, translating and
@@ -291,7 +313,7 @@ pub(crate) fn build_component_artifacts<T: FinishedObject>(
 fn ensure_shared_module(
     engine: &Engine,
     key: &shared::ShareKey,
-    mut translation: ModuleTranslation<'_>,
+    translation: ModuleTranslation<'_>,
     types: &ModuleTypesBuilder,
 ) -> Result<()> {
     let (code, _) = engine
@@ -303,28 +325,7 @@ fn ensure_shared_module(
     if code.load(engine, key)?.is_some() {
         return Ok(());
     }
-    let compiler = engine.try_compiler()?;
-    let functions = mem::take(&mut translation.function_body_inputs);
-    let compile_inputs = CompileInputs::for_module(types, &translation, functions);
-    let PreLinkOutput {
-        needs_gc_heap,
-        compiled_funcs,
-        indices,
-    } = compile_inputs.compile(engine, types)?.pre_link();
-    translation.module.needs_gc_heap |= needs_gc_heap;
-
-    let mut object = compiler.object(ObjectKind::Module)?;
-    engine.append_compiler_info(&mut object)?;
-    engine.append_bti(&mut object);
-    let (mut object, artifacts) = indices.link_and_append_code(
-        object,
-        engine,
-        &compiled_funcs,
-        std::iter::once(translation).collect(),
-        None,
-    )?;
-    let (info, index) = artifacts.unwrap_as_module_info();
-    object.serialize_info(&(&info, &index, types.types()));
+    let (object, _, _) = module_object(engine, translation, types, None)?;
     let compiled: Vec<u8> = <Vec<u8> as FinishedObject>::finish_object(object, &())?;
     code.store(engine, key, &compiled)
         .context("failed to keep a shared module's compiled code")
