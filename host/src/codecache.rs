@@ -31,6 +31,10 @@ pub struct CodeCache {
     dir: PathBuf,
     /// Compiled components by digest.
     components: Mutex<HashMap<String, Component>>,
+    /// One claim per digest being loaded: apps of the same `app.wasm`
+    /// loaded at once (a config's apps load in parallel) wait for the first
+    /// to load it, rather than each compiling it and writing the same file.
+    loading: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     /// The modules apps share, under `DIR/modules`.
     modules: Arc<SharedModuleFiles>,
 }
@@ -39,7 +43,7 @@ impl CodeCache {
     /// A cache in `dir` (created when first written).
     pub fn new(dir: &Path) -> Self {
         let modules = Arc::new(SharedModuleFiles::new(&dir.join("modules")));
-        Self { dir: dir.to_path_buf(), components: Mutex::default(), modules }
+        Self { dir: dir.to_path_buf(), components: Mutex::default(), loading: Mutex::default(), modules }
     }
 
     /// The cache directory, which also holds the unpacked file trees.
@@ -58,6 +62,21 @@ impl CodeCache {
     /// # Errors
     /// The bytes do not compile.
     pub fn component(&self, engine: &Engine, digest: &str, bytes: &[u8]) -> Result<Component> {
+        let claim = Arc::clone(self.loading.lock().expect("never poisoned").entry(digest.to_owned()).or_default());
+        let loaded = {
+            // A load that failed releases the claim: the next one tries anew.
+            let _claimed = claim.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            self.load(engine, digest, bytes)
+        };
+        let mut loading = self.loading.lock().expect("never poisoned");
+        // The last holder forgets the claim (the map's own and ours remain).
+        if Arc::strong_count(&claim) == 2 {
+            loading.remove(digest);
+        }
+        loaded
+    }
+
+    fn load(&self, engine: &Engine, digest: &str, bytes: &[u8]) -> Result<Component> {
         if let Some(known) = self.components.lock().expect("never poisoned").get(digest) {
             return Ok(known.clone());
         }
@@ -195,7 +214,11 @@ pub fn return_free_heap() {
 fn store_compiled(compiled: &[u8], cached: &Path) -> Result<()> {
     let dir = cached.parent().context("cache path has no parent")?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = cached.with_extension(format!("tmp{}", std::process::id()));
+    // A name no other writer uses: not another server sharing the directory
+    // (the pid), nor another thread of this one.
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let write = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = cached.with_extension(format!("tmp{}-{write}", std::process::id()));
     let stored = write_whole(compiled, &tmp).and_then(|()| Ok(std::fs::rename(&tmp, cached)?));
     if stored.is_err() {
         let _ = std::fs::remove_file(&tmp);

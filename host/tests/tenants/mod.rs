@@ -541,3 +541,26 @@ fn r37_apps_map_one_copy_of_the_modules_they_share() {
     }
     assert!(mapped.values().any(|&len| len > 10 << 20), "{mapped:?}");
 }
+
+#[test]
+fn apps_of_one_never_compiled_wasm_loaded_at_once_compile_it_once() {
+    // A config's apps load in parallel after the first (in name order).
+    // Three apps of the same new `app.wasm` after it once each compiled it,
+    // and wrote the same temporary file at once.
+    let apps = [
+        ("a", "wasm = \"first.wasm\""),
+        ("b", "wasm = \"same.wasm\""),
+        ("c", "wasm = \"same.wasm\""),
+        ("d", "wasm = \"same.wasm\""),
+    ];
+    let config = Config::new(&fixture_apps("", &apps));
+    std::fs::write(config.dir.path().join("first.wasm"), never_compiled_v2("once-first")).unwrap();
+    std::fs::write(config.dir.path().join("same.wasm"), never_compiled_v2("once-same")).unwrap();
+    let server = config.serve(&[]);
+    for (name, _) in apps {
+        assert_eq!(version(&server, &format!("{name}.test")), Ok(5), "{name}: {}", server.log());
+    }
+    let log = server.log();
+    assert_eq!(log.matches("compiling the component").count(), 2, "{log}");
+    assert!(!log.contains("could not cache"), "{log}");
+}
