@@ -69,7 +69,8 @@ impl CodeCache {
             self.load(engine, digest, bytes)
         };
         let mut loading = self.loading.lock().expect("never poisoned");
-        // The last holder forgets the claim (the map's own and ours remain).
+        // Nobody else holds or waits for the claim (only the map's reference
+        // and ours are left): forget it.
         if Arc::strong_count(&claim) == 2 {
             loading.remove(digest);
         }
