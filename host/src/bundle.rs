@@ -19,9 +19,8 @@
 //! there), regular files and directories only (no symlink, hard link or
 //! device), and plain relative paths.
 
-use std::io::Read;
+use std::io::{Read, Write as _};
 use std::path::{Component, Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use anyhow::{bail, Context, Result};
@@ -252,10 +251,9 @@ fn link_or_write(files: &Path, bytes: &[u8], path: &Path, added: &mut Vec<PathBu
         if !shared.is_file() {
             // Written whole beside it, then renamed: a file in `files` is
             // complete, and two processes writing the same one agree.
-            static WRITTEN: AtomicU64 = AtomicU64::new(0);
-            let tmp = files.join(format!(".tmp-{}-{}", std::process::id(), WRITTEN.fetch_add(1, Ordering::Relaxed)));
-            std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-            std::fs::rename(&tmp, &shared).with_context(|| format!("writing {}", shared.display()))?;
+            let mut tmp = temporary_file(files)?;
+            tmp.write_all(bytes).with_context(|| format!("writing {}", tmp.path().display()))?;
+            tmp.persist(&shared).with_context(|| format!("writing {}", shared.display()))?;
             added.push(shared.clone());
         }
     }
@@ -342,6 +340,23 @@ fn tempdir_in(parent: &Path) -> Result<PathBuf> {
     let path = parent.join(format!(".tmp-{}", hex(&rnd)));
     std::fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
     Ok(path)
+}
+
+/// A new file in `dir` under a name no other writer uses, made as
+/// `File::create` makes one (the umask applies), and removed when dropped
+/// unless `persist` gave it its name. The cache's files are written whole
+/// into one of these and then renamed, so a file under its name is
+/// complete.
+///
+/// # Errors
+/// The file cannot be created.
+pub fn temporary_file(dir: &Path) -> Result<tempfile::NamedTempFile> {
+    use std::os::unix::fs::PermissionsExt as _;
+    tempfile::Builder::new()
+        .prefix(".tmp-")
+        .permissions(std::fs::Permissions::from_mode(0o666))
+        .tempfile_in(dir)
+        .with_context(|| format!("creating a file in {}", dir.display()))
 }
 
 /// Lower-case hex of `bytes`.

@@ -215,22 +215,18 @@ pub fn return_free_heap() {
 fn store_compiled(compiled: &[u8], cached: &Path) -> Result<()> {
     let dir = cached.parent().context("cache path has no parent")?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    // A name no other writer uses: not another server sharing the directory
-    // (the pid), nor another thread of this one.
-    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let write = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = cached.with_extension(format!("tmp{}-{write}", std::process::id()));
-    let stored = write_whole(compiled, &tmp).and_then(|()| Ok(std::fs::rename(&tmp, cached)?));
-    if stored.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    stored
+    // Written under a name no other writer uses (another server sharing the
+    // directory, another thread of this one), removed if anything fails
+    // before the rename.
+    let mut tmp = crate::bundle::temporary_file(dir)?;
+    write_whole(compiled, tmp.as_file_mut())?;
+    tmp.persist(cached)?;
+    Ok(())
 }
 
-/// Writes `compiled` to `path` and syncs it to disk.
-fn write_whole(compiled: &[u8], path: &Path) -> Result<()> {
+/// Writes `compiled` to `file` and syncs it to disk.
+fn write_whole(compiled: &[u8], file: &mut std::fs::File) -> Result<()> {
     use std::io::Write as _;
-    let mut file = std::fs::File::create(path)?;
     // The page cache keeps what a write brings in folios as large as the
     // write, up to 2 MiB, and a read fault in a mapping of the file maps a
     // folio of 2 MiB whole, with one entry, however little the app touches
